@@ -1,0 +1,175 @@
+//! The wire format: one JSON document per event (see `docs/wire-format.md`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The version of the envelope format this crate writes.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// The id of one queued event: a UUID v7 (time-ordered), made by the producer.
+///
+/// ```
+/// use action_event::EventId;
+/// let id = EventId::new();
+/// let again: EventId = id.to_string().parse().unwrap();
+/// assert_eq!(id, again);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub uuid::Uuid);
+
+impl EventId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        EventId(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::parse_str(s)
+            .map(EventId)
+            .map_err(|e| Error::Envelope(format!("bad event id `{s}`: {e}")))
+    }
+}
+
+/// One failed attempt, kept with the event until it completes or dies.
+///
+/// ```
+/// use action_event::envelope::AttemptError;
+/// let e = AttemptError { attempt: 1, at_ms: 0, message: "boom".into() };
+/// assert_eq!(e.attempt, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The attempt that failed (1 for the first run).
+    pub attempt: u32,
+    /// When it failed, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The error, with its causes.
+    pub message: String,
+}
+
+/// One event on the wire.
+///
+/// ```
+/// use action_event::Envelope;
+/// let env = Envelope::new("hello_world", "high", serde_json::json!({"name": "world"}));
+/// let bytes = env.to_bytes();
+/// let back = Envelope::from_slice(&bytes).unwrap();
+/// assert_eq!(back, env);
+/// assert_eq!(back.attempt, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version; this crate writes [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Unique id, made by the producer.
+    pub id: EventId,
+    /// The event name, e.g. `hello_world`.
+    pub name: String,
+    /// The queue it was queued on.
+    pub queue: String,
+    /// The params: a JSON object.
+    pub params: serde_json::Value,
+    /// Which attempt the next run is: 1 for the first.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// When it was first queued, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub queued_at_ms: u64,
+    /// Not to run before this time (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
+    /// Errors of earlier attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AttemptError>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Milliseconds since the Unix epoch, now.
+///
+/// ```
+/// assert!(action_event::envelope::now_ms() > 1_600_000_000_000);
+/// ```
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+impl Envelope {
+    /// A new first-attempt envelope with a fresh id, queued now.
+    pub fn new(name: impl Into<String>, queue: impl Into<String>, params: serde_json::Value) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id: EventId::new(),
+            name: name.into(),
+            queue: queue.into(),
+            params,
+            attempt: 1,
+            queued_at_ms: now_ms(),
+            run_at_ms: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The JSON document.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is plain data and
+        // params is already a `serde_json::Value`.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a JSON document; the error says what is wrong and where.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
+        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
+            let what = if serde_json::from_slice::<serde_json::Value>(bytes).is_err() {
+                "not valid JSON"
+            } else {
+                "JSON that is not an action_event envelope"
+            };
+            Error::Envelope(format!("{what}: {e}"))
+        })?;
+        if env.v != ENVELOPE_VERSION {
+            return Err(Error::Envelope(format!(
+                "event `{}`: envelope version {} is not supported (this build reads {ENVELOPE_VERSION})",
+                env.name, env.v
+            )));
+        }
+        if !env.params.is_object() {
+            return Err(Error::Envelope(format!(
+                "event `{}`: params must be a JSON object, got `{}`",
+                env.name, env.params
+            )));
+        }
+        Ok(env)
+    }
+
+    /// The params as one line of JSON, for logs.
+    pub fn params_json(&self) -> String {
+        self.params.to_string()
+    }
+}
