@@ -1,1 +1,33 @@
+//! Implementation detail of the `action_event` crate: depend on `action_event`
+//! and use the macros it re-exports. Each macro is parse -> check -> expand,
+//! one module each; every mistake is a `syn::Error` at the offending token.
 
+use proc_macro::TokenStream;
+
+mod event;
+mod filters;
+mod queue;
+
+/// See `action_event::action_event`'s documentation in the `action_event` crate.
+#[proc_macro_attribute]
+pub fn action_event(args: TokenStream, item: TokenStream) -> TokenStream {
+    event::expand(args.into(), item.into()).into()
+}
+
+/// See the `action_event` crate.
+#[proc_macro_attribute]
+pub fn before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
+    filters::expand_stray("before_filter", args.into(), item.into()).into()
+}
+
+/// See the `action_event` crate.
+#[proc_macro_attribute]
+pub fn skip_before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
+    filters::expand_stray("skip_before_filter", args.into(), item.into()).into()
+}
+
+/// See the `action_event` crate.
+#[proc_macro]
+pub fn queue(input: TokenStream) -> TokenStream {
+    queue::expand(input.into()).into()
+}

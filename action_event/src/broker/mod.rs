@@ -55,7 +55,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
         });
     }
     match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteBroker::open(url).await?)),
+        "sqlite" => Err(Error::broker(url, sqlite::SqliteBroker::open(url).await.err().map(|e| e.to_string()).unwrap_or_default())),
         other => Err(Error::BadUrl {
             url: redact_url(url),
             message: format!("unknown scheme `{other}`: use `sqlite://` or `amqp://`"),

@@ -1,0 +1,344 @@
+//! What handlers are made of: [`Process`], [`Flow`], [`Context`], [`State`].
+
+use std::any::{Any, TypeId, type_name};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::Client;
+use crate::envelope::{Envelope, EventId};
+use crate::{Error, Result};
+
+/// The work of an event. Every event struct implements it; base events do not.
+///
+/// Write it with `async fn`; the future must be `Send` (it runs on a
+/// multi-threaded runtime), and the compiler says so at your `async fn`.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// #[action_event(queue = "high")]
+/// pub struct HelloWorldEvent { pub name: String }
+///
+/// impl Process for HelloWorldEvent {
+///     async fn process(self, cx: &Context) -> Result<()> {
+///         println!("hello {} (attempt {})", self.name, cx.attempt());
+///         Ok(())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "event `{Self}` has no `Process` impl",
+    label = "this event needs `impl Process for {Self}`",
+    note = "add `impl Process for {Self} {{ async fn process(self, cx: &Context) -> Result<()> {{ ... }} }}`",
+    note = "a struct that only carries filters and defaults is a base: `#[action_event(base)]`"
+)]
+pub trait Process: Sized + Send + 'static {
+    /// Runs the event. An `Err` (or a panic, or a timeout) is a failure: it is
+    /// retried with backoff, then dead-lettered.
+    fn process(self, cx: &Context) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What a filter tells the chain to do next.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// async fn only_weekdays(cx: &mut Context) -> Result<Flow> {
+///     let weekend: bool = cx.param("weekend").unwrap_or(false);
+///     Ok(if weekend { Flow::Halt } else { Flow::Continue })
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Run the next filter, then the event.
+    Continue,
+    /// Stop here: the event is not run; it counts as handled (acked and
+    /// logged as halted), not as failed.
+    Halt,
+}
+
+/// The app's environment (DB pools, clients, config), handed to the poller
+/// once and reached from every filter and handler with [`Context::state`].
+///
+/// ```
+/// use action_event::State;
+/// struct Config { greeting: &'static str }
+/// let mut state = State::new();
+/// state.insert(Config { greeting: "hello" });
+/// assert_eq!(state.get::<Config>().unwrap().greeting, "hello");
+/// ```
+#[derive(Clone, Default)]
+pub struct State {
+    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    names: Vec<&'static str>,
+}
+
+impl State {
+    /// An empty environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a value, replacing one of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> &mut Self {
+        if self
+            .map
+            .insert(TypeId::of::<T>(), Arc::new(value))
+            .is_none()
+        {
+            self.names.push(type_name::<T>());
+        }
+        self
+    }
+
+    /// Builder form of [`State::insert`].
+    pub fn with<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.insert(value);
+        self
+    }
+
+    /// The value of type `T`; the error names the type when it is missing.
+    pub fn get<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, Error> {
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .ok_or(Error::MissingState {
+                type_name: type_name::<T>(),
+            })
+    }
+
+    /// The type names held, in insertion order (for the startup log).
+    pub fn type_names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.names.iter()).finish()
+    }
+}
+
+/// Everything a filter or handler knows about the event being run, plus the
+/// app's [`State`] and a place for filters to hand data to the handler.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// struct Tenant(String);
+///
+/// async fn load_tenant(cx: &mut Context) -> Result<Flow> {
+///     let id: u64 = cx.param("tenant_id")?;
+///     cx.insert(Tenant(format!("tenant-{id}")));
+///     Ok(Flow::Continue)
+/// }
+///
+/// # let mut cx = Context::for_test("welcome", serde_json::json!({"tenant_id": 7}));
+/// # futures_executor(load_tenant(&mut cx));
+/// # assert_eq!(cx.get::<Tenant>().unwrap().0, "tenant-7");
+/// # fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub struct Context {
+    id: EventId,
+    name: String,
+    queue: String,
+    attempt: u32,
+    params: serde_json::Value,
+    state: Arc<State>,
+    locals: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    client: Option<Client>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("attempt", &self.attempt)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(envelope: &Envelope, state: Arc<State>, client: Option<Client>) -> Self {
+        Context {
+            id: envelope.id,
+            name: envelope.name.clone(),
+            queue: envelope.queue.clone(),
+            attempt: envelope.attempt,
+            params: envelope.params.clone(),
+            state,
+            locals: HashMap::new(),
+            client,
+        }
+    }
+
+    /// A context for unit-testing a filter or handler without a broker.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("hello_world", serde_json::json!({"name": "world"}));
+    /// assert_eq!(cx.param::<String>("name").unwrap(), "world");
+    /// assert_eq!(cx.attempt(), 1);
+    /// ```
+    pub fn for_test(name: &str, params: serde_json::Value) -> Self {
+        Self::new(
+            &Envelope::new(name, "medium", params),
+            Arc::new(State::new()),
+            None,
+        )
+    }
+
+    /// Same as [`Context::for_test`], with the app's state.
+    ///
+    /// ```
+    /// use action_event::{Context, State};
+    /// let cx = Context::for_test_with_state("e", serde_json::json!({}), State::new().with(5u8));
+    /// assert_eq!(*cx.state::<u8>().unwrap(), 5);
+    /// ```
+    pub fn for_test_with_state(name: &str, params: serde_json::Value, state: State) -> Self {
+        Self::new(
+            &Envelope::new(name, "medium", params),
+            Arc::new(state),
+            None,
+        )
+    }
+
+    /// The event id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+    /// The event name, e.g. `hello_world`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The queue it was taken from.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+    /// Which attempt this is: 1 for the first run.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// The raw params, as queued.
+    pub fn params(&self) -> &serde_json::Value {
+        &self.params
+    }
+
+    /// One param, deserialized; the error names the event and the key.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("e", serde_json::json!({"ids": [1, 2]}));
+    /// assert_eq!(cx.param::<Vec<u32>>("ids").unwrap(), vec![1, 2]);
+    /// let err = cx.param::<String>("ids").unwrap_err().to_string();
+    /// assert!(err.contains("event `e`") && err.contains("ids"), "{err}");
+    /// ```
+    pub fn param<T: DeserializeOwned>(&self, key: &str) -> std::result::Result<T, Error> {
+        let value = self.params.get(key).ok_or_else(|| Error::MissingParam {
+            event: self.name.clone(),
+            key: key.to_string(),
+        })?;
+        T::deserialize(value).map_err(|e| Error::Params {
+            event: self.name.clone(),
+            path: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The app's value of type `T` (see [`State`]); the error names `T`.
+    pub fn state<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, Error> {
+        self.state.get::<T>()
+    }
+
+    /// Stores a value for later filters and the handler; returns the one it replaces.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.locals
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
+    /// A value a filter stored with [`Context::insert`].
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.locals
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+    }
+
+    /// Mutable access to a value a filter stored.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.locals
+            .get_mut(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_mut::<T>())
+    }
+
+    /// Queues a follow-up event through the same broker as the poller.
+    ///
+    /// ```no_run
+    /// # async fn f(cx: &action_event::Context) -> action_event::Result<()> {
+    /// cx.queue("send_email", serde_json::json!({"people_ids": [1, 2, 3]})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue(
+        &self,
+        name: &str,
+        params: serde_json::Value,
+    ) -> std::result::Result<EventId, Error> {
+        let req = crate::client::QueueRequest::new(name).params_value(params);
+        match &self.client {
+            Some(client) => client.send(req).await,
+            None => req.send().await,
+        }
+    }
+
+    /// Queues a typed follow-up event through the same broker as the poller.
+    pub async fn queue_event<E: Event>(&self, event: &E) -> std::result::Result<EventId, Error> {
+        let req = crate::client::QueueRequest::typed(event)?;
+        match &self.client {
+            Some(client) => client.send(req).await,
+            None => req.send().await,
+        }
+    }
+}
+
+/// Implemented by `#[action_event]` for every event struct: its name.
+///
+/// ```
+/// use action_event::prelude::*;
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// struct HelloWorldEvent { name: String }
+/// impl Process for HelloWorldEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// assert_eq!(<HelloWorldEvent as action_event::Event>::NAME, "hello_world");
+/// ```
+pub trait Event: Process + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The event name, e.g. `hello_world`.
+    const NAME: &'static str;
+}
+
+/// Implemented by `#[action_event(base)]`: a type that events may `extends`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a base event, so nothing can `extends` it",
+    label = "not declared with `#[action_event(base)]`",
+    note = "declare it as `#[action_event(base)] struct {Self};`"
+)]
+pub trait BaseEvent: 'static {}
+
+/// The params of an event: what `#[action_event]` needs from the struct.
+#[diagnostic::on_unimplemented(
+    message = "event `{Self}` cannot be (de)serialized as params",
+    label = "add `#[derive(Serialize, Deserialize)]` to this struct",
+    note = "params travel as JSON: events derive `serde::Serialize` and `serde::Deserialize`"
+)]
+pub trait EventParams: Serialize + DeserializeOwned {}
+impl<T: Serialize + DeserializeOwned> EventParams for T {}
