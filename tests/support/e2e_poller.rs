@@ -1,0 +1,59 @@
+//! The poller the end-to-end tests run: real events that record what they
+//! do to a file, so a test can check that each ran exactly once and in which
+//! order. Not part of the demo; built only as a test fixture.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use action_event::prelude::*;
+
+/// Where events record what they do (`E2E_RECORD`).
+struct Recorder(PathBuf);
+
+impl Recorder {
+    fn line(&self, what: &str, cx: &Context, tag: &str) -> Result<()> {
+        let ms = action_event::envelope::now_ms();
+        let line = format!(
+            "{what} {} {tag} {} {} {ms}\n",
+            cx.id(),
+            std::process::id(),
+            cx.attempt()
+        );
+        // One write(2) of a short line with O_APPEND: lines never interleave.
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.0)?;
+        f.write_all(line.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Records `start`, sleeps `sleep_ms`, records `end`.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event]
+struct RecordEvent {
+    tag: String,
+    #[serde(default)]
+    sleep_ms: u64,
+}
+
+impl Process for RecordEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        let rec = cx.state::<Recorder>()?;
+        rec.line("start", cx, &self.tag)?;
+        if self.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        }
+        rec.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let path = std::env::var_os("E2E_RECORD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("e2e_record.txt"));
+    action_event::poller::main(State::new().with(Recorder(path)))
+}
