@@ -51,6 +51,72 @@ impl Process for RecordEvent {
     }
 }
 
+/// Fails (returns `Err`) on its first `fail_times` attempts, then records.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(retries = 3)]
+struct FlakyEvent {
+    tag: String,
+    fail_times: u32,
+}
+
+impl Process for FlakyEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        let rec = cx.state::<Recorder>()?;
+        rec.line("start", cx, &self.tag)?;
+        if cx.attempt() <= self.fail_times {
+            action_event::anyhow::bail!("flaky failure on attempt {}", cx.attempt());
+        }
+        rec.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
+/// Panics every time.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(retries = 1)]
+struct BoomEvent {
+    tag: String,
+}
+
+impl Process for BoomEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        cx.state::<Recorder>()?.line("start", cx, &self.tag)?;
+        panic!("boom in {}", self.tag);
+    }
+}
+
+/// Sleeps past its one-second timeout.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(retries = 0, timeout = "1s")]
+struct SleepyEvent {
+    tag: String,
+}
+
+impl Process for SleepyEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        cx.state::<Recorder>()?.line("start", cx, &self.tag)?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cx.state::<Recorder>()?.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
+/// Typed params: `count` must be a number.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event]
+struct TypedEvent {
+    tag: String,
+    count: u32,
+    people_ids: Vec<u64>,
+}
+
+impl Process for TypedEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        cx.state::<Recorder>()?.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let path = std::env::var_os("E2E_RECORD")
         .map(PathBuf::from)
