@@ -13,7 +13,11 @@ fn assert_exactly_once(records: &[Record], n: usize, tag: &str) {
     let ends = ends_by_tag(records);
     for i in 0..n {
         let t = format!("{tag}-{i}");
-        assert_eq!(ends.get(&t).copied().unwrap_or(0), 1, "{t} must end exactly once");
+        assert_eq!(
+            ends.get(&t).copied().unwrap_or(0),
+            1,
+            "{t} must end exactly once"
+        );
     }
 }
 
@@ -27,20 +31,36 @@ async fn four_pollers_with_concurrency_4_share_5000_events_exactly_once() {
             .map(|i| {
                 w.spawn(
                     &format!("p{i}.log"),
-                    &["--concurrency", "4", "--exit-when-empty", "--queues", "medium"],
+                    &[
+                        "--concurrency",
+                        "4",
+                        "--exit-when-empty",
+                        "--queues",
+                        "medium",
+                    ],
                 )
             })
             .collect();
         for (i, c) in children.iter_mut().enumerate() {
             let status = wait_child(c, Duration::from_secs(240), "poller");
-            assert!(status.success(), "{backend:?} poller {i} failed:\n{}", w.log(&format!("p{i}.log")));
+            assert!(
+                status.success(),
+                "{backend:?} poller {i} failed:\n{}",
+                w.log(&format!("p{i}.log"))
+            );
         }
         let records = w.records();
         assert_exactly_once(&records, n, "e");
         let starts = records.iter().filter(|r| r.what == "start").count();
-        assert_eq!(starts, n, "{backend:?}: no event may start twice on the happy path");
+        assert_eq!(
+            starts, n,
+            "{backend:?}: no event may start twice on the happy path"
+        );
         let pids: HashSet<u32> = records.iter().map(|r| r.pid).collect();
-        assert!(pids.len() >= 2, "{backend:?}: the pollers should share the work, got {pids:?}");
+        assert!(
+            pids.len() >= 2,
+            "{backend:?}: the pollers should share the work, got {pids:?}"
+        );
         eprintln!("{backend:?}: 5000 events over {} pollers", pids.len());
     }
 }
@@ -56,7 +76,13 @@ async fn strict_priority_with_backlog_at_concurrency_1_and_8() {
             w.queue_records(300, "high", "h", 0).await;
             let mut c = w.spawn(
                 "p.log",
-                &["--concurrency", concurrency, "--exit-when-empty", "--queues", "high medium low"],
+                &[
+                    "--concurrency",
+                    concurrency,
+                    "--exit-when-empty",
+                    "--queues",
+                    "high medium low",
+                ],
             );
             let status = wait_child(&mut c, Duration::from_secs(120), "poller");
             let log = w.log("p.log");
@@ -90,9 +116,17 @@ async fn a_new_poller_with_the_same_id_takes_over_without_interrupting_the_old_o
         });
         // The new one: a daemon with the same id.
         let out = w.run(&["--daemon", "--id", "1", "start"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let status = wait_child(&mut old, Duration::from_secs(30), "old poller");
-        assert!(status.success(), "old poller must exit 0:\n{}", w.log("old.log"));
+        assert!(
+            status.success(),
+            "old poller must exit 0:\n{}",
+            w.log("old.log")
+        );
         let old_log = w.log("old.log");
         assert!(old_log.contains("PID file now names pid"), "{old_log}");
         assert!(old_log.contains("Finished processing medium:"), "{old_log}");
@@ -105,20 +139,35 @@ async fn a_new_poller_with_the_same_id_takes_over_without_interrupting_the_old_o
         // The new one processes what follows.
         w.queue_records(3, "medium", "next", 0).await;
         let records = w.wait_records(Duration::from_secs(30), "the next events", |r| {
-            r.iter().filter(|r| r.what == "end" && r.tag.starts_with("next-")).count() == 3
+            r.iter()
+                .filter(|r| r.what == "end" && r.tag.starts_with("next-"))
+                .count()
+                == 3
         });
         let new_pid = std::fs::read_to_string(w.path().join("tmp/pids/poller.1.pid"))
             .expect("pid file")
             .trim()
             .parse::<u32>()
             .expect("pid");
-        assert!(records.iter().filter(|r| r.tag.starts_with("next-")).all(|r| r.pid == new_pid));
+        assert!(
+            records
+                .iter()
+                .filter(|r| r.tag.starts_with("next-"))
+                .all(|r| r.pid == new_pid)
+        );
         let out = w.run(&["--id", "1", "stop"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!action_event::poller::process_alive(new_pid));
         assert!(!w.path().join("tmp/pids/poller.1.pid").exists());
         let daemon_log = w.log("log/poller.1.log");
-        assert!(daemon_log.contains("Taking over poller 1 from pid"), "{daemon_log}");
+        assert!(
+            daemon_log.contains("Taking over poller 1 from pid"),
+            "{daemon_log}"
+        );
     }
 }
 
@@ -140,7 +189,10 @@ async fn sigterm_mid_event_finishes_it_and_exits() {
         let records = w.records();
         assert_eq!(ends_by_tag(&records).get("t-0"), Some(&1), "{log}");
         // Nothing new was taken after the signal.
-        assert!(records.iter().all(|r| !r.tag.starts_with("after-")), "{records:?}");
+        assert!(
+            records.iter().all(|r| !r.tag.starts_with("after-")),
+            "{records:?}"
+        );
         // What was not taken is still there: another poller runs it.
         let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
         assert!(wait_child(&mut q, Duration::from_secs(30), "poller").success());
@@ -154,7 +206,10 @@ async fn sigterm_past_the_shutdown_timeout_gives_the_event_back() {
     for backend in backends() {
         let w = World::new(&backend);
         w.queue_records(1, "medium", "long", 4000).await;
-        let mut p = w.spawn("p.log", &["--queues", "medium", "--shutdown-timeout", "500ms"]);
+        let mut p = w.spawn(
+            "p.log",
+            &["--queues", "medium", "--shutdown-timeout", "500ms"],
+        );
         w.wait_records(Duration::from_secs(30), "the event to start", |r| {
             r.iter().any(|r| r.tag == "long-0")
         });
@@ -167,7 +222,12 @@ async fn sigterm_past_the_shutdown_timeout_gives_the_event_back() {
         // It goes back and completes later, exactly once.
         let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
         assert!(wait_child(&mut q, Duration::from_secs(30), "poller").success());
-        assert_eq!(ends_by_tag(&w.records()).get("long-0"), Some(&1), "{}", w.log("q.log"));
+        assert_eq!(
+            ends_by_tag(&w.records()).get("long-0"),
+            Some(&1),
+            "{}",
+            w.log("q.log")
+        );
     }
 }
 
@@ -183,7 +243,11 @@ async fn a_second_signal_gives_back_at_once() {
         send_signal(&p, SIGINT);
         std::thread::sleep(Duration::from_millis(300));
         send_signal(&p, SIGTERM);
-        let status = wait_child(&mut p, Duration::from_secs(5), "poller after a second signal");
+        let status = wait_child(
+            &mut p,
+            Duration::from_secs(5),
+            "poller after a second signal",
+        );
         let log = w.log("p.log");
         assert!(status.success(), "{log}");
         assert!(log.contains("again: giving back events in hand"), "{log}");
@@ -227,10 +291,26 @@ async fn stop_status_and_stale_pid_files() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("No pollers in tmp/pids"));
 
     for id in ["1", "2"] {
-        let out = w.run(&["--daemon", "--id", id, "--queues", "high medium", "--concurrency", "2", "start"]);
+        let out = w.run(&[
+            "--daemon",
+            "--id",
+            id,
+            "--queues",
+            "high medium",
+            "--concurrency",
+            "2",
+            "start",
+        ]);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains(&format!("poller {id} started (pid")), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("poller {id} started (pid")),
+            "{stdout}"
+        );
     }
     // A stale PID file: a pid that is not running.
     std::fs::write(w.path().join("tmp/pids/poller.7.pid"), "999999\n").expect("write");
@@ -239,15 +319,29 @@ async fn stop_status_and_stale_pid_files() {
     let status = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = status.lines().collect();
     assert_eq!(lines.len(), 4, "{status}");
-    assert!(lines[1].starts_with("1 ") && lines[1].contains(" yes ") && lines[1].contains("high,medium"), "{status}");
-    assert!(lines[2].starts_with("2 ") && lines[2].contains(" yes "), "{status}");
-    assert!(lines[3].starts_with("7 ") && lines[3].contains("999999") && lines[3].contains(" no "), "{status}");
+    assert!(
+        lines[1].starts_with("1 ")
+            && lines[1].contains(" yes ")
+            && lines[1].contains("high,medium"),
+        "{status}"
+    );
+    assert!(
+        lines[2].starts_with("2 ") && lines[2].contains(" yes "),
+        "{status}"
+    );
+    assert!(
+        lines[3].starts_with("7 ") && lines[3].contains("999999") && lines[3].contains(" no "),
+        "{status}"
+    );
 
     // Starting over a stale PID file replaces it, with a log line.
     let out = w.run(&["--daemon", "--id", "7", "start"]);
     assert!(out.status.success());
     let log = w.log("log/poller.7.log");
-    assert!(log.contains("Stale PID file") && log.contains("999999"), "{log}");
+    assert!(
+        log.contains("Stale PID file") && log.contains("999999"),
+        "{log}"
+    );
 
     let out = w.run(&["--id", "2", "stop"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("poller 2: stopped"));
@@ -260,8 +354,14 @@ async fn stop_status_and_stale_pid_files() {
     let out = w.run(&["stop"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("poller 9: stale PID file named pid 999998"), "{stdout}");
-    assert!(stdout.contains("poller 1: stopped") && stdout.contains("poller 7: stopped"), "{stdout}");
+    assert!(
+        stdout.contains("poller 9: stale PID file named pid 999998"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("poller 1: stopped") && stdout.contains("poller 7: stopped"),
+        "{stdout}"
+    );
     assert!(w.run(&["status"]).stdout.starts_with(b"No pollers"));
 }
 
@@ -271,12 +371,20 @@ async fn queue_from_the_shell_then_process() {
         let w = World::new(&backend);
         let out = w.run(&["queue", "record", "tag=shell-0", "sleep_ms=5", "queue=high"]);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.starts_with("Queued record on high: "), "{stdout}");
         let out = w.run(&["--exit-when-empty", "--queues", "high"]);
         let log = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{log}");
-        assert!(log.contains(r#"Processing high:"#) && log.contains(r#"({"sleep_ms":5,"tag":"shell-0"})"#), "{log}");
+        assert!(
+            log.contains(r#"Processing high:"#)
+                && log.contains(r#"({"sleep_ms":5,"tag":"shell-0"})"#),
+            "{log}"
+        );
         assert!(log.contains("Finished processing high:"), "{log}");
         assert_exactly_once(&w.records(), 1, "shell");
     }
@@ -286,11 +394,18 @@ async fn queue_from_the_shell_then_process() {
 fn a_bad_broker_url_is_a_clear_error_with_the_password_redacted() {
     let w = World::new(&Backend::Sqlite);
     let out = w
-        .poller(&["--broker", "redis://user:hunter2@localhost/0", "--exit-when-empty"])
+        .poller(&[
+            "--broker",
+            "redis://user:hunter2@localhost/0",
+            "--exit-when-empty",
+        ])
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());
-    assert!(err.contains("unknown scheme `redis`") && err.contains("user:***@localhost"), "{err}");
+    assert!(
+        err.contains("unknown scheme `redis`") && err.contains("user:***@localhost"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "{err}");
 }

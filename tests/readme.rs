@@ -27,7 +27,13 @@ fn readme_first_command_prints_hello_world() {
 
     // A clean copy: the files git knows (tracked and new), nothing else.
     let files = Command::new("git")
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .current_dir(root)
         .output()
         .expect("git ls-files");
@@ -56,7 +62,16 @@ fn readme_first_command_prints_hello_world() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "`{cmd}` failed:\n{stdout}\n{stderr}");
-    assert!(stdout.lines().any(|l| l == "hello world"), "`{cmd}` printed:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("Processing queues: high,medium,low"), "{stderr}");
-    assert!(clone.path().join("action_event.db").exists(), "the default is sqlite://action_event.db");
+    assert!(
+        stdout.lines().any(|l| l == "hello world"),
+        "`{cmd}` printed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Processing queues: high,medium,low"),
+        "{stderr}"
+    );
+    assert!(
+        clone.path().join("action_event.db").exists(),
+        "the default is sqlite://action_event.db"
+    );
 }

@@ -68,8 +68,8 @@ pub use envelope::{Envelope, EventId};
 pub use error::{Error, redact_url};
 pub use event::{BaseEvent, Context, Event, EventParams, Flow, Process, State};
 pub use registry::{
-    ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Failure, FailureKind, Outcome, Registry,
-    registry,
+    ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Failure, FailureKind, Outcome,
+    Registry, registry,
 };
 
 /// What handlers and filters return: any error converts with `?`.

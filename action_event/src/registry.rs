@@ -308,12 +308,16 @@ impl Registry {
                 };
                 if lineage.iter().any(|l| (l.type_id)() == (p.type_id)()) {
                     if d.base || d.handler.is_some() {
-                        let mut cycle: Vec<&str> = lineage.iter().map(|l| (l.type_name)()).collect();
+                        let mut cycle: Vec<&str> =
+                            lineage.iter().map(|l| (l.type_name)()).collect();
                         cycle.push((p.type_name)());
                         // Report a cycle once, from the member with the smallest name.
                         let first = cycle[..cycle.len() - 1].iter().min().copied();
                         if first == Some((d.type_name)()) {
-                            errors.push(format!("`extends` forms a cycle: {}", cycle.join(" extends ")));
+                            errors.push(format!(
+                                "`extends` forms a cycle: {}",
+                                cycle.join(" extends ")
+                            ));
                         }
                     }
                     broken = true;
@@ -375,7 +379,10 @@ impl Registry {
                 ));
                 continue;
             }
-            let queue = lineage.iter().find_map(|l| l.queue).unwrap_or(DEFAULT_QUEUE);
+            let queue = lineage
+                .iter()
+                .find_map(|l| l.queue)
+                .unwrap_or(DEFAULT_QUEUE);
             let retries = lineage
                 .iter()
                 .find_map(|l| l.retries)
@@ -451,7 +458,11 @@ impl Registry {
                 e.timeout
                     .map(|t| humantime::format_duration(t).to_string())
                     .unwrap_or_else(|| "none".into()),
-                e.chain.iter().map(|f| f.path).collect::<Vec<_>>().join(", ")
+                e.chain
+                    .iter()
+                    .map(|f| f.path)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         out
@@ -459,7 +470,11 @@ impl Registry {
 
     /// Checks that `params` fit the struct of event `name` (when this binary
     /// knows it); the error names the event and the field path.
-    pub fn check_params(&self, name: &str, params: &serde_json::Value) -> std::result::Result<(), Error> {
+    pub fn check_params(
+        &self,
+        name: &str,
+        params: &serde_json::Value,
+    ) -> std::result::Result<(), Error> {
         if let Some(e) = self.events.get(name) {
             (e.handler.decode)(params).map_err(|p| Error::Params {
                 event: name.to_string(),
@@ -485,7 +500,12 @@ impl Registry {
     /// assert_eq!(registry.dispatch(&env, State::new().into(), None).await, Outcome::Completed);
     /// # });
     /// ```
-    pub async fn dispatch(&self, envelope: &Envelope, state: Arc<State>, client: Option<Client>) -> Outcome {
+    pub async fn dispatch(
+        &self,
+        envelope: &Envelope,
+        state: Arc<State>,
+        client: Option<Client>,
+    ) -> Outcome {
         let Some(event) = self.events.get(envelope.name.as_str()) else {
             return Outcome::Failed(Failure {
                 kind: FailureKind::UnknownEvent,
@@ -547,11 +567,14 @@ impl Registry {
             }),
             Err(panic) => Outcome::Failed(Failure {
                 kind: FailureKind::Panic,
-                message: format!("event `{}` panicked: {}", envelope.name, panic_message(&*panic)),
+                message: format!(
+                    "event `{}` panicked: {}",
+                    envelope.name,
+                    panic_message(&*panic)
+                ),
             }),
         }
     }
-
 }
 
 impl EventInfo {

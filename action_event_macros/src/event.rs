@@ -73,9 +73,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
                     "name" => "name = \"hello_world\"",
                     _ => "timeout = \"30s\"",
                 };
-                let value = meta.value().map_err(|_| {
-                    meta.error(format!("`{key}` needs a value: `{example}`"))
-                })?;
+                let value = meta
+                    .value()
+                    .map_err(|_| meta.error(format!("`{key}` needs a value: `{example}`")))?;
                 let expr: syn::Expr = value.parse()?;
                 let lit = match &expr {
                     syn::Expr::Lit(syn::ExprLit {
@@ -114,7 +114,8 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
                                 "`timeout` must be more than zero; leave it out for no timeout",
                             ));
                         }
-                        out.timeout = Some((d.as_millis().min(u64::MAX as u128) as u64, lit.span()));
+                        out.timeout =
+                            Some((d.as_millis().min(u64::MAX as u128) as u64, lit.span()));
                     }
                 }
             }
@@ -142,9 +143,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             }
             "extends" => {
                 dup(out.extends.is_some())?;
-                let value = meta
-                    .value()
-                    .map_err(|_| meta.error("`extends` needs a base type: `extends = ApplicationEvent`"))?;
+                let value = meta.value().map_err(|_| {
+                    meta.error("`extends` needs a base type: `extends = ApplicationEvent`")
+                })?;
                 let expr: syn::Expr = value.parse()?;
                 match expr {
                     syn::Expr::Path(p) if p.qself.is_none() => out.extends = Some(p.path),
@@ -190,13 +191,16 @@ fn check_queue_name(lit: &LitStr) -> syn::Result<()> {
     let v = lit.value();
     let ok = !v.is_empty()
         && v.len() <= 200
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
         Err(syn::Error::new(
             lit.span(),
-            format!("bad queue name \"{v}\": use letters, digits, `_` and `-`, e.g. `queue = \"high\"`"),
+            format!(
+                "bad queue name \"{v}\": use letters, digits, `_` and `-`, e.g. `queue = \"high\"`"
+            ),
         ))
     }
 }
@@ -205,15 +209,16 @@ fn check_event_name(lit: &LitStr) -> syn::Result<()> {
     let v = lit.value();
     let ok = !v.is_empty()
         && v.len() <= 200
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
     if ok {
         Ok(())
     } else {
         Err(syn::Error::new(
             lit.span(),
-            format!("bad event name \"{v}\": use letters, digits, `_`, `.` and `-`, e.g. `name = \"hello_world\"`"),
+            format!(
+                "bad event name \"{v}\": use letters, digits, `_`, `.` and `-`, e.g. `name = \"hello_world\"`"
+            ),
         ))
     }
 }
@@ -439,6 +444,9 @@ mod tests {
         assert_eq!(event_name(&format_ident!("HelloWorldEvent")), "hello_world");
         assert_eq!(event_name(&format_ident!("HelloWorld")), "hello_world");
         assert_eq!(event_name(&format_ident!("Event")), "event");
-        assert_eq!(event_name(&format_ident!("SendHTMLEmailEvent")), "send_html_email");
+        assert_eq!(
+            event_name(&format_ident!("SendHTMLEmailEvent")),
+            "send_html_email"
+        );
     }
 }

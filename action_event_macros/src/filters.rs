@@ -52,7 +52,9 @@ pub fn parse_list(attr: &Attribute, kind: Kind) -> syn::Result<Vec<Path>> {
         other => {
             return Err(syn::Error::new(
                 other.span(),
-                format!("`#[{name}]` needs the filters it names: `#[{name}(log_params, load_tenant)]`"),
+                format!(
+                    "`#[{name}]` needs the filters it names: `#[{name}(log_params, load_tenant)]`"
+                ),
             ));
         }
     };

@@ -47,7 +47,10 @@ fn split_commas(input: TokenStream) -> Vec<Vec<TokenTree>> {
 
 fn span_of(tokens: &[TokenTree]) -> Span {
     let mut iter = tokens.iter();
-    let first = iter.next().map(|t| t.span()).unwrap_or_else(Span::call_site);
+    let first = iter
+        .next()
+        .map(|t| t.span())
+        .unwrap_or_else(Span::call_site);
     match tokens.last() {
         Some(last) => first.join(last.span()).unwrap_or(first),
         None => first,

@@ -22,9 +22,16 @@ pub enum Backend {
 
 /// The backends this machine offers: SQLite always; RabbitMQ when it
 /// answers (or a loud failure when `ACTION_EVENT_REQUIRE_AMQP=1`).
+///
+/// `ACTION_EVENT_TEST_BACKENDS=sqlite` (or `amqp`) narrows it, for a quick
+/// local run; CI never sets it.
 pub fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Sqlite];
-    if amqp_available() {
+    let only = std::env::var("ACTION_EVENT_TEST_BACKENDS").unwrap_or_default();
+    let mut v = Vec::new();
+    if only.is_empty() || only.contains("sqlite") {
+        v.push(Backend::Sqlite);
+    }
+    if (only.is_empty() || only.contains("amqp")) && amqp_available() {
         v.push(Backend::Amqp);
     }
     v
@@ -41,7 +48,9 @@ pub fn amqp_available() -> bool {
         if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
             panic!("no RabbitMQ at 127.0.0.1:5672 and ACTION_EVENT_REQUIRE_AMQP=1");
         }
-        eprintln!("SKIPPED: no RabbitMQ at 127.0.0.1:5672: the RabbitMQ half of this test did not run");
+        eprintln!(
+            "SKIPPED: no RabbitMQ at 127.0.0.1:5672: the RabbitMQ half of this test did not run"
+        );
     }
     up
 }
@@ -58,11 +67,11 @@ impl World {
     pub fn new(backend: &Backend) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = match backend {
-            Backend::Sqlite => format!("sqlite://{}?lease=2s", dir.path().join("events.db").display()),
-            Backend::Amqp => format!(
-                "{AMQP_URL}?prefix=test.{}.",
-                uuid_like()
+            Backend::Sqlite => format!(
+                "sqlite://{}?lease=2s",
+                dir.path().join("events.db").display()
             ),
+            Backend::Amqp => format!("{AMQP_URL}?prefix=test.{}.", uuid_like()),
         };
         let record = dir.path().join("record.txt");
         World {
@@ -114,7 +123,13 @@ impl World {
 
     /// Queues `n` `record` events on `queue`, tagged `<tag>-<i>`, from
     /// several tasks at once. Returns their ids.
-    pub async fn queue_records(&self, n: usize, queue: &str, tag: &str, sleep_ms: u64) -> Vec<EventId> {
+    pub async fn queue_records(
+        &self,
+        n: usize,
+        queue: &str,
+        tag: &str,
+        sleep_ms: u64,
+    ) -> Vec<EventId> {
         let client = self.client().await;
         let mut set = tokio::task::JoinSet::new();
         let per = n.div_ceil(8);
@@ -150,7 +165,12 @@ impl World {
     }
 
     /// Waits until `cond` holds on the records, or panics after `limit`.
-    pub fn wait_records(&self, limit: Duration, what: &str, cond: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    pub fn wait_records(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let started = Instant::now();
         loop {
             let r = self.records();
@@ -158,7 +178,10 @@ impl World {
                 return r;
             }
             if started.elapsed() > limit {
-                panic!("timed out after {limit:?} waiting for {what}; {} records", r.len());
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; {} records",
+                    r.len()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

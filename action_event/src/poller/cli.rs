@@ -219,7 +219,10 @@ where
         eprintln!("poller: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poller: cannot start the async runtime: {e}");
@@ -476,8 +479,8 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
 
 fn spawn_signal_handler(shutdown: Shutdown) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Error::io("cannot listen for SIGTERM", e))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("cannot listen for SIGTERM", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot listen for SIGINT", e))?;
     tokio::spawn(async move {
@@ -673,7 +676,12 @@ async fn dead(cli: &Cli, command: &DeadCommand) -> Result<(), Error> {
             println!("reason:   {}", d.reason);
             println!("body:     {}", d.body);
             for e in &d.errors {
-                println!("  attempt {} at {}: {}", e.attempt, fmt_time(e.at_ms), e.message);
+                println!(
+                    "  attempt {} at {}: {}",
+                    e.attempt,
+                    fmt_time(e.at_ms),
+                    e.message
+                );
             }
         }
         DeadCommand::Retry {
@@ -709,8 +717,7 @@ async fn dead(cli: &Cli, command: &DeadCommand) -> Result<(), Error> {
             let filter = DeadFilter {
                 queue: queue.clone(),
                 event: event.clone(),
-                died_before_ms: older_than
-                    .map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
+                died_before_ms: older_than.map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
             };
             let n = match (id, *all || older_than.is_some()) {
                 (Some(id), false) => broker.dead_purge(Some(id), &filter).await?,

@@ -232,7 +232,11 @@ struct Shared {
 impl Poller {
     /// A poller on `broker`; fails if the registry of this binary is
     /// inconsistent or empty.
-    pub fn new(broker: Arc<dyn Broker>, state: State, config: PollerConfig) -> Result<Poller, Error> {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        state: State,
+        config: PollerConfig,
+    ) -> Result<Poller, Error> {
         let registry = crate::registry()?;
         if registry.events().next().is_none() {
             return Err(Error::Registry(
@@ -301,7 +305,12 @@ impl Poller {
                     // the order events start in, whatever the task scheduler does.
                     let envelope = Envelope::from_slice(&delivery.body);
                     if let Ok(env) = &envelope {
-                        tracing::info!("Processing {}:{} ({})", delivery.queue, env.id, env.params_json());
+                        tracing::info!(
+                            "Processing {}:{} ({})",
+                            delivery.queue,
+                            env.id,
+                            env.params_json()
+                        );
                     }
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
@@ -558,7 +567,10 @@ async fn settle(shared: &Shared, delivery: &Delivery, what: Settle) {
         match r {
             Ok(()) => return,
             Err(e) if attempt < 5 => {
-                tracing::warn!("Broker error settling an event on {}: {e}; trying again", delivery.queue);
+                tracing::warn!(
+                    "Broker error settling an event on {}: {e}; trying again",
+                    delivery.queue
+                );
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }

@@ -171,7 +171,10 @@ pub fn list_pollers(dir: &Path) -> Vec<PollerStatus> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            let id = name.strip_prefix("poller.")?.strip_suffix(".pid")?.to_string();
+            let id = name
+                .strip_prefix("poller.")?
+                .strip_suffix(".pid")?
+                .to_string();
             let pid = read_pid(&e.path());
             let info = fs::read(info_path(dir, &id))
                 .ok()
