@@ -254,6 +254,45 @@ async fn heartbeat_keeps_a_held_event_past_its_lease() {
     assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
 }
 
+/// A poller whose ack/retry/dead keeps failing gives up on the event (it
+/// logs "it will run again"): the heartbeat must stop extending its lease,
+/// or the event would stay invisible for as long as that poller lives.
+#[tokio::test]
+async fn a_failed_settle_lets_the_lease_lapse_so_the_event_runs_again() {
+    for what in ["ack", "retry", "dead", "release"] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(&dir, "?lease=600ms&busy_timeout=50ms").await;
+        let b = open(&dir, "?poll=20ms").await;
+        a.publish(&Envelope::new("e", "high", json!({})))
+            .await
+            .unwrap();
+        let d = a.take(&qs(&["high"]), NOW).await.unwrap().expect("taken");
+        // Another process holds the write lock for longer than busy_timeout.
+        let blocker = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let r = match what {
+            "ack" => a.ack(&d).await,
+            "retry" => a.retry(&d, &env_of(&d), Duration::ZERO).await,
+            "dead" => a.dead(&d, &dead_of(&d, "x")).await,
+            _ => a.release(&d).await,
+        };
+        let err = r.expect_err("the file is locked");
+        assert!(err.to_string().contains("locked"), "{what}: {err}");
+        blocker.execute_batch("COMMIT").unwrap();
+        // `a` lives on; the event comes back once its lease lapses.
+        let started = Instant::now();
+        let d2 = b
+            .take(&qs(&["high"]), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: still held after {:?}", started.elapsed()));
+        assert!(d2.redelivered);
+        assert_eq!(env_of(&d2).id, env_of(&d).id);
+        b.ack(&d2).await.unwrap();
+        drop(a);
+    }
+}
+
 #[tokio::test]
 async fn delayed_publish_is_not_taken_early() {
     let dir = tempfile::tempdir().unwrap();

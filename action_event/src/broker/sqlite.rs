@@ -47,7 +47,11 @@
 //!
 //! [`Broker::ack`], [`Broker::retry`], [`Broker::dead`] and
 //! [`Broker::release`] only touch the row while it still carries the
-//! delivery's claim token. If the lease lapsed (the poller stalled longer than
+//! delivery's claim token. Each of them also stops the heartbeat for that
+//! delivery, *even when it fails*: a poller that cannot settle an event
+//! retries a few times within the lease, then gives up, and the event must
+//! then come back once its lease lapses instead of staying hidden for as
+//! long as that poller lives. If the lease lapsed (the poller stalled longer than
 //! `lease`) and another poller took the event, the row is left alone and a
 //! warning says the event may run twice.
 //!
@@ -441,9 +445,11 @@ impl SqliteBroker {
             let n = state
                 .conn
                 .prepare_cached(sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(args)))
-                .map_err(|e| inner.err(what, e))?;
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(args)));
+            // Forgotten even when the statement failed: the heartbeat must
+            // not keep an event whose poller may give up on it (module docs).
             state.held.remove(&(row, claim));
+            let n = n.map_err(|e| inner.err(what, e))?;
             if n == 0 {
                 warn_lapsed(&inner.url, &event_id, what);
             }
@@ -803,6 +809,8 @@ impl Broker for SqliteBroker {
         let errors = serde_json::to_string(&dead.errors)
             .map_err(|e| Error::broker(&self.inner.url, format!("dead: errors: {e}")))?;
         self.run(move |inner, state| {
+            // Forgotten whatever happens next: see `settle`.
+            state.held.remove(&(row, claim.clone()));
             let tx = state
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -813,7 +821,6 @@ impl Broker for SqliteBroker {
                 .map_err(|e| inner.err("dead", e))?;
             if n == 0 {
                 drop(tx);
-                state.held.remove(&(row, claim));
                 warn_lapsed(&inner.url, &event_id, "dead-lettering");
                 return Ok(());
             }
@@ -838,7 +845,6 @@ impl Broker for SqliteBroker {
             )
             .map_err(|e| inner.err("dead", e))?;
             tx.commit().map_err(|e| inner.err("dead: commit", e))?;
-            state.held.remove(&(row, claim));
             Ok(())
         })
         .await
