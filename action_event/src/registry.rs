@@ -34,7 +34,10 @@ pub type FilterFn = for<'a> fn(&'a mut Context) -> BoxFuture<'a, Result<Flow>>;
 /// The queue an event goes to when neither the call nor its handler says.
 pub const DEFAULT_QUEUE: &str = "medium";
 
-/// How many times a failed event is retried when no `retries = N` says.
+/// How many times a failed event is retried when no `retries = N` says (on
+/// the event or a base it extends); also how many times a poller retries an
+/// event whose name it does not know, unless `--unknown-retries N`
+/// ([`crate::poller::PollerConfig::unknown_retries`]) says otherwise.
 pub const DEFAULT_RETRIES: u32 = 10;
 
 /// What `#[action_event]` registers for one struct. Generated code only.
@@ -592,7 +595,7 @@ fn describe(d: &EventDecl) -> String {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -80,6 +80,11 @@ struct Cli {
     /// Longest wait between attempts.
     #[arg(long, global = true, default_value = "1h", value_parser = parse_duration)]
     retry_max: Duration,
+
+    /// How many times an event whose name no handler of this poller knows is
+    /// retried (with the same backoff) before it goes to the dead letters.
+    #[arg(long, global = true, default_value_t = crate::registry::DEFAULT_RETRIES)]
+    unknown_retries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -218,6 +223,9 @@ where
     if let Err(e) = init_logging(&cli, is_start) {
         eprintln!("poller: {e}");
         return ExitCode::FAILURE;
+    }
+    if is_start {
+        super::log_panics();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -427,6 +435,7 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
             max: cli.retry_max,
             ..RetryPolicy::default()
         },
+        unknown_retries: cli.unknown_retries,
         pid_file: pid_file.clone(),
         ..PollerConfig::default()
     };

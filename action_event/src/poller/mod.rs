@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::broker::{Broker, DeadEvent, Delivery};
 use crate::client::Client;
@@ -97,6 +98,11 @@ pub struct PollerConfig {
     pub shutdown_timeout: Duration,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
+    /// How many times an event whose name no handler of this binary knows
+    /// is retried before it goes to the dead letters (default
+    /// [`crate::DEFAULT_RETRIES`]): a rolling deploy may bring its handler, so it
+    /// is not dead-lettered at once.
+    pub unknown_retries: u32,
     /// How long one `take` waits when nothing is ready.
     pub idle_wait: Duration,
     /// The PID file this poller owns: when it stops naming this process the
@@ -112,6 +118,7 @@ impl Default for PollerConfig {
             exit_when_empty: false,
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            unknown_retries: DEFAULT_RETRIES,
             idle_wait: Duration::from_millis(500),
             pid_file: None,
         }
@@ -226,6 +233,7 @@ struct Shared {
     state: Arc<State>,
     client: Client,
     retry: RetryPolicy,
+    unknown_retries: u32,
     tally: Tally,
 }
 
@@ -254,6 +262,7 @@ impl Poller {
                 state: Arc::new(state),
                 client,
                 retry: config.retry,
+                unknown_retries: config.unknown_retries,
                 tally: Tally::default(),
             }),
             config: PollerConfig {
@@ -401,6 +410,31 @@ impl Poller {
     }
 }
 
+/// Sends panic messages to the log (`tracing`, at ERROR) instead of raw
+/// text on stderr, so a `--log-format json` log stays JSON and a panic in a
+/// handler is logged inside the span of its event (name, id, attempt). A
+/// backtrace is added when `RUST_BACKTRACE` asks for one. [`main`] calls it;
+/// an app that runs [`Poller`] itself may call it too (it replaces the
+/// process's panic hook).
+///
+/// The poller catches every panic of a filter or handler either way: it is
+/// a failure of that event, retried like an `Err`.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = crate::registry::panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!("panicked{location}: {message}\n{backtrace}");
+        } else {
+            tracing::error!("panicked{location}: {message}");
+        }
+    }));
+}
+
 /// Checks the PID file every 100 ms; the value becomes `Some` once it no
 /// longer names this process.
 fn watch_pid_file(path: PathBuf) -> watch::Receiver<Option<ExitReason>> {
@@ -464,13 +498,26 @@ async fn run_one(
                 died_at_ms: at,
             };
             settle(shared, &delivery, Settle::Dead(dead)).await;
+            shared.tally.dead.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
     let tag = format!("{}:{}", delivery.queue, envelope.id);
     let started = Instant::now();
+    // Everything logged while the event runs (its filters, its handler, a
+    // panic through `log_panics`) carries the event.
+    let span = tracing::info_span!(
+        "process",
+        event = %envelope.name,
+        id = %envelope.id,
+        attempt = envelope.attempt
+    );
+    let dispatch = shared
+        .registry
+        .dispatch(&envelope, shared.state.clone(), Some(shared.client.clone()))
+        .instrument(span);
     let outcome = tokio::select! {
-        o = shared.registry.dispatch(&envelope, shared.state.clone(), Some(shared.client.clone())) => o,
+        o = dispatch => o,
         _ = async { hard.wait_for(|v| *v).await.map(|_| ()) } => {
             match shared.broker.release(&delivery).await {
                 Ok(()) => tracing::warn!("Gave back {tag} unfinished; it will run again"),
@@ -497,7 +544,7 @@ async fn run_one(
                 .registry
                 .get(&envelope.name)
                 .map(|e| e.retries)
-                .unwrap_or(DEFAULT_RETRIES);
+                .unwrap_or(shared.unknown_retries);
             let at = now_ms();
             let mut errors = envelope.errors.clone();
             errors.push(AttemptError {
