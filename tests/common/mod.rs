@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use action_event::broker::{DeadEvent, DeadFilter};
 use action_event::{Client, EventId, QueueRequest};
 
 pub const POLLER: &str = env!("CARGO_BIN_EXE_e2e_poller");
@@ -156,6 +157,144 @@ impl World {
         ids
     }
 
+    /// Publishes `body` as is straight to `queue`, the way a foreign
+    /// producer would, bypassing the envelope: for SQLite a raw row in the
+    /// `events` table, for RabbitMQ a persistent message on the work queue
+    /// `<prefix><queue>` on the default exchange (the RabbitMQ backend's
+    /// naming; keep this in step with it).
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        // Opening the broker creates the schema / topology first.
+        let _client = self.client().await;
+        match self.backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(self.path().join("events.db"))
+                    .expect("open the SQLite file");
+                conn.busy_timeout(Duration::from_secs(10)).expect("busy");
+                let now = action_event::envelope::now_ms() as i64;
+                conn.execute(
+                    "INSERT INTO events (event_id, queue, name, body, visible_at, queued_at) \
+                     VALUES (?1, ?2, NULL, ?3, ?4, ?4)",
+                    rusqlite::params![
+                        format!("raw-{}", uuid_like()),
+                        queue,
+                        String::from_utf8_lossy(body),
+                        now
+                    ],
+                )
+                .expect("insert a raw row");
+            }
+            Backend::Amqp => {
+                use lapin::options::{
+                    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+                };
+                let prefix = self
+                    .url
+                    .split("prefix=")
+                    .nth(1)
+                    .and_then(|p| p.split('&').next())
+                    .expect("the test URL has a prefix")
+                    .to_string();
+                let conn =
+                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+                        .await
+                        .expect("connect to RabbitMQ");
+                let ch = conn.create_channel().await.expect("channel");
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .expect("confirms");
+                let name = format!("{prefix}{queue}");
+                ch.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("declare the work queue");
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        name.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        body,
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish");
+                confirm.await.expect("confirm");
+                let _ = conn.close(200, "done".into()).await;
+            }
+        }
+    }
+
+    /// Every dead event, through `Broker::dead_list`.
+    pub async fn dead(&self) -> Vec<DeadEvent> {
+        self.client()
+            .await
+            .broker()
+            .dead_list(&DeadFilter::default())
+            .await
+            .expect("dead_list")
+    }
+
+    /// Waits until `cond` holds on the dead letters, or panics after `limit`.
+    pub async fn wait_dead(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&[DeadEvent]) -> bool,
+    ) -> Vec<DeadEvent> {
+        let client = self.client().await;
+        let started = Instant::now();
+        loop {
+            let d = client
+                .broker()
+                .dead_list(&DeadFilter::default())
+                .await
+                .expect("dead_list");
+            if cond(&d) {
+                return d;
+            }
+            if started.elapsed() > limit {
+                panic!("timed out after {limit:?} waiting for {what}; dead letters: {d:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs a poller command to its end; panics unless it exits 0. Returns stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "poller {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Opens the gate of the `gated` event with this tag: it succeeds from now on.
+    pub fn open_gate(&self, tag: &str) {
+        let dir = self.path().join("gates");
+        std::fs::create_dir_all(&dir).expect("gates dir");
+        std::fs::write(dir.join(tag), b"open").expect("gate");
+    }
+
+    /// Queues one event by name with JSON params on `queue`.
+    pub async fn queue_json(&self, name: &str, queue: &str, params: serde_json::Value) -> EventId {
+        self.client()
+            .await
+            .send(QueueRequest::new(name).params_value(params).queue(queue))
+            .await
+            .expect("queue")
+    }
+
     pub fn records(&self) -> Vec<Record> {
         std::fs::read_to_string(&self.record)
             .unwrap_or_default()
@@ -211,6 +350,25 @@ impl Record {
             ms: it.next()?.parse().ok()?,
         })
     }
+}
+
+/// The records of one tag, in the order written.
+pub fn of_tag<'a>(records: &'a [Record], tag: &str) -> Vec<&'a Record> {
+    records.iter().filter(|r| r.tag == tag).collect()
+}
+
+/// Whether a child process is still running.
+pub fn alive(child: &mut Child) -> bool {
+    child.try_wait().expect("try_wait").is_none()
+}
+
+/// SIGTERM, then wait for a clean exit.
+pub fn stop(child: &mut Child, what: &str) {
+    if alive(child) {
+        send_signal(child, SIGTERM);
+    }
+    let status = wait_child(child, Duration::from_secs(60), what);
+    assert!(status.success(), "{what} exited with {status}");
 }
 
 /// How many `end` records each tag has.

@@ -117,6 +117,73 @@ impl Process for TypedEvent {
     }
 }
 
+/// Fails with "gate `<tag>` is closed" until the file `gates/<tag>` exists
+/// next to the record file; then records `end`. For dead letters that a
+/// person fixes, then retries.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(retries = 2)]
+struct GatedEvent {
+    tag: String,
+}
+
+impl Process for GatedEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        let rec = cx.state::<Recorder>()?;
+        rec.line("start", cx, &self.tag)?;
+        let gate = rec
+            .0
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("gates")
+            .join(&self.tag);
+        if !gate.exists() {
+            action_event::anyhow::bail!("gate `{}` is closed", self.tag);
+        }
+        rec.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
+/// A base whose settings its children inherit: one retry, a 1s timeout.
+#[action_event(base, retries = 1, timeout = "1s")]
+struct ShortFuseBase;
+
+/// Inherits `retries = 1, timeout = "1s"`: sleeps `sleep_ms`, then records `end`.
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(extends = ShortFuseBase)]
+struct InheritsFuseEvent {
+    tag: String,
+    sleep_ms: u64,
+}
+
+impl Process for InheritsFuseEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        let rec = cx.state::<Recorder>()?;
+        rec.line("start", cx, &self.tag)?;
+        tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        rec.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
+/// Overrides the base's timeout with 5s (keeps its one retry).
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event(extends = ShortFuseBase, timeout = "5s")]
+struct OverridesFuseEvent {
+    tag: String,
+    sleep_ms: u64,
+}
+
+impl Process for OverridesFuseEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        let rec = cx.state::<Recorder>()?;
+        rec.line("start", cx, &self.tag)?;
+        tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        rec.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let path = std::env::var_os("E2E_RECORD")
         .map(PathBuf::from)

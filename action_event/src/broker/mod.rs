@@ -176,7 +176,9 @@ pub trait Broker: Send + Sync + 'static {
         delay: Duration,
     ) -> Result<(), Error>;
 
-    /// Moves the delivery to the dead-letter store.
+    /// Moves the delivery to the dead-letter store, as durably as
+    /// [`Broker::publish`]: `dead` is stored before the delivery is removed,
+    /// so a crash in between may leave both, never neither.
     async fn dead(&self, delivery: &Delivery, dead: &DeadEvent) -> Result<(), Error>;
 
     /// Gives the delivery back to its queue untouched, to be taken again now.
@@ -185,8 +187,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Dead events matching `filter`, oldest first.
     async fn dead_list(&self, filter: &DeadFilter) -> Result<Vec<DeadEvent>, Error>;
 
-    /// Puts dead events back on their queues with a fresh attempt count;
-    /// `id` `None` means every one matching `filter`. Returns how many.
+    /// Puts dead events back on their queues with a fresh attempt count
+    /// (attempt 1, no errors, due now); `id` `None` means every one matching
+    /// `filter`. Returns how many. A dead event whose body is not an
+    /// envelope (a foreign message kept raw) is not retried: it stays in the
+    /// dead letters, with a warning, and is not counted.
     async fn dead_retry(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error>;
 
     /// Deletes dead events; `id` `None` means every one matching `filter`.
