@@ -507,9 +507,10 @@ async fn run_one(
     // Everything logged while the event runs (its filters, its handler, a
     // panic through `log_panics`) carries the event.
     let span = tracing::info_span!(
-        "process",
+        "event",
         event = %envelope.name,
         id = %envelope.id,
+        queue = %delivery.queue,
         attempt = envelope.attempt
     );
     let dispatch = shared
