@@ -1,5 +1,5 @@
 //! The poller the end-to-end tests run: real events that record what they
-//! do to a file, so a test can check that each ran exactly once and in which
+//! do to a file (`start`, `fail` just before returning `Err`, `end`), so a test can check that each ran exactly once and in which
 //! order. Not part of the demo; built only as a test fixture.
 
 use std::io::Write as _;
@@ -51,19 +51,26 @@ impl Process for RecordEvent {
     }
 }
 
-/// Fails (returns `Err`) on its first `fail_times` attempts, then records.
+/// Sleeps `sleep_ms`, then fails (returns `Err`) on its first `fail_times`
+/// attempts, then records `end`.
 #[derive(Debug, Serialize, Deserialize)]
 #[action_event(retries = 3)]
 struct FlakyEvent {
     tag: String,
     fail_times: u32,
+    #[serde(default)]
+    sleep_ms: u64,
 }
 
 impl Process for FlakyEvent {
     async fn process(self, cx: &Context) -> Result<()> {
         let rec = cx.state::<Recorder>()?;
         rec.line("start", cx, &self.tag)?;
+        if self.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        }
         if cx.attempt() <= self.fail_times {
+            rec.line("fail", cx, &self.tag)?;
             action_event::anyhow::bail!("flaky failure on attempt {}", cx.attempt());
         }
         rec.line("end", cx, &self.tag)?;
@@ -137,6 +144,7 @@ impl Process for GatedEvent {
             .join("gates")
             .join(&self.tag);
         if !gate.exists() {
+            rec.line("fail", cx, &self.tag)?;
             action_event::anyhow::bail!("gate `{}` is closed", self.tag);
         }
         rec.line("end", cx, &self.tag)?;
