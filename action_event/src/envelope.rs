@@ -122,7 +122,11 @@ pub fn now_ms() -> u64 {
 
 impl Envelope {
     /// A new first-attempt envelope with a fresh id, queued now.
-    pub fn new(name: impl Into<String>, queue: impl Into<String>, params: serde_json::Value) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        params: serde_json::Value,
+    ) -> Self {
         Envelope {
             v: ENVELOPE_VERSION,
             id: EventId::new(),

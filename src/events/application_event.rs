@@ -14,5 +14,10 @@ pub async fn log_params(cx: &mut Context) -> Result<Flow> {
 }
 
 fn tracing_log(cx: &Context) {
-    eprintln!("[{}] attempt {} params {}", cx.name(), cx.attempt(), cx.params());
+    eprintln!(
+        "[{}] attempt {} params {}",
+        cx.name(),
+        cx.attempt(),
+        cx.params()
+    );
 }

@@ -55,7 +55,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
         });
     }
     match scheme {
-        "sqlite" => Err(Error::broker(url, sqlite::SqliteBroker::open(url).await.err().map(|e| e.to_string()).unwrap_or_default())),
+        "sqlite" => Err(Error::broker(
+            url,
+            sqlite::SqliteBroker::open(url)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        )),
         other => Err(Error::BadUrl {
             url: redact_url(url),
             message: format!("unknown scheme `{other}`: use `sqlite://` or `amqp://`"),
@@ -169,7 +176,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Replaces the delivery with `next` (its next attempt), not to be taken
     /// before `delay` from now. `next` is stored before the delivery is
     /// removed: a crash in between may duplicate, never lose.
-    async fn retry(&self, delivery: &Delivery, next: &Envelope, delay: Duration) -> Result<(), Error>;
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        next: &Envelope,
+        delay: Duration,
+    ) -> Result<(), Error>;
 
     /// Moves the delivery to the dead-letter store.
     async fn dead(&self, delivery: &Delivery, dead: &DeadEvent) -> Result<(), Error>;

@@ -4,5 +4,7 @@ use crate::Error;
 pub struct SqliteBroker;
 impl SqliteBroker {
     /// Opens it.
-    pub async fn open(url: &str) -> Result<Self, Error> { Err(Error::broker(url, "not yet")) }
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        Err(Error::broker(url, "not yet"))
+    }
 }
