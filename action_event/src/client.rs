@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::Error;
 use crate::broker::{self, Broker};
 use crate::envelope::{Envelope, EventId, now_ms};
 use crate::event::Event;
 use crate::registry::{DEFAULT_QUEUE, registry};
-use crate::Error;
 
 /// A handle on a broker for queueing events. Cheap to clone.
 ///
@@ -125,7 +125,7 @@ impl QueueRequest {
 
     /// The request for a typed event (its name and serialized fields).
     pub fn typed<E: Event>(event: &E) -> Result<Self, Error> {
-        let value = serde_json::to_value(event).map_err(|e| Error::Queue {
+        let value = event.__to_json().map_err(|e| Error::Queue {
             event: E::NAME.to_string(),
             message: format!("cannot serialize params: {e}"),
         })?;
@@ -190,7 +190,9 @@ impl QueueRequest {
             Err(e) => {
                 self.error = Some(Error::Queue {
                     event: self.name.clone(),
-                    message: format!("bad delay `{delay}`: {e} (write e.g. \"30s\", \"5m\", \"2h\")"),
+                    message: format!(
+                        "bad delay `{delay}`: {e} (write e.g. \"30s\", \"5m\", \"2h\")"
+                    ),
                 });
                 self
             }
@@ -214,7 +216,9 @@ impl QueueRequest {
             return Err(e);
         }
         let params = serde_json::Value::Object(self.params);
-        let known = registry().ok().and_then(|r| r.get(&self.name).map(|e| (r, e.queue)));
+        let known = registry()
+            .ok()
+            .and_then(|r| r.get(&self.name).map(|e| (r, e.queue)));
         if let Some((r, _)) = known {
             r.check_params(&self.name, &params)?;
         }
@@ -277,19 +281,28 @@ pub trait QueueExt: Event {
     }
 
     /// Queues this event on `queue`.
-    fn queue_on(&self, queue: &str) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
+    fn queue_on(
+        &self,
+        queue: &str,
+    ) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
         let req = QueueRequest::typed(self).map(|r| r.queue(queue));
         async move { req?.send().await }
     }
 
     /// Queues this event not to run before `delay` from now.
-    fn queue_in(&self, delay: Duration) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
+    fn queue_in(
+        &self,
+        delay: Duration,
+    ) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
         let req = QueueRequest::typed(self).map(|r| r.delay(delay));
         async move { req?.send().await }
     }
 
     /// Queues this event not to run before `at`.
-    fn queue_at(&self, at: SystemTime) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
+    fn queue_at(
+        &self,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
         let req = QueueRequest::typed(self).map(|r| r.at(at));
         async move { req?.send().await }
     }

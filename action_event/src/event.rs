@@ -321,7 +321,12 @@ impl Context {
 /// }
 /// assert_eq!(<HelloWorldEvent as action_event::Event>::NAME, "hello_world");
 /// ```
-pub trait Event: Process + Serialize + DeserializeOwned + Send + Sync + 'static {
+// The bounds are `Process` and `EventParams` (not `Serialize +
+// DeserializeOwned` directly) so that a struct missing its serde derives or
+// its `Process` impl gets exactly one error, at the `impl Event` that
+// `#[action_event]` writes on the struct's name, with the message of our
+// `#[diagnostic::on_unimplemented]` rather than serde's.
+pub trait Event: Process + EventParams + Send + Sync + 'static {
     /// The event name, e.g. `hello_world`.
     const NAME: &'static str;
 }
@@ -330,15 +335,58 @@ pub trait Event: Process + Serialize + DeserializeOwned + Send + Sync + 'static 
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a base event, so nothing can `extends` it",
     label = "not declared with `#[action_event(base)]`",
-    note = "declare it as `#[action_event(base)] struct {Self};`"
+    note = "only a base can be extended: declare it with `#[action_event(base)]`; a base carries filters and defaults and is never processed itself (an event that is processed cannot be a base)"
 )]
 pub trait BaseEvent: 'static {}
 
-/// The params of an event: what `#[action_event]` needs from the struct.
+/// The params of an event: what `#[action_event]` needs from the struct,
+/// `serde`'s `Serialize` and `Deserialize`. Implemented for every type that
+/// has both.
+///
+/// ```
+/// fn is_params<T: action_event::EventParams>() {}
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Greeting { name: String }
+/// is_params::<Greeting>();
+/// ```
+///
+/// It has no supertraits on purpose: an event struct that misses a derive
+/// then gets one error, this trait's, instead of one from serde per trait.
 #[diagnostic::on_unimplemented(
     message = "event `{Self}` cannot be (de)serialized as params",
     label = "add `#[derive(Serialize, Deserialize)]` to this struct",
-    note = "params travel as JSON: events derive `serde::Serialize` and `serde::Deserialize`"
+    note = "params travel as JSON: an event derives both `Serialize` and `Deserialize` (from `action_event::prelude` or `serde`)"
 )]
-pub trait EventParams: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> EventParams for T {}
+pub trait EventParams: Sized {
+    /// The params as JSON. Used by the typed `queue()`.
+    #[doc(hidden)]
+    fn __to_json(&self) -> std::result::Result<serde_json::Value, serde_json::Error>;
+
+    /// Reads params; the error has the field path, e.g. `people_ids[1]`.
+    #[doc(hidden)]
+    fn __from_json(value: &serde_json::Value) -> std::result::Result<Self, ParamsError>;
+}
+
+// `do_not_recommend`: without it, rustc reports serde's missing traits
+// instead of the message above.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> EventParams for T {
+    fn __to_json(&self) -> std::result::Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+
+    fn __from_json(value: &serde_json::Value) -> std::result::Result<Self, ParamsError> {
+        serde_path_to_error::deserialize::<_, T>(value).map_err(|e| ParamsError {
+            path: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })
+    }
+}
+
+/// Params that do not fit: the field path and serde's message.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ParamsError {
+    pub path: String,
+    pub message: String,
+}

@@ -68,8 +68,8 @@ pub use envelope::{Envelope, EventId};
 pub use error::{Error, redact_url};
 pub use event::{BaseEvent, Context, Event, EventParams, Flow, Process, State};
 pub use registry::{
-    ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Failure, FailureKind, Outcome, Registry,
-    registry,
+    ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Failure, FailureKind, Outcome,
+    Registry, registry,
 };
 
 /// What handlers and filters return: any error converts with `?`.
@@ -103,7 +103,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::QueueRequest;
-    pub use crate::event::{BaseEvent, Event, EventParams, Process};
+    pub use crate::event::{BaseEvent, Event, ParamsError, Process};
     pub use crate::registry::{
         BoxFuture, EventDecl, FilterDecl, Handler, ParentDecl, SkipDecl, call_filter, decode,
         process,
@@ -120,7 +120,4 @@ pub mod __private {
 
     /// Compile-time check that `T` is a base event.
     pub const fn assert_base<T: ?Sized + BaseEvent>() {}
-
-    /// Compile-time check that `T` can be params.
-    pub const fn assert_params<T: EventParams>() {}
 }

@@ -22,7 +22,7 @@ use futures_util::FutureExt as _;
 
 use crate::client::Client;
 use crate::envelope::Envelope;
-use crate::event::{Context, EventParams, Flow, Process, State};
+use crate::event::{Context, Event, Flow, ParamsError, State};
 use crate::{Error, Result};
 
 /// A boxed, `Send` future: the one shape every filter and handler is erased to.
@@ -77,13 +77,6 @@ pub struct SkipDecl {
     pub id: fn() -> &'static str,
 }
 
-/// Params that do not fit: the field path and serde's message.
-#[doc(hidden)]
-pub struct ParamsError {
-    pub path: String,
-    pub message: String,
-}
-
 /// How to decode and run one event type, erased. Generated code only.
 #[doc(hidden)]
 pub struct Handler {
@@ -94,20 +87,14 @@ pub struct Handler {
 inventory::collect!(EventDecl);
 
 #[doc(hidden)]
-pub fn decode<T: EventParams + Send + 'static>(
+pub fn decode<T: Event>(
     value: &serde_json::Value,
 ) -> std::result::Result<Box<dyn Any + Send>, ParamsError> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Ok(Box::new(v)),
-        Err(e) => Err(ParamsError {
-            path: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        }),
-    }
+    T::__from_json(value).map(|v| Box::new(v) as Box<dyn Any + Send>)
 }
 
 #[doc(hidden)]
-pub fn process<T: Process>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFuture<'_, Result<()>> {
+pub fn process<T: Event>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFuture<'_, Result<()>> {
     match event.downcast::<T>() {
         Ok(event) => Box::pin(event.process(cx)),
         Err(_) => Box::pin(async {
@@ -120,29 +107,43 @@ pub fn process<T: Process>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFutur
 }
 
 /// A before filter: `async fn name(cx: &mut Context) -> Result<Flow>`.
+///
+/// That its future is `Send` is checked apart, in [`call_filter`], so that a
+/// filter holding an `Rc` across an `.await` gets rustc's own error, which
+/// points at the `.await`.
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a before filter",
-    label = "expected `async fn(&mut Context) -> Result<Flow>` with a `Send` future",
-    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ... Ok(Flow::Continue) }}`"
+    message = "this is not a before filter: a filter is `async fn(&mut Context) -> Result<Flow>`",
+    label = "found `{Self}`",
+    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ...; Ok(Flow::Continue) }}`: an `async fn` that takes `&mut Context` and returns `Result<Flow>` (`Ok(Flow::Halt)` stops the chain)"
 )]
 pub trait Filter<'a> {
-    fn call(self, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>;
+    type Future: Future<Output = Result<Flow>> + 'a;
+    fn call(self, cx: &'a mut Context) -> Self::Future;
 }
 
+// `do_not_recommend`: a function that is not a filter gets the message
+// above, which shows the signature expected, instead of rustc's report on
+// whichever bound of this impl failed.
+#[diagnostic::do_not_recommend]
 impl<'a, F, Fut> Filter<'a> for F
 where
     F: FnOnce(&'a mut Context) -> Fut,
-    Fut: Future<Output = Result<Flow>> + Send + 'a,
+    Fut: Future<Output = Result<Flow>> + 'a,
 {
-    fn call(self, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>> {
-        Box::pin(self(cx))
+    type Future = Fut;
+    fn call(self, cx: &'a mut Context) -> Fut {
+        self(cx)
     }
 }
 
 #[doc(hidden)]
-pub fn call_filter<'a, F: Filter<'a>>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>> {
-    f.call(cx)
+pub fn call_filter<'a, F>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>
+where
+    F: Filter<'a>,
+    F::Future: Send,
+{
+    Box::pin(f.call(cx))
 }
 
 /// One filter of a resolved chain.
@@ -308,12 +309,16 @@ impl Registry {
                 };
                 if lineage.iter().any(|l| (l.type_id)() == (p.type_id)()) {
                     if d.base || d.handler.is_some() {
-                        let mut cycle: Vec<&str> = lineage.iter().map(|l| (l.type_name)()).collect();
+                        let mut cycle: Vec<&str> =
+                            lineage.iter().map(|l| (l.type_name)()).collect();
                         cycle.push((p.type_name)());
                         // Report a cycle once, from the member with the smallest name.
                         let first = cycle[..cycle.len() - 1].iter().min().copied();
                         if first == Some((d.type_name)()) {
-                            errors.push(format!("`extends` forms a cycle: {}", cycle.join(" extends ")));
+                            errors.push(format!(
+                                "`extends` forms a cycle: {}",
+                                cycle.join(" extends ")
+                            ));
                         }
                     }
                     broken = true;
@@ -375,7 +380,10 @@ impl Registry {
                 ));
                 continue;
             }
-            let queue = lineage.iter().find_map(|l| l.queue).unwrap_or(DEFAULT_QUEUE);
+            let queue = lineage
+                .iter()
+                .find_map(|l| l.queue)
+                .unwrap_or(DEFAULT_QUEUE);
             let retries = lineage
                 .iter()
                 .find_map(|l| l.retries)
@@ -451,7 +459,11 @@ impl Registry {
                 e.timeout
                     .map(|t| humantime::format_duration(t).to_string())
                     .unwrap_or_else(|| "none".into()),
-                e.chain.iter().map(|f| f.path).collect::<Vec<_>>().join(", ")
+                e.chain
+                    .iter()
+                    .map(|f| f.path)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         out
@@ -459,7 +471,11 @@ impl Registry {
 
     /// Checks that `params` fit the struct of event `name` (when this binary
     /// knows it); the error names the event and the field path.
-    pub fn check_params(&self, name: &str, params: &serde_json::Value) -> std::result::Result<(), Error> {
+    pub fn check_params(
+        &self,
+        name: &str,
+        params: &serde_json::Value,
+    ) -> std::result::Result<(), Error> {
         if let Some(e) = self.events.get(name) {
             (e.handler.decode)(params).map_err(|p| Error::Params {
                 event: name.to_string(),
@@ -485,7 +501,12 @@ impl Registry {
     /// assert_eq!(registry.dispatch(&env, State::new().into(), None).await, Outcome::Completed);
     /// # });
     /// ```
-    pub async fn dispatch(&self, envelope: &Envelope, state: Arc<State>, client: Option<Client>) -> Outcome {
+    pub async fn dispatch(
+        &self,
+        envelope: &Envelope,
+        state: Arc<State>,
+        client: Option<Client>,
+    ) -> Outcome {
         let Some(event) = self.events.get(envelope.name.as_str()) else {
             return Outcome::Failed(Failure {
                 kind: FailureKind::UnknownEvent,
@@ -547,11 +568,14 @@ impl Registry {
             }),
             Err(panic) => Outcome::Failed(Failure {
                 kind: FailureKind::Panic,
-                message: format!("event `{}` panicked: {}", envelope.name, panic_message(&*panic)),
+                message: format!(
+                    "event `{}` panicked: {}",
+                    envelope.name,
+                    panic_message(&*panic)
+                ),
             }),
         }
     }
-
 }
 
 impl EventInfo {

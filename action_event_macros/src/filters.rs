@@ -52,7 +52,9 @@ pub fn parse_list(attr: &Attribute, kind: Kind) -> syn::Result<Vec<Path>> {
         other => {
             return Err(syn::Error::new(
                 other.span(),
-                format!("`#[{name}]` needs the filters it names: `#[{name}(log_params, load_tenant)]`"),
+                format!(
+                    "`#[{name}]` needs the filters it names: `#[{name}(log_params, load_tenant)]`"
+                ),
             ));
         }
     };
@@ -96,10 +98,27 @@ pub fn expand_stray(name: &str, args: TokenStream, item: TokenStream) -> TokenSt
     if let Some(attrs) = attrs
         && let Some(pos) = attrs.iter().position(is_action_event)
     {
-        // Re-emit ourselves right below `#[action_event]`, so it reads us.
+        // Re-emit ourselves right below `#[action_event]`, so it reads us,
+        // together with our siblings that are still above it: moving them
+        // all at once, in the order written, keeps the chain in that order
+        // (moving one at a time would reverse it, since the topmost
+        // attribute expands first).
         let ident = quote::format_ident!("{}", name);
         let me: Attribute = syn::parse_quote!(#[::action_event::#ident(#args)]);
-        attrs.insert(pos + 1, me);
+        let mut moved = vec![me];
+        let mut i = 0;
+        let mut at = pos;
+        while i < at {
+            if kind_of(&attrs[i]).is_some() {
+                moved.push(attrs.remove(i));
+                at -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        for (k, attr) in moved.into_iter().enumerate() {
+            attrs.insert(at + 1 + k, attr);
+        }
         return item.into_token_stream();
     }
     let err = syn::Error::new(

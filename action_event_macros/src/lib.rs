@@ -4,6 +4,7 @@
 
 use proc_macro::TokenStream;
 
+mod duration;
 mod event;
 mod filters;
 mod queue;
