@@ -307,14 +307,15 @@ impl Registry {
                     broken = true;
                     break;
                 };
-                if lineage.iter().any(|l| (l.type_id)() == (p.type_id)()) {
-                    if d.base || d.handler.is_some() {
+                if let Some(start) = lineage.iter().position(|l| (l.type_id)() == (p.type_id)()) {
+                    // `d` is in the cycle only when the walk comes back to
+                    // it (an event below a cycle is not); each cycle is
+                    // reported once, by its member with the smallest name.
+                    if start == 0 {
                         let mut cycle: Vec<&str> =
                             lineage.iter().map(|l| (l.type_name)()).collect();
-                        cycle.push((p.type_name)());
-                        // Report a cycle once, from the member with the smallest name.
-                        let first = cycle[..cycle.len() - 1].iter().min().copied();
-                        if first == Some((d.type_name)()) {
+                        if cycle.iter().min() == Some(&(d.type_name)()) {
+                            cycle.push((d.type_name)());
                             errors.push(format!(
                                 "`extends` forms a cycle: {}",
                                 cycle.join(" extends ")
