@@ -32,9 +32,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type FilterFn = for<'a> fn(&'a mut Context) -> BoxFuture<'a, Result<Flow>>;
 
 /// The queue an event goes to when neither the call nor its handler says.
+///
+/// ```
+/// let env = action_event::QueueRequest::new("doc.no_handler").into_envelope().unwrap();
+/// assert_eq!(env.queue, action_event::DEFAULT_QUEUE);
+/// ```
 pub const DEFAULT_QUEUE: &str = "medium";
 
 /// How many times a failed event is retried when no `retries = N` says.
+///
+/// ```
+/// assert_eq!(action_event::DEFAULT_RETRIES, 10); // override with `#[action_event(retries = 3)]`
+/// ```
 pub const DEFAULT_RETRIES: u32 = 10;
 
 /// What `#[action_event]` registers for one struct. Generated code only.
@@ -147,6 +156,21 @@ where
 }
 
 /// One filter of a resolved chain.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// async fn audit(_: &mut Context) -> Result<Flow> { Ok(Flow::Continue) }
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// #[before_filter(audit)]
+/// pub struct PingEvent {}
+/// impl Process for PingEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// let ping = action_event::registry().unwrap().get("ping").unwrap();
+/// assert_eq!(ping.chain[0].path, "audit");
+/// assert!(ping.chain[0].id.ends_with("::audit")); // the function's full path
+/// ```
 #[derive(Clone, Copy)]
 pub struct ChainFilter {
     /// The path as written in `#[before_filter(...)]`.
@@ -164,7 +188,7 @@ impl fmt::Debug for ChainFilter {
 
 /// One event as this binary runs it: settings and chain resolved.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// # use action_event::prelude::*;
 /// # #[derive(Serialize, Deserialize)] #[action_event(queue = "high")] struct PingEvent {}
 /// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
@@ -207,6 +231,24 @@ impl fmt::Debug for EventInfo {
 }
 
 /// How one run of an event ended.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// use action_event::{Envelope, Outcome};
+/// async fn closed(_: &mut Context) -> Result<Flow> { Ok(Flow::Halt) }
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// #[before_filter(closed)]
+/// pub struct ShopEvent {}
+/// impl Process for ShopEvent {
+///     async fn process(self, _: &Context) -> Result<()> { unreachable!() }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("shop", "medium", serde_json::json!({}));
+/// let outcome = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await;
+/// assert_eq!(outcome, Outcome::Halted { filter: "closed" });
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The chain and `process` returned Ok.
@@ -221,6 +263,27 @@ pub enum Outcome {
 }
 
 /// Why a run failed, and what should become of the event.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// use action_event::{Envelope, FailureKind, Outcome};
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// pub struct ChargeEvent { pub amount: i64 }
+/// impl Process for ChargeEvent {
+///     async fn process(self, _: &Context) -> Result<()> {
+///         anyhow::ensure!(self.amount > 0, "amount must be positive");
+///         Ok(())
+///     }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("charge", "medium", serde_json::json!({"amount": -1}));
+/// let Outcome::Failed(failure) = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await
+/// else { panic!() };
+/// assert_eq!(failure.kind, FailureKind::Error);
+/// assert_eq!(failure.message, "event `charge`: amount must be positive");
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     /// The kind of failure.
@@ -230,6 +293,17 @@ pub struct Failure {
 }
 
 /// The kinds of [`Failure`].
+///
+/// ```rust,standalone_crate
+/// use action_event::{Envelope, FailureKind, Outcome, State};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("nobody_handles_this", "medium", serde_json::json!({}));
+/// match action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await {
+///     Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::UnknownEvent),
+///     other => panic!("{other:?}"),
+/// }
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// A filter or `process` returned `Err`: retried.
@@ -246,12 +320,30 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Whether retrying may help.
+    ///
+    /// ```
+    /// use action_event::FailureKind;
+    /// assert!(FailureKind::Timeout.retryable());
+    /// assert!(!FailureKind::BadParams.retryable());
+    /// ```
     pub fn retryable(self) -> bool {
         !matches!(self, FailureKind::BadParams)
     }
 }
 
 /// Every event of this binary.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event(queue = "high")]
+/// pub struct HelloWorldEvent { pub name: String }
+/// impl Process for HelloWorldEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// let registry: &action_event::Registry = action_event::registry().unwrap();
+/// assert_eq!(registry.names(), ["hello_world"]);
+/// ```
 #[derive(Debug)]
 pub struct Registry {
     events: BTreeMap<&'static str, EventInfo>,
@@ -262,7 +354,11 @@ pub struct Registry {
 /// share a name, `extends` forms a cycle, or a skip names a filter that is
 /// not in the chain.
 ///
-/// ```
+/// The registry holds the events of the whole binary: a doctest or test
+/// that calls it is best its own crate (`standalone_crate`), so that the
+/// events of other tests do not meet it.
+///
+/// ```rust,standalone_crate
 /// let registry = action_event::registry().expect("events are consistent");
 /// for event in registry.events() {
 ///     println!("{} on {}", event.name, event.queue);
@@ -419,11 +515,36 @@ impl Registry {
     }
 
     /// The event with this name.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.get("hello_world").unwrap().queue, "high");
+    /// assert!(registry.get("goodbye").is_none());
+    /// ```
     pub fn get(&self, name: &str) -> Option<&EventInfo> {
         self.events.get(name)
     }
 
     /// The event whose struct is `T`.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.get_type::<HelloWorldEvent>().unwrap().name, "hello_world");
+    /// ```
     pub fn get_type<T: 'static>(&self) -> Option<&EventInfo> {
         self.by_type
             .get(&TypeId::of::<T>())
@@ -431,11 +552,38 @@ impl Registry {
     }
 
     /// Every event, sorted by name.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// for event in registry.events() {
+    ///     println!("{} on {} ({} retries)", event.name, event.queue, event.retries);
+    /// }
+    /// assert_eq!(registry.events().count(), 1);
+    /// ```
     pub fn events(&self) -> impl Iterator<Item = &EventInfo> {
         self.events.values()
     }
 
     /// Every event name, sorted.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.names(), ["hello_world"]);
+    /// ```
     pub fn names(&self) -> Vec<String> {
         self.events.keys().map(|k| k.to_string()).collect()
     }
@@ -443,9 +591,22 @@ impl Registry {
     /// One line per event: name, queue, retries, timeout, chain. The poller
     /// logs this at start.
     ///
-    /// ```
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// async fn log_params(_: &mut Context) -> Result<Flow> { Ok(Flow::Continue) }
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high", timeout = "30s")]
+    /// #[before_filter(log_params)]
+    /// pub struct PingEvent {}
+    /// impl Process for PingEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
     /// let table = action_event::registry().unwrap().describe();
-    /// assert!(table.contains("events") || table.is_empty() || true);
+    /// let type_name = std::any::type_name::<PingEvent>();
+    /// assert_eq!(
+    ///     table,
+    ///     format!("ping ({type_name}) queue=high retries=10 timeout=30s chain=[log_params]\n")
+    /// );
     /// ```
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -472,6 +633,22 @@ impl Registry {
 
     /// Checks that `params` fit the struct of event `name` (when this binary
     /// knows it); the error names the event and the field path.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert!(registry.check_params("hello_world", &serde_json::json!({"name": "x"})).is_ok());
+    /// let err = registry.check_params("hello_world", &serde_json::json!({"name": 5})).unwrap_err();
+    /// assert!(err.to_string().contains("at `name`"), "{err}");
+    /// // An event this binary does not know is not checked.
+    /// assert!(registry.check_params("elsewhere", &serde_json::json!({})).is_ok());
+    /// ```
     pub fn check_params(
         &self,
         name: &str,
@@ -490,7 +667,7 @@ impl Registry {
     /// Runs one event in this process: decode the params, run the chain,
     /// then `process`, within the event's timeout; panics are caught.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// # use action_event::prelude::*;
     /// # #[derive(Serialize, Deserialize)] #[action_event] struct AddEvent { a: i32 }
     /// # impl Process for AddEvent { async fn process(self, _: &Context) -> Result<()> {
@@ -581,6 +758,18 @@ impl Registry {
 
 impl EventInfo {
     /// Whether this info is for struct `T`.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert!(registry.get("hello_world").unwrap().is::<HelloWorldEvent>());
+    /// ```
     pub fn is<T: 'static>(&self) -> bool {
         self.type_id == TypeId::of::<T>()
     }
