@@ -115,44 +115,50 @@ pub fn process<T: Event>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFuture<
     }
 }
 
-/// A before filter: `async fn name(cx: &mut Context) -> Result<Flow>`.
-///
-/// That its future is `Send` is checked apart, in [`call_filter`], so that a
-/// filter holding an `Rc` across an `.await` gets rustc's own error, which
-/// points at the `.await`.
+// A before filter is `async fn name(cx: &mut Context) -> Result<Flow>`.
+// `call_filter` checks the three parts of that apart, each with its own
+// message at the filter's path: the argument (`FilterArg`), the output
+// (`FilterOutput`), and that the future is `Send` (rustc's own error, which
+// points at the `.await` that holds what is not `Send`).
+
+/// The argument of a before filter: `&mut Context` only.
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "this is not a before filter: a filter is `async fn(&mut Context) -> Result<Flow>`",
-    label = "found `{Self}`",
-    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ...; Ok(Flow::Continue) }}`: an `async fn` that takes `&mut Context` and returns `Result<Flow>` (`Ok(Flow::Halt)` stops the chain)"
+    message = "a before filter takes `&mut Context`, not `{Self}`",
+    label = "this filter takes `{Self}`",
+    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow>`: it may change the context (`cx.insert(...)`) for the filters after it and the handler"
 )]
-pub trait Filter<'a> {
-    type Future: Future<Output = Result<Flow>> + 'a;
-    fn call(self, cx: &'a mut Context) -> Self::Future;
+pub trait FilterArg<'a> {
+    fn from_context(cx: &'a mut Context) -> Self;
 }
 
-// `do_not_recommend`: a function that is not a filter gets the message
-// above, which shows the signature expected, instead of rustc's report on
-// whichever bound of this impl failed.
-#[diagnostic::do_not_recommend]
-impl<'a, F, Fut> Filter<'a> for F
-where
-    F: FnOnce(&'a mut Context) -> Fut,
-    Fut: Future<Output = Result<Flow>> + 'a,
-{
-    type Future = Fut;
-    fn call(self, cx: &'a mut Context) -> Fut {
-        self(cx)
+impl<'a> FilterArg<'a> for &'a mut Context {
+    fn from_context(cx: &'a mut Context) -> Self {
+        cx
     }
 }
 
+/// What calling a before filter gives: a future of `Result<Flow>`.
 #[doc(hidden)]
-pub fn call_filter<'a, F>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>
+#[diagnostic::on_unimplemented(
+    message = "a before filter is an `async fn` that returns `Result<Flow>`; calling this one gives `{Self}`",
+    label = "not `async fn(&mut Context) -> Result<Flow>`",
+    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ...; Ok(Flow::Continue) }}` (`Ok(Flow::Halt)` stops the chain)"
+)]
+pub trait FilterOutput<'a>: Future<Output = Result<Flow>> + 'a {}
+
+// `do_not_recommend`: the message above, not rustc's on `Future`.
+#[diagnostic::do_not_recommend]
+impl<'a, T: Future<Output = Result<Flow>> + 'a> FilterOutput<'a> for T {}
+
+#[doc(hidden)]
+pub fn call_filter<'a, F, A, Fut>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>
 where
-    F: Filter<'a>,
-    F::Future: Send,
+    F: FnOnce(A) -> Fut,
+    A: FilterArg<'a>,
+    Fut: FilterOutput<'a> + Send,
 {
-    Box::pin(f.call(cx))
+    Box::pin(f(A::from_context(cx)))
 }
 
 /// One filter of a resolved chain.
