@@ -117,11 +117,11 @@ fn parse_arg(meta: &syn::Meta, out: &mut Args) -> syn::Result<()> {
         _ => "timeout = \"30s\"",
     };
     if key == "base" {
+        // Recorded even when written wrong, so that the checks that depend
+        // on it (a unit struct is fine for a base) add no second error.
+        out.base = Some(path.span());
         return match meta {
-            syn::Meta::Path(p) => {
-                out.base = Some(p.span());
-                Ok(())
-            }
+            syn::Meta::Path(_) => Ok(()),
             _ => Err(syn::Error::new_spanned(
                 meta,
                 "`base` takes no value: write `#[action_event(base)]`",
