@@ -563,7 +563,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     } else {
         impls.extend(quote_spanned! {ident.span()=>
             impl #private::Event for #ident {
-                const NAME: &'static str = #name;
+                const NAME: &'static ::core::primitive::str = #name;
             }
         });
         quote! {
