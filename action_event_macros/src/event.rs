@@ -418,8 +418,12 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     // Our own attributes are read here and removed from the struct.
     let mut filters: Vec<Path> = Vec::new();
     let mut skips: Vec<Path> = Vec::new();
+    let mut consumed = TokenStream::new();
     strukt.attrs.retain(|attr| match filters::kind_of(attr) {
         Some(kind) => {
+            // Named once more, as it was written, so that its import counts
+            // as used (it never expands on its own once read here).
+            consumed.extend(filters::consumed_marker(attr.path()));
             match filters::parse_list(attr, kind) {
                 Ok(list) if kind == Kind::Before => filters.extend(list),
                 Ok(list) => skips.extend(list),
@@ -578,7 +582,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     if errors.is_some() {
         // Emit the struct (so later code still resolves it) and the errors,
         // nothing else: one mistake, one message.
-        return quote! { #errors #strukt };
+        return quote! { #errors #strukt const _: () = { #consumed }; };
     }
 
     quote! {
@@ -588,6 +592,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
         #[doc(hidden)]
         const _: () = {
+            #consumed
             #wrappers
             #checks
             #private::inventory::submit! {

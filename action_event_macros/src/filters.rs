@@ -75,7 +75,27 @@ pub fn parse_list(attr: &Attribute, kind: Kind) -> syn::Result<Vec<Path>> {
     Ok(paths.into_iter().collect())
 }
 
+/// The argument of the marker below.
+const CONSUMED: &str = "__action_event_consumed";
+
+/// `#[path(__action_event_consumed)] const _: () = ();`: emitted by
+/// `#[action_event]` for each filter attribute it read, so that the user's
+/// import of `before_filter` is used. It expands to nothing.
+pub fn consumed_marker(path: &Path) -> TokenStream {
+    let marker = proc_macro2::Ident::new(CONSUMED, proc_macro2::Span::call_site());
+    quote! {
+        #[#path(#marker)]
+        const _: () = ();
+    }
+}
+
 pub fn expand_stray(name: &str, args: TokenStream, item: TokenStream) -> TokenStream {
+    if let [proc_macro2::TokenTree::Ident(i)] =
+        args.clone().into_iter().collect::<Vec<_>>().as_slice()
+        && i == CONSUMED
+    {
+        return TokenStream::new();
+    }
     let mut item: syn::Item = match syn::parse2(item.clone()) {
         Ok(i) => i,
         Err(_) => {

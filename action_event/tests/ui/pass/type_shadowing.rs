@@ -7,9 +7,7 @@
 // event's serde impls are written by hand here, forwarding to a derived
 // twin in a module without the shadows.
 #![allow(dead_code, non_camel_case_types, non_upper_case_globals)]
-// `#[before_filter]` below `#[action_event]` is read by `#[action_event]`
-// and never expands itself, so its explicit import counts as unused.
-#![allow(unused_imports)]
+#![deny(unused_imports)]
 
 use ::action_event::prelude::{
     Context, Deserialize, Flow, Process, Serialize, action_event, before_filter, queue,
