@@ -1,4 +1,11 @@
 //! The wire format: one JSON document per event (see `docs/wire-format.md`).
+//!
+//! ```
+//! use action_event::Envelope;
+//! let env = Envelope::from_slice(br#"{"v":1,"id":"0190a0a0-0000-7000-8000-000000000000",
+//!     "name":"hello_world","queue":"high","params":{"name":"world"}}"#).unwrap();
+//! assert_eq!((env.name.as_str(), env.attempt), ("hello_world", 1));
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// The version of the envelope format this crate writes.
+///
+/// ```
+/// let env = action_event::Envelope::new("e", "medium", serde_json::json!({}));
+/// assert_eq!(env.v, action_event::envelope::ENVELOPE_VERSION);
+/// ```
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// The id of one queued event: a UUID v7 (time-ordered), made by the producer.
@@ -25,6 +37,11 @@ pub struct EventId(pub uuid::Uuid);
 
 impl EventId {
     /// A fresh id.
+    ///
+    /// ```
+    /// let (a, b) = (action_event::EventId::new(), action_event::EventId::new());
+    /// assert!(a < b); // time-ordered
+    /// ```
     pub fn new() -> Self {
         EventId(uuid::Uuid::now_v7())
     }
@@ -122,6 +139,11 @@ pub fn now_ms() -> u64 {
 
 impl Envelope {
     /// A new first-attempt envelope with a fresh id, queued now.
+    ///
+    /// ```
+    /// let env = action_event::Envelope::new("hello_world", "high", serde_json::json!({"name": "world"}));
+    /// assert_eq!((env.attempt, env.run_at_ms), (1, None));
+    /// ```
     pub fn new(
         name: impl Into<String>,
         queue: impl Into<String>,
@@ -141,6 +163,12 @@ impl Envelope {
     }
 
     /// The JSON document.
+    ///
+    /// ```
+    /// let env = action_event::Envelope::new("hello_world", "high", serde_json::json!({}));
+    /// let text = String::from_utf8(env.to_bytes()).unwrap();
+    /// assert!(text.starts_with(r#"{"v":1,"id":""#), "{text}");
+    /// ```
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing this struct cannot fail: every field is plain data and
         // params is already a `serde_json::Value`.
@@ -148,6 +176,14 @@ impl Envelope {
     }
 
     /// Parses a JSON document; the error says what is wrong and where.
+    ///
+    /// ```
+    /// use action_event::Envelope;
+    /// let err = Envelope::from_slice(b"{not json").unwrap_err().to_string();
+    /// assert!(err.starts_with("invalid envelope: not valid JSON"), "{err}");
+    /// let err = Envelope::from_slice(br#"{"name": "x"}"#).unwrap_err().to_string();
+    /// assert!(err.contains("not an action_event envelope"), "{err}");
+    /// ```
     pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
         let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
             let what = if serde_json::from_slice::<serde_json::Value>(bytes).is_err() {
@@ -173,6 +209,11 @@ impl Envelope {
     }
 
     /// The params as one line of JSON, for logs.
+    ///
+    /// ```
+    /// let env = action_event::Envelope::new("e", "medium", serde_json::json!({"ids": [1, 2]}));
+    /// assert_eq!(env.params_json(), r#"{"ids":[1,2]}"#);
+    /// ```
     pub fn params_json(&self) -> String {
         self.params.to_string()
     }

@@ -41,6 +41,19 @@ use crate::{Error, Result};
 pub trait Process: Sized + Send + 'static {
     /// Runs the event. An `Err` (or a panic, or a timeout) is a failure: it is
     /// retried with backoff, then dead-lettered.
+    ///
+    /// ```
+    /// # use action_event::prelude::*;
+    /// # #[derive(Serialize, Deserialize)]
+    /// # #[action_event]
+    /// # pub struct ChargeEvent { pub amount: i64 }
+    /// impl Process for ChargeEvent {
+    ///     async fn process(self, cx: &Context) -> Result<()> {
+    ///         anyhow::ensure!(self.amount > 0, "event {}: amount must be positive", cx.id());
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
     fn process(self, cx: &Context) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -81,11 +94,24 @@ pub struct State {
 
 impl State {
     /// An empty environment.
+    ///
+    /// ```
+    /// let state = action_event::State::new();
+    /// assert!(state.type_names().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a value, replacing one of the same type.
+    ///
+    /// ```
+    /// let mut state = action_event::State::new();
+    /// state.insert(1u8).insert("config");
+    /// state.insert(2u8);
+    /// assert_eq!(*state.get::<u8>().unwrap(), 2);
+    /// assert_eq!(state.type_names(), ["u8", "&str"]);
+    /// ```
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> &mut Self {
         if self
             .map
@@ -98,12 +124,26 @@ impl State {
     }
 
     /// Builder form of [`State::insert`].
+    ///
+    /// ```
+    /// struct Db;
+    /// let state = action_event::State::new().with(Db).with(3u32);
+    /// assert!(state.get::<Db>().is_ok());
+    /// ```
     pub fn with<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.insert(value);
         self
     }
 
     /// The value of type `T`; the error names the type when it is missing.
+    ///
+    /// ```
+    /// struct Db;
+    /// let state = action_event::State::new().with(5u32);
+    /// assert_eq!(*state.get::<u32>().unwrap(), 5);
+    /// let err = state.get::<Db>().err().unwrap().to_string();
+    /// assert!(err.contains("Db` was not provided"), "{err}");
+    /// ```
     pub fn get<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, Error> {
         self.map
             .get(&TypeId::of::<T>())
@@ -114,6 +154,11 @@ impl State {
     }
 
     /// The type names held, in insertion order (for the startup log).
+    ///
+    /// ```
+    /// let state = action_event::State::new().with(String::new());
+    /// assert_eq!(state.type_names(), ["alloc::string::String"]);
+    /// ```
     pub fn type_names(&self) -> &[&'static str] {
         &self.names
     }
@@ -214,22 +259,48 @@ impl Context {
     }
 
     /// The event id.
+    ///
+    /// ```
+    /// let a = action_event::Context::for_test("e", serde_json::json!({}));
+    /// let b = action_event::Context::for_test("e", serde_json::json!({}));
+    /// assert_ne!(a.id(), b.id());
+    /// ```
     pub fn id(&self) -> EventId {
         self.id
     }
     /// The event name, e.g. `hello_world`.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("hello_world", serde_json::json!({}));
+    /// assert_eq!(cx.name(), "hello_world");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
     /// The queue it was taken from.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("hello_world", serde_json::json!({}));
+    /// assert_eq!(cx.queue_name(), "medium");
+    /// ```
     pub fn queue_name(&self) -> &str {
         &self.queue
     }
     /// Which attempt this is: 1 for the first run.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("hello_world", serde_json::json!({}));
+    /// assert_eq!(cx.attempt(), 1);
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
     /// The raw params, as queued.
+    ///
+    /// ```
+    /// let cx = action_event::Context::for_test("e", serde_json::json!({"name": "world"}));
+    /// assert_eq!(cx.params()["name"], "world");
+    /// ```
     pub fn params(&self) -> &serde_json::Value {
         &self.params
     }
@@ -255,11 +326,29 @@ impl Context {
     }
 
     /// The app's value of type `T` (see [`State`]); the error names `T`.
+    ///
+    /// ```
+    /// use action_event::prelude::*;
+    /// struct Greeting(&'static str);
+    /// async fn greet(cx: &mut Context) -> Result<Flow> {
+    ///     let greeting = cx.state::<Greeting>()?; // an error naming `Greeting` when missing
+    ///     println!("{}", greeting.0);
+    ///     Ok(Flow::Continue)
+    /// }
+    /// let cx = Context::for_test_with_state("e", serde_json::json!({}), State::new().with(Greeting("hi")));
+    /// assert_eq!(cx.state::<Greeting>().unwrap().0, "hi");
+    /// ```
     pub fn state<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, Error> {
         self.state.get::<T>()
     }
 
     /// Stores a value for later filters and the handler; returns the one it replaces.
+    ///
+    /// ```
+    /// let mut cx = action_event::Context::for_test("e", serde_json::json!({}));
+    /// assert_eq!(cx.insert(1u32), None);
+    /// assert_eq!(cx.insert(2u32), Some(1));
+    /// ```
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
         self.locals
             .insert(TypeId::of::<T>(), Box::new(value))
@@ -267,6 +356,14 @@ impl Context {
     }
 
     /// A value a filter stored with [`Context::insert`].
+    ///
+    /// ```
+    /// struct Tenant(u64);
+    /// let mut cx = action_event::Context::for_test("e", serde_json::json!({}));
+    /// assert!(cx.get::<Tenant>().is_none());
+    /// cx.insert(Tenant(7));
+    /// assert_eq!(cx.get::<Tenant>().unwrap().0, 7);
+    /// ```
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.locals
             .get(&TypeId::of::<T>())
@@ -274,6 +371,13 @@ impl Context {
     }
 
     /// Mutable access to a value a filter stored.
+    ///
+    /// ```
+    /// let mut cx = action_event::Context::for_test("e", serde_json::json!({}));
+    /// cx.insert(vec!["a"]);
+    /// cx.get_mut::<Vec<&str>>().unwrap().push("b");
+    /// assert_eq!(cx.get::<Vec<&str>>().unwrap(), &["a", "b"]);
+    /// ```
     pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
         self.locals
             .get_mut(&TypeId::of::<T>())
@@ -300,6 +404,19 @@ impl Context {
     }
 
     /// Queues a typed follow-up event through the same broker as the poller.
+    ///
+    /// ```no_run
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event]
+    /// pub struct SendEmailEvent { pub people_ids: Vec<u64> }
+    /// impl Process for SendEmailEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// # async fn f(cx: &Context) -> Result<()> {
+    /// cx.queue_event(&SendEmailEvent { people_ids: vec![1, 2] }).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn queue_event<E: Event>(&self, event: &E) -> std::result::Result<EventId, Error> {
         let req = crate::client::QueueRequest::typed(event)?;
         match &self.client {
@@ -321,7 +438,12 @@ impl Context {
 /// }
 /// assert_eq!(<HelloWorldEvent as action_event::Event>::NAME, "hello_world");
 /// ```
-pub trait Event: Process + Serialize + DeserializeOwned + Send + Sync + 'static {
+// The bounds are `Process` and `EventParams` (not `Serialize +
+// DeserializeOwned` directly) so that a struct missing its serde derives or
+// its `Process` impl gets exactly one error, at the `impl Event` that
+// `#[action_event]` writes on the struct's name, with the message of our
+// `#[diagnostic::on_unimplemented]` rather than serde's.
+pub trait Event: Process + EventParams + Send + Sync + 'static {
     /// The event name, e.g. `hello_world`.
     const NAME: &'static str;
 }
@@ -330,15 +452,65 @@ pub trait Event: Process + Serialize + DeserializeOwned + Send + Sync + 'static 
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a base event, so nothing can `extends` it",
     label = "not declared with `#[action_event(base)]`",
-    note = "declare it as `#[action_event(base)] struct {Self};`"
+    note = "only a base can be extended: declare it with `#[action_event(base)]`; a base carries filters and defaults and is never processed itself (an event that is processed cannot be a base)"
 )]
+/// ```
+/// use action_event::prelude::*;
+/// #[action_event(base, queue = "low")]
+/// pub struct ApplicationEvent;
+/// fn is_base<T: action_event::BaseEvent>() {}
+/// is_base::<ApplicationEvent>();
+/// ```
 pub trait BaseEvent: 'static {}
 
-/// The params of an event: what `#[action_event]` needs from the struct.
+/// The params of an event: what `#[action_event]` needs from the struct,
+/// `serde`'s `Serialize` and `Deserialize`. Implemented for every type that
+/// has both.
+///
+/// ```
+/// fn is_params<T: action_event::EventParams>() {}
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Greeting { name: String }
+/// is_params::<Greeting>();
+/// ```
+///
+/// It has no supertraits on purpose: an event struct that misses a derive
+/// then gets one error, this trait's, instead of one from serde per trait.
 #[diagnostic::on_unimplemented(
     message = "event `{Self}` cannot be (de)serialized as params",
     label = "add `#[derive(Serialize, Deserialize)]` to this struct",
-    note = "params travel as JSON: events derive `serde::Serialize` and `serde::Deserialize`"
+    note = "params travel as JSON: an event derives both `Serialize` and `Deserialize` (from `action_event::prelude` or `serde`)"
 )]
-pub trait EventParams: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> EventParams for T {}
+pub trait EventParams: Sized {
+    /// The params as JSON. Used by the typed `queue()`.
+    #[doc(hidden)]
+    fn __to_json(&self) -> std::result::Result<serde_json::Value, serde_json::Error>;
+
+    /// Reads params; the error has the field path, e.g. `people_ids[1]`.
+    #[doc(hidden)]
+    fn __from_json(value: &serde_json::Value) -> std::result::Result<Self, ParamsError>;
+}
+
+// `do_not_recommend`: without it, rustc reports serde's missing traits
+// instead of the message above.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> EventParams for T {
+    fn __to_json(&self) -> std::result::Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+
+    fn __from_json(value: &serde_json::Value) -> std::result::Result<Self, ParamsError> {
+        serde_path_to_error::deserialize::<_, T>(value).map_err(|e| ParamsError {
+            path: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })
+    }
+}
+
+/// Params that do not fit: the field path and serde's message.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ParamsError {
+    pub path: String,
+    pub message: String,
+}

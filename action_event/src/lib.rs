@@ -62,7 +62,159 @@ mod event;
 pub mod poller;
 mod registry;
 
-pub use action_event_macros::{action_event, before_filter, queue, skip_before_filter};
+/// Marks a struct as an event (or, with `base`, as a base that events extend).
+///
+/// The struct's fields are the event's params: it derives `Serialize` and
+/// `Deserialize`, has named fields, and implements [`Process`]. Keys, in any
+/// order, each at most once:
+///
+/// | key | meaning | default |
+/// | --- | --- | --- |
+/// | `base` | a base: carries filters and defaults, never processed itself | an event |
+/// | `extends = SomeBase` | inherit the base's filters and defaults (any number of levels) | none |
+/// | `name = "..."` | the event name (not on a base) | the struct name in snake case without `Event` |
+/// | `queue = "high"` | the queue it goes to unless the call site says | inherited, else `medium` |
+/// | `retries = 3` | how many times a failure is retried | inherited, else [`DEFAULT_RETRIES`] |
+/// | `timeout = "30s"` | the limit on one run (filters and `process`) | inherited, else none |
+///
+/// Every mistake is a compile error at the token that is wrong, saying how
+/// to fix it: an unknown key, a value of the wrong type, a duration that does
+/// not parse, `extends` of a type that is not a base, a filter with the wrong
+/// signature, a `process` whose future is not `Send`, a missing `Process`
+/// impl or serde derive.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// #[action_event(base, queue = "low", retries = 5)]
+/// #[before_filter(log_params)]
+/// pub struct ApplicationEvent;
+///
+/// async fn log_params(cx: &mut Context) -> Result<Flow> {
+///     println!("{} {}", cx.name(), cx.params());
+///     Ok(Flow::Continue)
+/// }
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event(extends = ApplicationEvent, queue = "high", timeout = "30s")]
+/// pub struct SendEmailEvent { pub people_ids: Vec<u64> }
+///
+/// impl Process for SendEmailEvent {
+///     async fn process(self, _cx: &Context) -> Result<()> {
+///         println!("mailing {:?}", self.people_ids);
+///         Ok(())
+///     }
+/// }
+///
+/// assert_eq!(<SendEmailEvent as action_event::Event>::NAME, "send_email");
+/// ```
+///
+/// An enum is not an event (its params are a JSON object, so a struct's
+/// named fields):
+///
+/// ```compile_fail
+/// use action_event::prelude::*;
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// pub enum Greeting { Hello, Goodbye }
+/// ```
+pub use action_event_macros::action_event;
+
+/// Adds before filters to an event or a base, run in the order written,
+/// after those it inherits.
+///
+/// A filter is `async fn(cx: &mut Context) -> Result<Flow>`; a path names it,
+/// so a typo is a compile error. [`Flow::Halt`] stops the chain: the event is
+/// not processed and counts as handled. Adding a filter that is already in
+/// the inherited chain moves it to its new place (it runs once). The
+/// attribute may be written above or below `#[action_event]`.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// async fn authorize(cx: &mut Context) -> Result<Flow> {
+///     let admin: bool = cx.param("admin").unwrap_or(false);
+///     Ok(if admin { Flow::Continue } else { Flow::Halt })
+/// }
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// #[before_filter(authorize)]
+/// pub struct PurgeEvent { pub admin: bool }
+///
+/// impl Process for PurgeEvent {
+///     async fn process(self, _cx: &Context) -> Result<()> { Ok(()) }
+/// }
+/// ```
+///
+/// A filter that takes `&Context` instead of `&mut Context` does not compile:
+///
+/// ```compile_fail
+/// use action_event::prelude::*;
+/// async fn log(cx: &Context) -> Result<Flow> { Ok(Flow::Continue) }
+/// #[action_event(base)]
+/// #[before_filter(log)]
+/// pub struct ApplicationEvent;
+/// ```
+pub use action_event_macros::before_filter;
+
+/// Removes inherited before filters from an event or a base.
+///
+/// Skipping a filter that is not in the chain at that level is an error of
+/// the registry (see [`registry()`]) that names the event and the filter.
+///
+/// ```
+/// use action_event::prelude::*;
+///
+/// async fn load_tenant(_cx: &mut Context) -> Result<Flow> { Ok(Flow::Continue) }
+///
+/// #[action_event(base)]
+/// #[before_filter(load_tenant)]
+/// pub struct ApplicationEvent;
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event(extends = ApplicationEvent)]
+/// #[skip_before_filter(load_tenant)]
+/// pub struct SignupEvent { pub email: String }
+///
+/// impl Process for SignupEvent {
+///     async fn process(self, _cx: &Context) -> Result<()> { Ok(()) }
+/// }
+/// ```
+pub use action_event_macros::skip_before_filter;
+
+/// Queues an event by name: `queue!(name, key = value, ...)`, a future of
+/// `Result<EventId, Error>`.
+///
+/// The name is an identifier or a string literal. Each `key = value` is a
+/// param: a Rust expression (serialized with serde) or a JSON array or
+/// object literal. Three keys are not params: `queue` (an identifier, a
+/// string or an expression; else the handler's queue, else `medium`),
+/// `delay` (a duration string checked at compile time, or a
+/// [`std::time::Duration`]) and `at` (a [`std::time::SystemTime`]). It goes
+/// through the global [`Client`]; for a name computed at run time use
+/// [`QueueRequest`].
+///
+/// ```no_run
+/// use action_event::prelude::*;
+///
+/// # async fn app() -> Result<()> {
+/// let user_name = String::from("world");
+/// queue!(hello_world, name = user_name).await?;
+/// queue!(send_email, people_ids = [1, 2, 3], queue = high).await?;
+/// queue!("billing.invoice_paid", invoice = { "id": 7, "lines": [] }).await?;
+/// let id: EventId = queue!(reminder, id = 5, delay = "30s").await?;
+/// # Ok(()) }
+/// ```
+///
+/// A delay that is not a duration does not compile:
+///
+/// ```compile_fail
+/// # async fn app() -> action_event::Result<()> {
+/// action_event::queue!(reminder, id = 5, delay = "30 parsecs").await?;
+/// # Ok(()) }
+/// ```
+pub use action_event_macros::queue;
 pub use client::{Client, QueueExt, QueueRequest};
 pub use envelope::{Envelope, EventId};
 pub use error::{Error, redact_url};
@@ -83,6 +235,12 @@ pub use registry::{
 pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;
 
 /// `anyhow`, re-exported: the error type of [`Result`].
+///
+/// ```
+/// use action_event::anyhow::{Context as _, anyhow};
+/// let err: action_event::Result<()> = Err(anyhow!("no user 5")).context("welcome");
+/// assert_eq!(format!("{:#}", err.unwrap_err()), "welcome: no user 5");
+/// ```
 pub use anyhow;
 
 /// Everything an app needs: `use action_event::prelude::*;`.
@@ -103,7 +261,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::QueueRequest;
-    pub use crate::event::{BaseEvent, Event, EventParams, Process};
+    pub use crate::event::{BaseEvent, Event, ParamsError, Process};
     pub use crate::registry::{
         BoxFuture, EventDecl, FilterDecl, Handler, ParentDecl, SkipDecl, call_filter, decode,
         process,
@@ -120,7 +278,4 @@ pub mod __private {
 
     /// Compile-time check that `T` is a base event.
     pub const fn assert_base<T: ?Sized + BaseEvent>() {}
-
-    /// Compile-time check that `T` can be params.
-    pub const fn assert_params<T: EventParams>() {}
 }

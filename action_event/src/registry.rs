@@ -22,7 +22,7 @@ use futures_util::FutureExt as _;
 
 use crate::client::Client;
 use crate::envelope::Envelope;
-use crate::event::{Context, EventParams, Flow, Process, State};
+use crate::event::{Context, Event, Flow, ParamsError, State};
 use crate::{Error, Result};
 
 /// A boxed, `Send` future: the one shape every filter and handler is erased to.
@@ -32,12 +32,21 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type FilterFn = for<'a> fn(&'a mut Context) -> BoxFuture<'a, Result<Flow>>;
 
 /// The queue an event goes to when neither the call nor its handler says.
+///
+/// ```
+/// let env = action_event::QueueRequest::new("doc.no_handler").into_envelope().unwrap();
+/// assert_eq!(env.queue, action_event::DEFAULT_QUEUE);
+/// ```
 pub const DEFAULT_QUEUE: &str = "medium";
 
 /// How many times a failed event is retried when no `retries = N` says (on
 /// the event or a base it extends); also how many times a poller retries an
 /// event whose name it does not know, unless `--unknown-retries N`
 /// ([`crate::poller::PollerConfig::unknown_retries`]) says otherwise.
+///
+/// ```
+/// assert_eq!(action_event::DEFAULT_RETRIES, 10); // override with `#[action_event(retries = 3)]`
+/// ```
 pub const DEFAULT_RETRIES: u32 = 10;
 
 /// What `#[action_event]` registers for one struct. Generated code only.
@@ -80,13 +89,6 @@ pub struct SkipDecl {
     pub id: fn() -> &'static str,
 }
 
-/// Params that do not fit: the field path and serde's message.
-#[doc(hidden)]
-pub struct ParamsError {
-    pub path: String,
-    pub message: String,
-}
-
 /// How to decode and run one event type, erased. Generated code only.
 #[doc(hidden)]
 pub struct Handler {
@@ -97,20 +99,14 @@ pub struct Handler {
 inventory::collect!(EventDecl);
 
 #[doc(hidden)]
-pub fn decode<T: EventParams + Send + 'static>(
+pub fn decode<T: Event>(
     value: &serde_json::Value,
 ) -> std::result::Result<Box<dyn Any + Send>, ParamsError> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Ok(Box::new(v)),
-        Err(e) => Err(ParamsError {
-            path: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        }),
-    }
+    T::__from_json(value).map(|v| Box::new(v) as Box<dyn Any + Send>)
 }
 
 #[doc(hidden)]
-pub fn process<T: Process>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFuture<'_, Result<()>> {
+pub fn process<T: Event>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFuture<'_, Result<()>> {
     match event.downcast::<T>() {
         Ok(event) => Box::pin(event.process(cx)),
         Err(_) => Box::pin(async {
@@ -122,33 +118,68 @@ pub fn process<T: Process>(event: Box<dyn Any + Send>, cx: &Context) -> BoxFutur
     }
 }
 
-/// A before filter: `async fn name(cx: &mut Context) -> Result<Flow>`.
+// A before filter is `async fn name(cx: &mut Context) -> Result<Flow>`.
+// `call_filter` checks the three parts of that apart, each with its own
+// message at the filter's path: the argument (`FilterArg`), the output
+// (`FilterOutput`), and that the future is `Send` (rustc's own error, which
+// points at the `.await` that holds what is not `Send`).
+
+/// The argument of a before filter: `&mut Context` only.
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a before filter",
-    label = "expected `async fn(&mut Context) -> Result<Flow>` with a `Send` future",
-    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ... Ok(Flow::Continue) }}`"
+    message = "a before filter takes `&mut Context`, not `{Self}`",
+    label = "this filter takes `{Self}`",
+    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow>`: it may change the context (`cx.insert(...)`) for the filters after it and the handler"
 )]
-pub trait Filter<'a> {
-    fn call(self, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>;
+pub trait FilterArg<'a> {
+    fn from_context(cx: &'a mut Context) -> Self;
 }
 
-impl<'a, F, Fut> Filter<'a> for F
-where
-    F: FnOnce(&'a mut Context) -> Fut,
-    Fut: Future<Output = Result<Flow>> + Send + 'a,
-{
-    fn call(self, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>> {
-        Box::pin(self(cx))
+impl<'a> FilterArg<'a> for &'a mut Context {
+    fn from_context(cx: &'a mut Context) -> Self {
+        cx
     }
 }
 
+/// What calling a before filter gives: a future of `Result<Flow>`.
 #[doc(hidden)]
-pub fn call_filter<'a, F: Filter<'a>>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>> {
-    f.call(cx)
+#[diagnostic::on_unimplemented(
+    message = "a before filter is an `async fn` that returns `Result<Flow>`; calling this one gives `{Self}`",
+    label = "not `async fn(&mut Context) -> Result<Flow>`",
+    note = "write the filter as `async fn name(cx: &mut Context) -> Result<Flow> {{ ...; Ok(Flow::Continue) }}` (`Ok(Flow::Halt)` stops the chain)"
+)]
+pub trait FilterOutput<'a>: Future<Output = Result<Flow>> + 'a {}
+
+// `do_not_recommend`: the message above, not rustc's on `Future`.
+#[diagnostic::do_not_recommend]
+impl<'a, T: Future<Output = Result<Flow>> + 'a> FilterOutput<'a> for T {}
+
+#[doc(hidden)]
+pub fn call_filter<'a, F, A, Fut>(f: F, cx: &'a mut Context) -> BoxFuture<'a, Result<Flow>>
+where
+    F: FnOnce(A) -> Fut,
+    A: FilterArg<'a>,
+    Fut: FilterOutput<'a> + Send,
+{
+    Box::pin(f(A::from_context(cx)))
 }
 
 /// One filter of a resolved chain.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// async fn audit(_: &mut Context) -> Result<Flow> { Ok(Flow::Continue) }
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// #[before_filter(audit)]
+/// pub struct PingEvent {}
+/// impl Process for PingEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// let ping = action_event::registry().unwrap().get("ping").unwrap();
+/// assert_eq!(ping.chain[0].path, "audit");
+/// assert!(ping.chain[0].id.ends_with("::audit")); // the function's full path
+/// ```
 #[derive(Clone, Copy)]
 pub struct ChainFilter {
     /// The path as written in `#[before_filter(...)]`.
@@ -209,6 +240,24 @@ impl fmt::Debug for EventInfo {
 }
 
 /// How one run of an event ended.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// use action_event::{Envelope, Outcome};
+/// async fn closed(_: &mut Context) -> Result<Flow> { Ok(Flow::Halt) }
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// #[before_filter(closed)]
+/// pub struct ShopEvent {}
+/// impl Process for ShopEvent {
+///     async fn process(self, _: &Context) -> Result<()> { unreachable!() }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("shop", "medium", serde_json::json!({}));
+/// let outcome = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await;
+/// assert_eq!(outcome, Outcome::Halted { filter: "closed" });
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The chain and `process` returned Ok.
@@ -223,6 +272,27 @@ pub enum Outcome {
 }
 
 /// Why a run failed, and what should become of the event.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// use action_event::{Envelope, FailureKind, Outcome};
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// pub struct ChargeEvent { pub amount: i64 }
+/// impl Process for ChargeEvent {
+///     async fn process(self, _: &Context) -> Result<()> {
+///         anyhow::ensure!(self.amount > 0, "amount must be positive");
+///         Ok(())
+///     }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("charge", "medium", serde_json::json!({"amount": -1}));
+/// let Outcome::Failed(failure) = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await
+/// else { panic!() };
+/// assert_eq!(failure.kind, FailureKind::Error);
+/// assert_eq!(failure.message, "event `charge`: amount must be positive");
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     /// The kind of failure.
@@ -232,6 +302,17 @@ pub struct Failure {
 }
 
 /// The kinds of [`Failure`].
+///
+/// ```rust,standalone_crate
+/// use action_event::{Envelope, FailureKind, Outcome, State};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let env = Envelope::new("nobody_handles_this", "medium", serde_json::json!({}));
+/// match action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await {
+///     Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::UnknownEvent),
+///     other => panic!("{other:?}"),
+/// }
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// A filter or `process` returned `Err`: retried.
@@ -248,12 +329,30 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Whether retrying may help.
+    ///
+    /// ```
+    /// use action_event::FailureKind;
+    /// assert!(FailureKind::Timeout.retryable());
+    /// assert!(!FailureKind::BadParams.retryable());
+    /// ```
     pub fn retryable(self) -> bool {
         !matches!(self, FailureKind::BadParams)
     }
 }
 
 /// Every event of this binary.
+///
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event(queue = "high")]
+/// pub struct HelloWorldEvent { pub name: String }
+/// impl Process for HelloWorldEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// let registry: &action_event::Registry = action_event::registry().unwrap();
+/// assert_eq!(registry.names(), ["hello_world"]);
+/// ```
 #[derive(Debug)]
 pub struct Registry {
     events: BTreeMap<&'static str, EventInfo>,
@@ -263,6 +362,10 @@ pub struct Registry {
 /// The registry of this binary, built on first use; an error if two events
 /// share a name, `extends` forms a cycle, or a skip names a filter that is
 /// not in the chain.
+///
+/// The registry holds the events of the whole binary: a doctest or test
+/// that calls it is best its own crate (`standalone_crate`), so that the
+/// events of other tests do not meet it.
 ///
 /// ```rust,standalone_crate
 /// let registry = action_event::registry().expect("events are consistent");
@@ -309,14 +412,15 @@ impl Registry {
                     broken = true;
                     break;
                 };
-                if lineage.iter().any(|l| (l.type_id)() == (p.type_id)()) {
-                    if d.base || d.handler.is_some() {
+                if let Some(start) = lineage.iter().position(|l| (l.type_id)() == (p.type_id)()) {
+                    // `d` is in the cycle only when the walk comes back to
+                    // it (an event below a cycle is not); each cycle is
+                    // reported once, by its member with the smallest name.
+                    if start == 0 {
                         let mut cycle: Vec<&str> =
                             lineage.iter().map(|l| (l.type_name)()).collect();
-                        cycle.push((p.type_name)());
-                        // Report a cycle once, from the member with the smallest name.
-                        let first = cycle[..cycle.len() - 1].iter().min().copied();
-                        if first == Some((d.type_name)()) {
+                        if cycle.iter().min() == Some(&(d.type_name)()) {
+                            cycle.push((d.type_name)());
                             errors.push(format!(
                                 "`extends` forms a cycle: {}",
                                 cycle.join(" extends ")
@@ -420,11 +524,36 @@ impl Registry {
     }
 
     /// The event with this name.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.get("hello_world").unwrap().queue, "high");
+    /// assert!(registry.get("goodbye").is_none());
+    /// ```
     pub fn get(&self, name: &str) -> Option<&EventInfo> {
         self.events.get(name)
     }
 
     /// The event whose struct is `T`.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.get_type::<HelloWorldEvent>().unwrap().name, "hello_world");
+    /// ```
     pub fn get_type<T: 'static>(&self) -> Option<&EventInfo> {
         self.by_type
             .get(&TypeId::of::<T>())
@@ -432,11 +561,38 @@ impl Registry {
     }
 
     /// Every event, sorted by name.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// for event in registry.events() {
+    ///     println!("{} on {} ({} retries)", event.name, event.queue, event.retries);
+    /// }
+    /// assert_eq!(registry.events().count(), 1);
+    /// ```
     pub fn events(&self) -> impl Iterator<Item = &EventInfo> {
         self.events.values()
     }
 
     /// Every event name, sorted.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert_eq!(registry.names(), ["hello_world"]);
+    /// ```
     pub fn names(&self) -> Vec<String> {
         self.events.keys().map(|k| k.to_string()).collect()
     }
@@ -445,8 +601,21 @@ impl Registry {
     /// logs this at start.
     ///
     /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// async fn log_params(_: &mut Context) -> Result<Flow> { Ok(Flow::Continue) }
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high", timeout = "30s")]
+    /// #[before_filter(log_params)]
+    /// pub struct PingEvent {}
+    /// impl Process for PingEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
     /// let table = action_event::registry().unwrap().describe();
-    /// assert!(table.contains("events") || table.is_empty() || true);
+    /// let type_name = std::any::type_name::<PingEvent>();
+    /// assert_eq!(
+    ///     table,
+    ///     format!("ping ({type_name}) queue=high retries=10 timeout=30s chain=[log_params]\n")
+    /// );
     /// ```
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -473,6 +642,22 @@ impl Registry {
 
     /// Checks that `params` fit the struct of event `name` (when this binary
     /// knows it); the error names the event and the field path.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert!(registry.check_params("hello_world", &serde_json::json!({"name": "x"})).is_ok());
+    /// let err = registry.check_params("hello_world", &serde_json::json!({"name": 5})).unwrap_err();
+    /// assert!(err.to_string().contains("at `name`"), "{err}");
+    /// // An event this binary does not know is not checked.
+    /// assert!(registry.check_params("elsewhere", &serde_json::json!({})).is_ok());
+    /// ```
     pub fn check_params(
         &self,
         name: &str,
@@ -582,6 +767,18 @@ impl Registry {
 
 impl EventInfo {
     /// Whether this info is for struct `T`.
+    ///
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "high")]
+    /// pub struct HelloWorldEvent { pub name: String }
+    /// impl Process for HelloWorldEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// let registry = action_event::registry().unwrap();
+    /// assert!(registry.get("hello_world").unwrap().is::<HelloWorldEvent>());
+    /// ```
     pub fn is<T: 'static>(&self) -> bool {
         self.type_id == TypeId::of::<T>()
     }

@@ -75,7 +75,27 @@ pub fn parse_list(attr: &Attribute, kind: Kind) -> syn::Result<Vec<Path>> {
     Ok(paths.into_iter().collect())
 }
 
+/// The argument of the marker below.
+const CONSUMED: &str = "__action_event_consumed";
+
+/// `#[path(__action_event_consumed)] const _: () = ();`: emitted by
+/// `#[action_event]` for each filter attribute it read, so that the user's
+/// import of `before_filter` is used. It expands to nothing.
+pub fn consumed_marker(path: &Path) -> TokenStream {
+    let marker = proc_macro2::Ident::new(CONSUMED, proc_macro2::Span::call_site());
+    quote! {
+        #[#path(#marker)]
+        const _: () = ();
+    }
+}
+
 pub fn expand_stray(name: &str, args: TokenStream, item: TokenStream) -> TokenStream {
+    if let [proc_macro2::TokenTree::Ident(i)] =
+        args.clone().into_iter().collect::<Vec<_>>().as_slice()
+        && i == CONSUMED
+    {
+        return TokenStream::new();
+    }
     let mut item: syn::Item = match syn::parse2(item.clone()) {
         Ok(i) => i,
         Err(_) => {
@@ -98,10 +118,27 @@ pub fn expand_stray(name: &str, args: TokenStream, item: TokenStream) -> TokenSt
     if let Some(attrs) = attrs
         && let Some(pos) = attrs.iter().position(is_action_event)
     {
-        // Re-emit ourselves right below `#[action_event]`, so it reads us.
+        // Re-emit ourselves right below `#[action_event]`, so it reads us,
+        // together with our siblings that are still above it: moving them
+        // all at once, in the order written, keeps the chain in that order
+        // (moving one at a time would reverse it, since the topmost
+        // attribute expands first).
         let ident = quote::format_ident!("{}", name);
         let me: Attribute = syn::parse_quote!(#[::action_event::#ident(#args)]);
-        attrs.insert(pos + 1, me);
+        let mut moved = vec![me];
+        let mut i = 0;
+        let mut at = pos;
+        while i < at {
+            if kind_of(&attrs[i]).is_some() {
+                moved.push(attrs.remove(i));
+                at -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        for (k, attr) in moved.into_iter().enumerate() {
+            attrs.insert(at + 1 + k, attr);
+        }
         return item.into_token_stream();
     }
     let err = syn::Error::new(

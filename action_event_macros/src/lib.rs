@@ -4,29 +4,31 @@
 
 use proc_macro::TokenStream;
 
+mod duration;
 mod event;
 mod filters;
 mod queue;
 
-/// See `action_event::action_event`'s documentation in the `action_event` crate.
+// Documented where it is re-exported, in the `action_event` crate (whose
+// doctests can use the runtime).
 #[proc_macro_attribute]
 pub fn action_event(args: TokenStream, item: TokenStream) -> TokenStream {
     event::expand(args.into(), item.into()).into()
 }
 
-/// See the `action_event` crate.
+// Documented in the `action_event` crate.
 #[proc_macro_attribute]
 pub fn before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
     filters::expand_stray("before_filter", args.into(), item.into()).into()
 }
 
-/// See the `action_event` crate.
+// Documented in the `action_event` crate.
 #[proc_macro_attribute]
 pub fn skip_before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
     filters::expand_stray("skip_before_filter", args.into(), item.into()).into()
 }
 
-/// See the `action_event` crate.
+// Documented in the `action_event` crate.
 #[proc_macro]
 pub fn queue(input: TokenStream) -> TokenStream {
     queue::expand(input.into()).into()

@@ -2,7 +2,6 @@
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 
 // Accepted syntax:
 //     queue!(hello_world)
@@ -45,16 +44,13 @@ fn split_commas(input: TokenStream) -> Vec<Vec<TokenTree>> {
     parts
 }
 
-fn span_of(tokens: &[TokenTree]) -> Span {
-    let mut iter = tokens.iter();
-    let first = iter
-        .next()
-        .map(|t| t.span())
-        .unwrap_or_else(Span::call_site);
-    match tokens.last() {
-        Some(last) => first.join(last.span()).unwrap_or(first),
-        None => first,
+/// An error covering `tokens` (a span cannot be joined on stable Rust, but
+/// an error can start at the first token and end at the last).
+fn error_at(tokens: &[TokenTree], message: impl std::fmt::Display) -> syn::Error {
+    if tokens.is_empty() {
+        return syn::Error::new(Span::call_site(), message);
     }
+    syn::Error::new_spanned(tokens.iter().cloned().collect::<TokenStream>(), message)
 }
 
 fn expand_inner(input: TokenStream) -> syn::Result<TokenStream> {
@@ -70,26 +66,32 @@ fn expand_inner(input: TokenStream) -> syn::Result<TokenStream> {
         [TokenTree::Ident(i)] => i.to_string().trim_start_matches("r#").to_string(),
         [TokenTree::Literal(_)] => {
             let lit: syn::LitStr = syn::parse2(first.iter().cloned().collect()).map_err(|_| {
-                syn::Error::new(
-                    span_of(&first),
-                    "the event name is an identifier or a string: `queue!(hello_world, ...)`",
+                error_at(
+                    &first,
+                    "the event name is an identifier or a string: `queue!(hello_world, ...)` or `queue!(\"hello_world\", ...)`",
                 )
             })?;
             lit.value()
         }
+        [TokenTree::Ident(_), TokenTree::Punct(eq), ..] if eq.as_char() == '=' => {
+            return Err(error_at(
+                &first,
+                "queue! starts with the event name, then the params: `queue!(hello_world, name = \"world\")`",
+            ));
+        }
         _ => {
-            return Err(syn::Error::new(
-                span_of(&first),
-                "the first argument of queue! is the event name: `queue!(hello_world, name = \"world\")`",
+            return Err(error_at(
+                &first,
+                "the first argument of queue! is the event name, an identifier or a string literal: `queue!(hello_world, name = \"world\")`; for a name computed at run time use `QueueRequest::new(name).param(\"key\", value).send()`",
             ));
         }
     };
     if name.is_empty() {
-        return Err(syn::Error::new(span_of(&first), "the event name is empty"));
+        return Err(error_at(&first, "the event name is empty"));
     }
 
     let mut calls = TokenStream::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<(String, proc_macro2::Ident)> = Vec::new();
     let mut errors: Option<syn::Error> = None;
     let mut push = |e: syn::Error| match &mut errors {
         Some(all) => all.combine(e),
@@ -105,67 +107,78 @@ fn expand_inner(input: TokenStream) -> syn::Result<TokenStream> {
             [TokenTree::Ident(key), TokenTree::Punct(eq)] if eq.as_char() == '=' => {
                 push(syn::Error::new(
                     eq.span(),
-                    format!("`{key} =` has no value: write `{key} = \"...\"`"),
+                    format!("`{key} =` has no value: write `{key} = \"...\"` or remove it"),
+                ));
+                continue;
+            }
+            [TokenTree::Ident(key)] => {
+                push(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "`{key}` has no value: write `{key} = {key}` to pass a variable, or `{key} = \"...\"`"
+                    ),
                 ));
                 continue;
             }
             _ => {
-                push(syn::Error::new(
-                    span_of(&part),
+                push(error_at(
+                    &part,
                     "expected `key = value`, e.g. `name = \"world\"` or `people_ids = [1, 2, 3]`",
                 ));
                 continue;
             }
         };
         let key_str = key.to_string().trim_start_matches("r#").to_string();
-        if seen.contains(&key_str) {
+        if seen.iter().any(|(k, _)| *k == key_str) {
             push(syn::Error::new(
                 key.span(),
-                format!("`{key_str}` is given twice"),
+                format!("`{key_str}` is given twice in queue!: keep one"),
             ));
             continue;
         }
-        seen.push(key_str.clone());
+        let is_time = key_str == "delay" || key_str == "at";
+        if is_time && let Some((other, _)) = seen.iter().find(|(k, _)| k == "delay" || k == "at") {
+            push(syn::Error::new(
+                key.span(),
+                format!("`{other}` and `{key_str}` both say when to run: give one of them"),
+            ));
+            continue;
+        }
+        seen.push((key_str.clone(), key.clone()));
         let value_ts: TokenStream = value.iter().cloned().collect();
-        let vspan = span_of(&value);
+        let vspan = value[0].span();
         match key_str.as_str() {
             "queue" => match value.as_slice() {
                 [TokenTree::Ident(q)] => {
-                    let q = q.to_string();
+                    let q = q.to_string().trim_start_matches("r#").to_string();
                     calls.extend(quote!(.queue(#q)));
                 }
                 [TokenTree::Literal(_)] => match syn::parse2::<syn::LitStr>(value_ts.clone()) {
                     Ok(l) => calls.extend(quote!(.queue(#l))),
-                    Err(_) => push(syn::Error::new(
-                        vspan,
+                    Err(_) => push(error_at(
+                        &value,
                         "`queue` takes a queue name: `queue = high` or `queue = \"high\"`",
                     )),
                 },
-                _ => {
-                    let expr: syn::Expr = syn::parse2(value_ts)?;
-                    calls.extend(quote_spanned!(expr.span()=> .queue(#expr)));
-                }
+                _ => match syn::parse2::<syn::Expr>(value_ts) {
+                    Ok(expr) => calls.extend(quote_spanned!(vspan=> .queue(#expr))),
+                    Err(e) => push(e),
+                },
             },
             "delay" => match syn::parse2::<syn::LitStr>(value_ts.clone()) {
-                Ok(l) => match humantime::parse_duration(&l.value()) {
+                Ok(l) => match crate::duration::parse("delay", &l) {
                     Ok(_) => calls.extend(quote!(.delay_str(#l))),
-                    Err(e) => push(syn::Error::new(
-                        l.span(),
-                        format!(
-                            "`delay = \"{}\"` is not a duration ({e}): write e.g. \"500ms\", \"30s\", \"5m\"",
-                            l.value()
-                        ),
-                    )),
+                    Err(e) => push(e),
                 },
-                Err(_) => {
-                    let expr: syn::Expr = syn::parse2(value_ts)?;
-                    calls.extend(quote_spanned!(expr.span()=> .delay(#expr)));
-                }
+                Err(_) => match syn::parse2::<syn::Expr>(value_ts) {
+                    Ok(expr) => calls.extend(quote_spanned!(vspan=> .delay(#expr))),
+                    Err(e) => push(e),
+                },
             },
-            "at" => {
-                let expr: syn::Expr = syn::parse2(value_ts)?;
-                calls.extend(quote_spanned!(expr.span()=> .at(#expr)));
-            }
+            "at" => match syn::parse2::<syn::Expr>(value_ts) {
+                Ok(expr) => calls.extend(quote_spanned!(vspan=> .at(#expr))),
+                Err(e) => push(e),
+            },
             _ => {
                 let is_json_literal = matches!(
                     value.as_slice(),
@@ -176,8 +189,12 @@ fn expand_inner(input: TokenStream) -> syn::Result<TokenStream> {
                         .param(#key_str, ::action_event::__private::serde_json::json!(#value_ts))
                     ));
                 } else {
-                    let expr: syn::Expr = syn::parse2(value_ts)?;
-                    calls.extend(quote_spanned!(expr.span()=> .param(#key_str, &(#expr))));
+                    match syn::parse2::<syn::Expr>(value_ts) {
+                        Ok(expr) => {
+                            calls.extend(quote_spanned!(vspan=> .param(#key_str, &(#expr))))
+                        }
+                        Err(e) => push(e),
+                    }
                 }
             }
         }

@@ -3,6 +3,14 @@
 //!
 //! A backend is chosen by one URL ([`connect`]): `sqlite://path.db` (the
 //! default, [`DEFAULT_URL`]) or `amqp://user:pass@host:5672/vhost`.
+//!
+//! ```no_run
+//! use action_event::broker;
+//! # async fn run() -> Result<(), action_event::Error> {
+//! let broker = broker::connect(&broker::resolve_url(None)).await?;
+//! println!("using {}", broker.url());
+//! # Ok(()) }
+//! ```
 
 use std::any::Any;
 use std::fmt;
@@ -18,9 +26,23 @@ use crate::{Error, redact_url};
 pub mod sqlite;
 
 /// The URL used when neither `--broker` nor `ACTION_EVENT_URL` is set.
+///
+/// ```
+/// use action_event::broker::{DEFAULT_URL, resolve_url};
+/// # // SAFETY: doctests run in their own process; nothing else reads the environment.
+/// # unsafe { std::env::remove_var("ACTION_EVENT_URL") };
+/// assert_eq!(resolve_url(None), DEFAULT_URL);
+/// ```
 pub const DEFAULT_URL: &str = "sqlite://action_event.db";
 
 /// The environment variable that names the broker.
+///
+/// ```
+/// use action_event::broker::{URL_ENV, resolve_url};
+/// // SAFETY: doctests run in their own process; nothing else reads the environment.
+/// unsafe { std::env::set_var(URL_ENV, "sqlite://other.db") };
+/// assert_eq!(resolve_url(None), "sqlite://other.db");
+/// ```
 pub const URL_ENV: &str = "ACTION_EVENT_URL";
 
 /// The URL to use: the given one, else `ACTION_EVENT_URL`, else [`DEFAULT_URL`].
@@ -65,6 +87,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
 
 /// An event taken from a queue, owned by this poller until it is acked,
 /// retried, dead-lettered or released.
+///
+/// ```no_run
+/// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+/// let queues = ["high".to_string(), "low".to_string()];
+/// if let Some(delivery) = broker.take(&queues, std::time::Duration::from_secs(5)).await? {
+///     let envelope = action_event::Envelope::from_slice(&delivery.body)?;
+///     println!("{} from {}", envelope.name, delivery.queue);
+///     broker.ack(&delivery).await?;
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Delivery {
     /// The queue it was taken from.
     pub queue: String,
@@ -134,6 +167,13 @@ pub struct DeadFilter {
 }
 
 /// Waiting events in one queue, as the broker counts them.
+///
+/// ```no_run
+/// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+/// let depth = broker.depth("high").await?;
+/// println!("{} waiting, oldest {:?}", depth.waiting, depth.oldest_age);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueueDepth {
     /// Events ready or scheduled, not held by a poller.
@@ -149,26 +189,77 @@ pub struct QueueDepth {
 /// [`Broker::dead`] or [`Broker::release`]. A delivery whose poller dies goes
 /// back to its queue by itself (SQLite: the lease lapses; RabbitMQ: the
 /// channel closes).
+///
+/// ```no_run
+/// use action_event::broker::{Broker, DeadEvent};
+/// use action_event::Envelope;
+/// use std::time::Duration;
+///
+/// // The life of one delivery, as the poller drives it.
+/// async fn work_one(broker: &dyn Broker) -> Result<(), action_event::Error> {
+///     let queues = ["high".to_string(), "medium".to_string(), "low".to_string()];
+///     let Some(delivery) = broker.take(&queues, Duration::from_secs(1)).await? else {
+///         return Ok(());
+///     };
+///     let envelope = Envelope::from_slice(&delivery.body)?;
+///     // ... run it, then one of:
+///     broker.ack(&delivery).await?;
+///     Ok(())
+/// }
+/// ```
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// The URL, password redacted.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// println!("{}", broker.url()); // passwords redacted
+    /// # Ok(()) }
+    /// ```
     fn url(&self) -> String;
 
     /// Stores the event durably; returns once it would survive a crash.
     /// An envelope with `run_at_ms` in the future is not handed out before then.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let envelope = action_event::Envelope::new("hello_world", "high", serde_json::json!({"name": "world"}));
+    /// broker.publish(&envelope).await?;
+    /// # Ok(()) }
+    /// ```
     async fn publish(&self, envelope: &Envelope) -> Result<(), Error>;
 
     /// Takes the next ready event, trying `queues` in order (strict
     /// priority: a later queue is looked at only when every earlier one had
     /// nothing ready). Waits up to `wait` for one; `None` when none came.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let taken = broker.take(&["high".to_string()], std::time::Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error>;
 
     /// The event finished (completed or halted): remove it.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// broker.ack(&delivery).await?;
+    /// # Ok(()) }
+    /// ```
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error>;
 
     /// Replaces the delivery with `next` (its next attempt), not to be taken
     /// before `delay` from now. `next` is stored before the delivery is
     /// removed: a crash in between may duplicate, never lose.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let mut next = action_event::Envelope::from_slice(&delivery.body)?;
+    /// next.attempt += 1;
+    /// broker.retry(&delivery, &next, std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
     async fn retry(
         &self,
         delivery: &Delivery,
@@ -179,12 +270,37 @@ pub trait Broker: Send + Sync + 'static {
     /// Moves the delivery to the dead-letter store, as durably as
     /// [`Broker::publish`]: `dead` is stored before the delivery is removed,
     /// so a crash in between may leave both, never neither.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let dead = action_event::broker::DeadEvent {
+    ///     id: "1".into(), name: Some("hello_world".into()), queue: delivery.queue.clone(),
+    ///     body: String::from_utf8_lossy(&delivery.body).into_owned(), attempts: 11,
+    ///     errors: vec![], reason: "boom".into(), died_at_ms: action_event::envelope::now_ms(),
+    /// };
+    /// broker.dead(&delivery, &dead).await?;
+    /// # Ok(()) }
+    /// ```
     async fn dead(&self, delivery: &Delivery, dead: &DeadEvent) -> Result<(), Error>;
 
     /// Gives the delivery back to its queue untouched, to be taken again now.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// broker.release(&delivery).await?; // shutting down: someone else takes it
+    /// # Ok(()) }
+    /// ```
     async fn release(&self, delivery: &Delivery) -> Result<(), Error>;
 
     /// Dead events matching `filter`, oldest first.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// for dead in broker.dead_list(&Default::default()).await? {
+    ///     println!("{} {}", dead.id, dead.reason);
+    /// }
+    /// # Ok(()) }
+    /// ```
     async fn dead_list(&self, filter: &DeadFilter) -> Result<Vec<DeadEvent>, Error>;
 
     /// Puts dead events back on their queues with a fresh attempt count
@@ -192,12 +308,31 @@ pub trait Broker: Send + Sync + 'static {
     /// `filter`. Returns how many. A dead event whose body is not an
     /// envelope (a foreign message kept raw) is not retried: it stays in the
     /// dead letters, with a warning, and is not counted.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let filter = action_event::broker::DeadFilter { event: Some("hello_world".into()), ..Default::default() };
+    /// let n = broker.dead_retry(None, &filter).await?;
+    /// # Ok(()) }
+    /// ```
     async fn dead_retry(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error>;
 
     /// Deletes dead events; `id` `None` means every one matching `filter`.
     /// Returns how many.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let n = broker.dead_purge(Some("0190a0a0-0000-7000-8000-000000000000"), &Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
     async fn dead_purge(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error>;
 
     /// How many events wait in `queue`.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
+    /// let waiting = broker.depth("medium").await?.waiting;
+    /// # Ok(()) }
+    /// ```
     async fn depth(&self, queue: &str) -> Result<QueueDepth, Error>;
 }

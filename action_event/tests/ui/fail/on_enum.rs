@@ -1,0 +1,10 @@
+use action_event::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[action_event]
+pub enum HelloWorldEvent {
+    World,
+    Moon,
+}
+
+fn main() {}
