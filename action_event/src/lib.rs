@@ -61,6 +61,7 @@ mod error;
 mod event;
 pub mod poller;
 mod registry;
+pub mod testing;
 
 pub use action_event_macros::{action_event, before_filter, queue, skip_before_filter};
 pub use client::{Client, QueueExt, QueueRequest};
