@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::broker::{Broker, DeadEvent, Delivery};
 use crate::client::Client;
@@ -20,9 +21,13 @@ use crate::registry::{DEFAULT_RETRIES, FailureKind, Outcome, Registry};
 use crate::{Error, State};
 
 mod cli;
+mod generate;
+mod metrics;
 mod pidfile;
 
 pub use cli::{main, main_with_args};
+pub use generate::{Action, EventNames, generate_event};
+pub use metrics::{DURATION_BUCKETS, Metrics, MetricsEndpoint, Observed};
 pub use pidfile::{PollerInfo, PollerStatus, list_pollers, pid_path, process_alive};
 
 /// The queues a poller serves when none are given: these, then any other
@@ -227,6 +232,14 @@ struct Shared {
     client: Client,
     retry: RetryPolicy,
     tally: Tally,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Counts one settled run for the metrics (see [`Metrics`]).
+    fn observe(&self, event: &str, queue: &str, what: Observed, started: Instant) {
+        self.metrics.observe(event, queue, what, started.elapsed());
+    }
 }
 
 impl Poller {
@@ -255,12 +268,29 @@ impl Poller {
                 client,
                 retry: config.retry,
                 tally: Tally::default(),
+                metrics: Arc::new(Metrics::new()),
             }),
             config: PollerConfig {
                 concurrency: config.concurrency.max(1),
                 ..config
             },
         })
+    }
+
+    /// The metrics this poller keeps as it runs; serve them with
+    /// [`MetricsEndpoint`] (the CLI's `--metrics ADDR` does).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// use action_event::poller::{Poller, PollerConfig};
+    /// let broker = action_event::broker::connect("sqlite://action_event.db").await?;
+    /// let poller = Poller::new(broker, action_event::State::new(), PollerConfig::default())?;
+    /// let metrics = poller.metrics();
+    /// println!("{}", metrics.encode());
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// Runs until `shutdown`, a PID-file handoff, or (with
@@ -304,20 +334,26 @@ impl Poller {
                     // Decoded and logged here, in take order: the log shows
                     // the order events start in, whatever the task scheduler does.
                     let envelope = Envelope::from_slice(&delivery.body);
+                    let span = event_span(&delivery, envelope.as_ref().ok());
                     if let Ok(env) = &envelope {
-                        tracing::info!(
-                            "Processing {}:{} ({})",
-                            delivery.queue,
-                            env.id,
-                            env.params_json()
-                        );
+                        span.in_scope(|| {
+                            tracing::info!(
+                                "Processing {}:{} ({})",
+                                delivery.queue,
+                                env.id,
+                                env.params_json()
+                            )
+                        });
                     }
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
-                    tasks.spawn(async move {
-                        run_one(&shared, delivery, envelope, hard).await;
-                        drop(permit);
-                    });
+                    tasks.spawn(
+                        async move {
+                            run_one(&shared, delivery, envelope, hard).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {
                     drop(permit);
@@ -427,6 +463,27 @@ fn watch_pid_file(path: PathBuf) -> watch::Receiver<Option<ExitReason>> {
     rx
 }
 
+/// The span every event runs in: its name, id, queue and attempt. The JSON
+/// log carries these fields on every line logged while the event runs.
+fn event_span(delivery: &Delivery, envelope: Option<&Envelope>) -> tracing::Span {
+    match envelope {
+        Some(env) => tracing::info_span!(
+            "event",
+            event = %env.name,
+            id = %env.id,
+            queue = %delivery.queue,
+            attempt = env.attempt,
+        ),
+        None => tracing::info_span!(
+            "event",
+            event = "?",
+            id = "?",
+            queue = %delivery.queue,
+            attempt = 0u32,
+        ),
+    }
+}
+
 fn fmt_ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
@@ -464,6 +521,7 @@ async fn run_one(
                 died_at_ms: at,
             };
             settle(shared, &delivery, Settle::Dead(dead)).await;
+            shared.observe("?", &delivery.queue, Observed::Dead, Instant::now());
             return;
         }
     };
@@ -485,11 +543,18 @@ async fn run_one(
         Outcome::Completed => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.completed.fetch_add(1, Ordering::Relaxed);
+            shared.observe(
+                &envelope.name,
+                &delivery.queue,
+                Observed::Completed,
+                started,
+            );
             tracing::info!("Finished processing {tag} ({elapsed})");
         }
         Outcome::Halted { filter } => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.halted.fetch_add(1, Ordering::Relaxed);
+            shared.observe(&envelope.name, &delivery.queue, Observed::Halted, started);
             tracing::info!("Halted {tag} by before_filter {filter} ({elapsed})");
         }
         Outcome::Failed(failure) => {
@@ -520,6 +585,7 @@ async fn run_one(
                 next.run_at_ms = Some(at.saturating_add(delay.as_millis() as u64));
                 settle(shared, &delivery, Settle::Retry(next, delay)).await;
                 shared.tally.retried.fetch_add(1, Ordering::Relaxed);
+                shared.observe(&envelope.name, &delivery.queue, Observed::Retried, started);
             } else {
                 let why = if failure.kind == FailureKind::BadParams {
                     "retrying cannot help"
@@ -543,6 +609,7 @@ async fn run_one(
                 };
                 settle(shared, &delivery, Settle::Dead(dead)).await;
                 shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+                shared.observe(&envelope.name, &delivery.queue, Observed::Dead, started);
             }
         }
     }
