@@ -56,7 +56,8 @@ fn readme_first_command_prints_hello_world() {
         .current_dir(clone.path())
         .env_remove("ACTION_EVENT_URL")
         // Its own target dir: the outer cargo may hold the lock on ours.
-        .env("CARGO_TARGET_DIR", root.join("target/readme-clone"))
+        // Shared with tests/generate.rs, which builds the same dependencies.
+        .env("CARGO_TARGET_DIR", root.join("target/nested"))
         .output()
         .expect("run the README's first command");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -113,7 +113,8 @@ impl Client {
     }
 
     /// Queues the event `req` describes; returns its id once the broker
-    /// stored it durably.
+    /// stored it durably. Under [`crate::testing::fake`] or
+    /// [`crate::testing::inline`] the event is recorded or run instead.
     ///
     /// ```no_run
     /// # async fn run(client: action_event::Client) -> Result<(), action_event::Error> {
@@ -124,6 +125,9 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn send(&self, req: QueueRequest) -> Result<EventId, Error> {
+        if let Some(mode) = crate::testing::current() {
+            return mode.send(req).await;
+        }
         let envelope = req.into_envelope()?;
         self.broker.publish(&envelope).await?;
         Ok(envelope.id)
@@ -365,7 +369,9 @@ impl QueueRequest {
         Ok(env)
     }
 
-    /// Queues it through the global client.
+    /// Queues it through the global client (or, under
+    /// [`crate::testing::fake`] / [`crate::testing::inline`], records or
+    /// runs it without connecting to a broker).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), action_event::Error> {
@@ -373,6 +379,9 @@ impl QueueRequest {
     /// # Ok(()) }
     /// ```
     pub async fn send(self) -> Result<EventId, Error> {
+        if let Some(mode) = crate::testing::current() {
+            return mode.send(self).await;
+        }
         Client::global().await?.send(self).await
     }
 }

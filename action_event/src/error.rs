@@ -91,6 +91,18 @@ pub enum Error {
     /// A dead letter that does not exist.
     #[error("no dead event with id `{0}`")]
     NoSuchDeadEvent(String),
+    /// `poller generate` cannot do what it was asked; nothing was written.
+    #[error("generate: {0}")]
+    Generate(String),
+    /// An event run in place by [`crate::testing::inline`] failed (an `Err`,
+    /// a panic, a timeout, or a name no handler knows).
+    #[error("{message}")]
+    Inline {
+        /// The event name.
+        event: String,
+        /// What went wrong, naming the event.
+        message: String,
+    },
     /// An I/O error (PID files, log files).
     #[error("{context}: {source}")]
     Io {

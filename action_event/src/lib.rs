@@ -61,6 +61,7 @@ mod error;
 mod event;
 pub mod poller;
 mod registry;
+pub mod testing;
 
 /// Marks a struct as an event (or, with `base`, as a base that events extend).
 ///

@@ -192,6 +192,26 @@ impl Process for OverridesFuseEvent {
     }
 }
 
+/// A before filter that halts every event it runs for.
+async fn halt_always(_cx: &mut Context) -> Result<Flow> {
+    Ok(Flow::Halt)
+}
+
+/// Never runs: its filter halts it (acked and logged as halted).
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event]
+#[before_filter(halt_always)]
+struct HaltedEvent {
+    tag: String,
+}
+
+impl Process for HaltedEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        cx.state::<Recorder>()?.line("end", cx, &self.tag)?;
+        Ok(())
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let path = std::env::var_os("E2E_RECORD")
         .map(PathBuf::from)

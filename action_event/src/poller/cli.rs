@@ -1,8 +1,9 @@
 //! The poller's command line (clap): `start` (the default), `stop`,
-//! `status`, `queue`, `dead`.
+//! `status`, `queue`, `dead`, `generate`.
 
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::pidfile::{self, PollerInfo};
-use super::{DEFAULT_QUEUES, ExitReason, Poller, PollerConfig, RetryPolicy, Shutdown};
+use super::{
+    DEFAULT_QUEUES, ExitReason, MetricsEndpoint, Poller, PollerConfig, RetryPolicy, Shutdown,
+};
 use crate::broker::{self, DeadFilter};
 use crate::client::{Client, QueueRequest};
 use crate::envelope::now_ms;
@@ -23,7 +26,7 @@ const DAEMON_CHILD_ENV: &str = "ACTION_EVENT_DAEMON_CHILD";
 #[command(
     name = "poller",
     about = "Runs the events of this app: takes them from the broker, highest priority queue first",
-    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list"
+    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,9 +63,16 @@ struct Cli {
     #[arg(long, global = true)]
     log_file: Option<PathBuf>,
 
-    /// Log format.
+    /// Log format: `human` keeps the original's lines; `json` is one object
+    /// per line, with the event's span (event, id, queue, attempt) on every
+    /// line logged while it runs. `RUST_LOG` sets the level (default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+
+    /// Serve Prometheus metrics over HTTP at this address, e.g.
+    /// 127.0.0.1:9187 (GET /metrics).
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 
     /// Exit once every queue is empty and nothing is in hand.
     #[arg(long, global = true)]
@@ -116,6 +126,26 @@ enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// Generate code in the Cargo project of the current directory.
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCommand {
+    /// An event: `generate event HelloWorld` writes src/events/hello_world.rs
+    /// (struct HelloWorldEvent, event `hello_world`) and, if missing,
+    /// src/events/mod.rs, src/events/application_event.rs and
+    /// src/bin/poller.rs. Never overwrites a file.
+    Event {
+        /// The name in CamelCase, e.g. HelloWorld (`Event` is appended).
+        name: String,
+        /// The root of the Cargo project.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -210,6 +240,12 @@ where
             };
         }
     };
+    if let Some(Command::Generate {
+        command: GenerateCommand::Event { name, dir },
+    }) = &cli.command
+    {
+        return generate(dir, name);
+    }
     let is_start = matches!(cli.command, None | Some(Command::Start));
     if is_start && cli.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
         return match spawn_daemon(&cli, &args) {
@@ -244,6 +280,7 @@ where
             Some(Command::Status) => status(&cli),
             Some(Command::Queue { name, params }) => queue(&cli, name, params).await,
             Some(Command::Dead { command }) => dead(&cli, command).await,
+            Some(Command::Generate { .. }) => Ok(()),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -255,6 +292,26 @@ where
                 // The log may be a file; say it where the user is looking too.
                 eprintln!("poller: {e}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(dir: &Path, name: &str) -> ExitCode {
+    match super::generate::generate_event(dir, name) {
+        Ok(actions) => {
+            for a in &actions {
+                println!("{a}");
+            }
+            if let Ok(names) = super::EventNames::parse(name) {
+                for note in super::generate::notes(dir, &names) {
+                    println!("{note}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("poller: {e}");
             ExitCode::FAILURE
         }
     }
@@ -290,10 +347,12 @@ fn init_logging(cli: &Cli, is_start: bool) -> Result<(), Error> {
     let result = match (cli.log_format, file) {
         (LogFormat::Human, Some(f)) => builder
             .with_ansi(false)
+            .event_format(HumanFormat { ansi: false })
             .with_writer(std::sync::Mutex::new(f))
             .try_init(),
         (LogFormat::Human, None) => builder
             .with_ansi(ansi)
+            .event_format(HumanFormat { ansi })
             .with_writer(std::io::stderr)
             .try_init(),
         (LogFormat::Json, Some(f)) => builder
@@ -305,6 +364,66 @@ fn init_logging(cli: &Cli, is_start: bool) -> Result<(), Error> {
     // A second init (tests calling main twice) keeps the first subscriber.
     let _ = result;
     Ok(())
+}
+
+/// The human log line: `<timestamp> <LEVEL> <message>`. The poller's own
+/// lines are the original's (`Processing high:<id> ({...})`): they name the
+/// event already, so they are printed without the span. Lines the app logs
+/// from inside an event get the span in front, as
+/// `event{event=hello_world id=... queue=high attempt=1}: ...`.
+struct HumanFormat {
+    ansi: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for HumanFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::FormatFields as _;
+        use tracing_subscriber::fmt::time::FormatTime as _;
+        let meta = event.metadata();
+        if tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut w)
+            .is_err()
+        {
+            write!(w, "-")?;
+        }
+        let level = *meta.level();
+        let color = match level {
+            tracing::Level::ERROR => "31",
+            tracing::Level::WARN => "33",
+            tracing::Level::INFO => "32",
+            tracing::Level::DEBUG => "34",
+            tracing::Level::TRACE => "35",
+        };
+        if self.ansi {
+            write!(w, " \x1b[{color}m{level:>5}\x1b[0m ")?;
+        } else {
+            write!(w, " {level:>5} ")?;
+        }
+        if !meta.target().starts_with("action_event")
+            && let Some(scope) = ctx.event_scope()
+        {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                match ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    Some(fields) if !fields.is_empty() => {
+                        write!(w, "{}{{{}}}: ", span.name(), fields)?
+                    }
+                    _ => write!(w, "{}: ", span.name())?,
+                }
+            }
+        }
+        ctx.format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
 }
 
 fn open_log(path: &Path) -> Result<std::fs::File, Error> {
@@ -440,6 +559,15 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         ..PollerConfig::default()
     };
     let poller = Poller::new(broker.clone(), state, config)?;
+    if let Some(addr) = cli.metrics {
+        let endpoint = MetricsEndpoint {
+            metrics: poller.metrics(),
+            broker: broker.clone(),
+            queues: queues.clone(),
+            pid_dir: Some(cli.pid_dir.clone()),
+        };
+        serve_metrics(addr, endpoint).await?;
+    }
     Client::from_broker(broker.clone()).set_global();
     tracing::info!(
         "Poller {} (pid {}) on {} with {} event(s)",
@@ -484,6 +612,38 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         summary.released
     );
     Ok(())
+}
+
+/// Binds the metrics address and serves it in the background. An address
+/// in use is not fatal: during a handoff the poller being replaced still
+/// holds it until it has finished its events, so this one warns and binds
+/// as soon as the address is free. Any other bind error stops the start.
+async fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> Result<(), Error> {
+    use tokio::net::TcpListener;
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!("Serving metrics on http://{addr}/metrics");
+            tokio::spawn(endpoint.serve(listener));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                "Metrics address {addr} is in use (by the poller this one replaces?); serving metrics once it is free"
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(listener) = TcpListener::bind(addr).await {
+                        tracing::info!("Serving metrics on http://{addr}/metrics");
+                        endpoint.serve(listener).await;
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+        Err(e) => Err(Error::io(format!("cannot serve metrics on {addr}"), e)),
+    }
 }
 
 fn spawn_signal_handler(shutdown: Shutdown) -> Result<(), Error> {
@@ -746,4 +906,63 @@ async fn dead(cli: &Cli, command: &DeadCommand) -> Result<(), Error> {
 
 fn fmt_time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::HumanFormat;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buf").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn human_lines_keep_the_original_text_and_app_lines_get_the_span() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .event_format(HumanFormat { ansi: false })
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "event",
+                event = "hello_world",
+                id = "0193",
+                queue = "high",
+                attempt = 1u32
+            );
+            span.in_scope(|| {
+                tracing::info!(target: "action_event::poller", "Processing high:0193 ({{}})");
+                tracing::warn!(target: "my_app::events", user = 7, "sending mail");
+            });
+        });
+        let text = String::from_utf8(buf.0.lock().expect("buf").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let rest = |l: &str| {
+            l.split_once(' ')
+                .expect("timestamp")
+                .1
+                .trim_start()
+                .to_string()
+        };
+        assert_eq!(rest(lines[0]), "INFO Processing high:0193 ({})");
+        assert_eq!(
+            rest(lines[1]),
+            "WARN event{event=\"hello_world\" id=\"0193\" queue=\"high\" attempt=1}: sending mail user=7"
+        );
+    }
 }

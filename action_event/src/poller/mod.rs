@@ -21,9 +21,13 @@ use crate::registry::{DEFAULT_RETRIES, FailureKind, Outcome, Registry};
 use crate::{Error, State};
 
 mod cli;
+mod generate;
+mod metrics;
 mod pidfile;
 
 pub use cli::{main, main_with_args};
+pub use generate::{Action, EventNames, generate_event};
+pub use metrics::{DURATION_BUCKETS, Metrics, MetricsEndpoint, Observed};
 pub use pidfile::{PollerInfo, PollerStatus, list_pollers, pid_path, process_alive};
 
 /// The queues a poller serves when none are given: these, then any other
@@ -235,6 +239,14 @@ struct Shared {
     retry: RetryPolicy,
     unknown_retries: u32,
     tally: Tally,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Counts one settled run for the metrics (see [`Metrics`]).
+    fn observe(&self, event: &str, queue: &str, what: Observed, started: Instant) {
+        self.metrics.observe(event, queue, what, started.elapsed());
+    }
 }
 
 impl Poller {
@@ -264,12 +276,29 @@ impl Poller {
                 retry: config.retry,
                 unknown_retries: config.unknown_retries,
                 tally: Tally::default(),
+                metrics: Arc::new(Metrics::new()),
             }),
             config: PollerConfig {
                 concurrency: config.concurrency.max(1),
                 ..config
             },
         })
+    }
+
+    /// The metrics this poller keeps as it runs; serve them with
+    /// [`MetricsEndpoint`] (the CLI's `--metrics ADDR` does).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// use action_event::poller::{Poller, PollerConfig};
+    /// let broker = action_event::broker::connect("sqlite://action_event.db").await?;
+    /// let poller = Poller::new(broker, action_event::State::new(), PollerConfig::default())?;
+    /// let metrics = poller.metrics();
+    /// println!("{}", metrics.encode());
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// Runs until `shutdown`, a PID-file handoff, or (with
@@ -313,20 +342,26 @@ impl Poller {
                     // Decoded and logged here, in take order: the log shows
                     // the order events start in, whatever the task scheduler does.
                     let envelope = Envelope::from_slice(&delivery.body);
+                    let span = event_span(&delivery, envelope.as_ref().ok());
                     if let Ok(env) = &envelope {
-                        tracing::info!(
-                            "Processing {}:{} ({})",
-                            delivery.queue,
-                            env.id,
-                            env.params_json()
-                        );
+                        span.in_scope(|| {
+                            tracing::info!(
+                                "Processing {}:{} ({})",
+                                delivery.queue,
+                                env.id,
+                                env.params_json()
+                            )
+                        });
                     }
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
-                    tasks.spawn(async move {
-                        run_one(&shared, delivery, envelope, hard).await;
-                        drop(permit);
-                    });
+                    tasks.spawn(
+                        async move {
+                            run_one(&shared, delivery, envelope, hard).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {
                     drop(permit);
@@ -461,6 +496,27 @@ fn watch_pid_file(path: PathBuf) -> watch::Receiver<Option<ExitReason>> {
     rx
 }
 
+/// The span every event runs in: its name, id, queue and attempt. The JSON
+/// log carries these fields on every line logged while the event runs.
+fn event_span(delivery: &Delivery, envelope: Option<&Envelope>) -> tracing::Span {
+    match envelope {
+        Some(env) => tracing::info_span!(
+            "event",
+            event = %env.name,
+            id = %env.id,
+            queue = %delivery.queue,
+            attempt = env.attempt,
+        ),
+        None => tracing::info_span!(
+            "event",
+            event = "?",
+            id = "?",
+            queue = %delivery.queue,
+            attempt = 0u32,
+        ),
+    }
+}
+
 fn fmt_ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
@@ -499,24 +555,19 @@ async fn run_one(
             };
             settle(shared, &delivery, Settle::Dead(dead)).await;
             shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+            shared.observe("?", &delivery.queue, Observed::Dead, Instant::now());
             return;
         }
     };
     let tag = format!("{}:{}", delivery.queue, envelope.id);
     let started = Instant::now();
-    // Everything logged while the event runs (its filters, its handler, a
-    // panic through `log_panics`) carries the event.
-    let span = tracing::info_span!(
-        "event",
-        event = %envelope.name,
-        id = %envelope.id,
-        queue = %delivery.queue,
-        attempt = envelope.attempt
-    );
-    let dispatch = shared
-        .registry
-        .dispatch(&envelope, shared.state.clone(), Some(shared.client.clone()))
-        .instrument(span);
+    // The task runs inside the event's span (see `event_span`), so
+    // everything logged while it runs (its filters, its handler, a panic
+    // through `log_panics`) carries the event.
+    let dispatch =
+        shared
+            .registry
+            .dispatch(&envelope, shared.state.clone(), Some(shared.client.clone()));
     let outcome = tokio::select! {
         o = dispatch => o,
         _ = async { hard.wait_for(|v| *v).await.map(|_| ()) } => {
@@ -533,11 +584,18 @@ async fn run_one(
         Outcome::Completed => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.completed.fetch_add(1, Ordering::Relaxed);
+            shared.observe(
+                &envelope.name,
+                &delivery.queue,
+                Observed::Completed,
+                started,
+            );
             tracing::info!("Finished processing {tag} ({elapsed})");
         }
         Outcome::Halted { filter } => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.halted.fetch_add(1, Ordering::Relaxed);
+            shared.observe(&envelope.name, &delivery.queue, Observed::Halted, started);
             tracing::info!("Halted {tag} by before_filter {filter} ({elapsed})");
         }
         Outcome::Failed(failure) => {
@@ -568,6 +626,7 @@ async fn run_one(
                 next.run_at_ms = Some(at.saturating_add(delay.as_millis() as u64));
                 settle(shared, &delivery, Settle::Retry(next, delay)).await;
                 shared.tally.retried.fetch_add(1, Ordering::Relaxed);
+                shared.observe(&envelope.name, &delivery.queue, Observed::Retried, started);
             } else {
                 let why = if failure.kind == FailureKind::BadParams {
                     "retrying cannot help"
@@ -591,6 +650,7 @@ async fn run_one(
                 };
                 settle(shared, &delivery, Settle::Dead(dead)).await;
                 shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+                shared.observe(&envelope.name, &delivery.queue, Observed::Dead, started);
             }
         }
     }
