@@ -463,9 +463,11 @@ pub fn log_panics() {
             .unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!("panicked{location}: {message}\n{backtrace}");
+            tracing::error!(target: "panic", "panicked{location}: {message}\n{backtrace}");
         } else {
-            tracing::error!("panicked{location}: {message}");
+            // Not the poller's own target: the human format shows the
+            // event's span in front of it.
+            tracing::error!(target: "panic", "panicked{location}: {message}");
         }
     }));
 }
