@@ -122,6 +122,7 @@ impl Error {
         }
     }
 
+    #[allow(dead_code)] // for the SQLite backend (and PID/log files); unused on this branch
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
