@@ -91,6 +91,22 @@
 //! channels and topology is declared again. `take` never fails for a
 //! transient loss: it waits and returns `Ok(None)` after `wait`. An ack that
 //! fails after a reconnect is logged: the broker redelivers that event.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), action_event::Error> {
+//! use std::time::Duration;
+//! use action_event::broker::{Broker, amqp::AmqpBroker};
+//! let broker = AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f?prefix=shop.").await?;
+//! broker.publish(&action_event::Envelope::new("send_mail", "high", serde_json::json!({}))).await?;
+//! let queues = ["high".to_string(), "low".to_string()];
+//! if let Some(delivery) = broker.take(&queues, Duration::from_secs(1)).await? {
+//!     broker.ack(&delivery).await?;
+//! }
+//! broker.close().await;
+//! # Ok(()) }
+//! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
@@ -120,23 +136,59 @@ use crate::envelope::{Envelope, now_ms};
 use crate::{Error, redact_url};
 
 /// Queue-name prefix used when the URL has no `prefix` option.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PREFIX, "action_event.");
+/// ```
 pub const DEFAULT_PREFIX: &str = "action_event.";
 /// How long `publish` waits during an outage when the URL has no `publish_timeout`.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PUBLISH_TIMEOUT.as_secs(), 30);
+/// ```
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Unacked deliveries per queue consumer when the URL has no `prefetch`.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PREFETCH, 32);
+/// ```
 pub const DEFAULT_PREFETCH: u16 = 32;
 
 /// Header: the event name.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_NAME, "x-action-event-name");
+/// ```
 pub const HEADER_NAME: &str = "x-action-event-name";
 /// Header: the logical queue name (without prefix).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_QUEUE, "x-action-event-queue");
+/// ```
 pub const HEADER_QUEUE: &str = "x-action-event-queue";
 /// Header: which attempt the next run is.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_ATTEMPT, "x-action-event-attempt");
+/// ```
 pub const HEADER_ATTEMPT: &str = "x-action-event-attempt";
 /// Header: not to run before this time (ms since the Unix epoch).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_RUN_AT, "x-action-event-run-at");
+/// ```
 pub const HEADER_RUN_AT: &str = "x-action-event-run-at";
 /// Header: the envelope format version.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_VERSION, "x-action-event-v");
+/// ```
 pub const HEADER_VERSION: &str = "x-action-event-v";
 /// Header on dead events: when it died (ms since the Unix epoch).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_DIED_AT, "x-action-event-died-at");
+/// ```
 pub const HEADER_DIED_AT: &str = "x-action-event-died-at";
 
 /// The delay ladder's levels, in ms.
@@ -260,9 +312,12 @@ enum Check {
 }
 
 enum Pick {
-    Got(Arc<Slot>, Box<LapinDelivery>, bool),
+    /// The delivery, and the counter of its consumer (none for `basic.get`).
+    Got(Arc<Slot>, Box<LapinDelivery>, Option<Arc<AtomicUsize>>),
     Retry,
-    Wait { poll_soon: bool },
+    Wait {
+        poll_soon: bool,
+    },
 }
 
 /// A topology failure: `Fatal` is a configuration problem (reported),
@@ -523,6 +578,7 @@ impl AmqpBroker {
             .confirm_channel(&conn)
             .await
             .map_err(|e| inner.err(format!("cannot open a channel: {e}")))?;
+        inner.watch(&conn, inner.pub_epoch.clone());
         *lock(&inner.publisher) = Some(PubConn {
             conn: Arc::new(conn),
             confirm,
@@ -749,7 +805,14 @@ impl Inner {
 
     async fn connect(&self, role: &str) -> Result<Connection, String> {
         let props = ConnectionProperties::default()
-            .with_connection_name(format!("action_event {role} pid {}", std::process::id()).into())
+            .with_connection_name(
+                format!(
+                    "action_event {role} {} pid {}",
+                    self.prefix,
+                    std::process::id()
+                )
+                .into(),
+            )
             .enable_auto_recover()
             .configure_backoff(|b| {
                 b.without_max_times()
@@ -803,29 +866,33 @@ impl Inner {
             if rebuild {
                 let _g = self.pub_build.lock().await;
                 let again = lock(&self.publisher).clone();
-                let still_bad = match (&again, &cur) {
-                    (Some(a), Some(c)) => {
-                        a.conn.status().connected() == c.conn.status().connected()
-                            && !(a.conn.status().connected() && a.confirm.status().connected())
-                    }
-                    (Some(a), None) => {
-                        !(a.conn.status().connected() && a.confirm.status().connected())
-                    }
-                    _ => true,
-                };
-                if still_bad {
-                    let keep_conn = again
+                let healthy =
+                    |p: &PubConn| p.conn.status().connected() && p.confirm.status().connected();
+                if again.as_ref().is_some_and(healthy) {
+                    continue;
+                }
+                if again
+                    .as_ref()
+                    .is_some_and(|p| p.conn.status().reconnecting() || p.conn.status().connecting())
+                {
+                    last = "reconnecting".into();
+                } else {
+                    // Keep a connection that is still up (only its channel broke).
+                    let keep = again
                         .as_ref()
                         .filter(|a| a.conn.status().connected())
                         .map(|a| a.conn.clone());
-                    let conn = match keep_conn {
+                    let fresh = keep.is_none();
+                    let conn = match keep {
                         Some(c) => Ok(c),
                         None => self.connect("publish").await.map(Arc::new),
                     };
                     match conn {
                         Ok(conn) => match self.confirm_channel(&conn).await {
                             Ok(confirm) => {
-                                self.watch(&conn, self.pub_epoch.clone());
+                                if fresh {
+                                    self.watch(&conn, self.pub_epoch.clone());
+                                }
                                 self.pub_epoch.fetch_add(1, Ordering::SeqCst);
                                 tracing::info!(url = %self.redacted, "publish connection (re)built");
                                 *lock(&self.publisher) = Some(PubConn { conn, confirm });
@@ -835,8 +902,6 @@ impl Inner {
                         },
                         Err(e) => last = e,
                     }
-                } else {
-                    continue;
                 }
             }
             if Instant::now() + pause >= deadline {
@@ -854,12 +919,20 @@ impl Inner {
     fn watch(&self, conn: &Connection, epoch: Arc<AtomicU64>) {
         let mut events = conn.events_listener();
         tokio::spawn(async move {
+            // The first `Connected` may be the initial connection's (it is
+            // sent just after `connect` resolves): only one that follows an
+            // error is a reconnect.
+            let mut after_error = false;
             while let Some(ev) = events.next().await {
                 match ev {
                     lapin::Event::Connected => {
-                        epoch.fetch_add(1, Ordering::SeqCst);
+                        if after_error {
+                            epoch.fetch_add(1, Ordering::SeqCst);
+                        }
+                        after_error = false;
                     }
                     lapin::Event::Error(e) => {
+                        after_error = true;
                         tracing::warn!(error = %e, "RabbitMQ connection error")
                     }
                     lapin::Event::ConnectionBlocked(r) => {
@@ -1292,14 +1365,14 @@ impl Inner {
                 let mut st = lock(&slot.st);
                 Self::drain(&mut st);
                 st.last_reached = std::time::Instant::now();
-                let d = Self::pop(&mut st);
+                let d = Self::pop(&mut st).map(|d| (d, st.sub.as_ref().map(|s| s.unacked.clone())));
                 (d, !st.buf.is_empty(), self.is_full(&st))
             };
-            if let Some(d) = popped {
+            if let Some((d, counter)) = popped {
                 if more {
                     self.notify.notify_one();
                 }
-                return Ok(Pick::Got(slot.clone(), Box::new(d), true));
+                return Ok(Pick::Got(slot.clone(), Box::new(d), counter));
             }
             poll_soon |= full;
             let last = i + 1 == slots.len();
@@ -1307,7 +1380,7 @@ impl Inner {
                 break;
             }
             match self.check(slot).await {
-                Check::Got(d) => return Ok(Pick::Got(slot.clone(), d, false)),
+                Check::Got(d) => return Ok(Pick::Got(slot.clone(), d, None)),
                 Check::Retry => return Ok(Pick::Retry),
                 Check::Clear => {}
                 Check::Unknown => return Ok(Pick::Wait { poll_soon: true }),
@@ -1399,8 +1472,7 @@ impl Inner {
         &self,
         slot: &Slot,
         d: LapinDelivery,
-        counted: bool,
-        sub_unacked: Option<Arc<AtomicUsize>>,
+        counter: Option<Arc<AtomicUsize>>,
     ) -> Option<Delivery> {
         let LapinDelivery {
             data,
@@ -1411,7 +1483,7 @@ impl Inner {
         } = d;
         let tag = Tag {
             acker,
-            unacked: if counted { sub_unacked } else { None },
+            unacked: counter,
             done: AtomicBool::new(false),
             full_queue: slot.full.clone(),
             properties,
@@ -1491,9 +1563,8 @@ impl Inner {
                 && !slots.is_empty()
             {
                 match self.select(&slots, &cons).await? {
-                    Pick::Got(slot, d, counted) => {
-                        let unacked = lock(&slot.st).sub.as_ref().map(|s| s.unacked.clone());
-                        if let Some(del) = self.hand_out(&slot, *d, counted, unacked).await {
+                    Pick::Got(slot, d, counter) => {
+                        if let Some(del) = self.hand_out(&slot, *d, counter).await {
                             return Ok(Some(del));
                         }
                         continue;
