@@ -721,8 +721,11 @@ async fn publish_during_outage_succeeds_after_reconnect() {
         }
     }
     assert_eq!(ids.len(), 41, "every confirmed publish is there");
+    // `impatient` may still be waiting out lapin's reconnect backoff: `b`
+    // declared everything this test used.
+    impatient.close().await;
     b.delete_topology().await.expect("cleanup");
-    impatient.delete_topology().await.expect("cleanup");
+    b.close().await;
 }
 
 /// `cargo test --release -p action_event --test amqp_broker -- --ignored --nocapture throughput`

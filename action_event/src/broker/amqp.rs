@@ -81,7 +81,9 @@
 //! a process's buffered-but-not-started events count as taken, so start
 //! order between two pollers can differ by at most the events a poller has
 //! buffered beyond its free slots; keep `prefetch` at or below the poller's
-//! concurrency to keep that near zero.
+//! concurrency to keep that near zero. When the check sees other consumers on
+//! the higher queue, the switch down first waits 10 ms (at most once per
+//! second per queue) so that events other pollers already hold start first.
 //!
 //! # Connection loss
 //!
@@ -200,6 +202,10 @@ const LEVELS_MS: &[u64] = &[
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Buffered events of a level no `take` reached for this long go back to the broker.
 const HOLD: Duration = Duration::from_secs(5);
+/// How long a switch down waits for other pollers' already-delivered events.
+const SETTLE: Duration = Duration::from_millis(10);
+/// At most one settle wait per queue in this interval.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// An event this close to its `run_at` is held instead of re-delayed.
 const SHORT_WAIT_MS: u64 = 50;
 
@@ -270,6 +276,7 @@ struct SlotState {
     clear: bool,
     arrivals: u64,
     last_reached: std::time::Instant,
+    last_settle: Option<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -1131,6 +1138,7 @@ impl Inner {
                         clear: false,
                         arrivals: 0,
                         last_reached: std::time::Instant::now(),
+                        last_settle: None,
                     }),
                     check: tokio::sync::Mutex::new(()),
                     sub_lock: tokio::sync::Mutex::new(()),
@@ -1338,18 +1346,42 @@ impl Inner {
                 Ok(Ok(q)) => q,
                 _ => return Check::Unknown,
             };
-            let mut st = lock(&slot.st);
-            Self::drain(&mut st);
-            if !st.buf.is_empty() {
-                return Check::Retry;
+            let settle = {
+                let mut st = lock(&slot.st);
+                Self::drain(&mut st);
+                if !st.buf.is_empty() {
+                    return Check::Retry;
+                }
+                if q.message_count() > 0 {
+                    continue;
+                }
+                // Other pollers share this queue: give the events they
+                // already hold a moment to start before we go lower (at
+                // most once per second per queue, so it costs nothing in
+                // steady state).
+                let due = st.last_settle.is_none_or(|t| t.elapsed() > SETTLE_EVERY);
+                if q.consumer_count() > 1 && due {
+                    st.last_settle = Some(std::time::Instant::now());
+                    true
+                } else {
+                    if !self.is_full(&st) && st.arrivals == arrivals {
+                        st.clear = true;
+                    }
+                    return Check::Clear;
+                }
+            };
+            if settle {
+                tokio::time::sleep(SETTLE).await;
+                let mut st = lock(&slot.st);
+                Self::drain(&mut st);
+                if !st.buf.is_empty() {
+                    return Check::Retry;
+                }
+                if !self.is_full(&st) && st.arrivals == arrivals {
+                    st.clear = true;
+                }
+                return Check::Clear;
             }
-            if q.message_count() > 0 {
-                continue;
-            }
-            if !self.is_full(&st) && st.arrivals == arrivals {
-                st.clear = true;
-            }
-            return Check::Clear;
         }
         Check::Unknown
     }
