@@ -45,7 +45,13 @@ async fn open(prefix: &str, extra: &str) -> Option<AmqpBroker> {
             if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
                 panic!("no RabbitMQ at {url} but ACTION_EVENT_REQUIRE_AMQP=1: {e}");
             }
-            eprintln!("\n*** SKIPPED: no RabbitMQ at {url}: {e} ***\n");
+            // Straight to the stderr stream: the test harness captures
+            // `eprintln!` of passing tests, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: no RabbitMQ at {url}: {e} ***\n"
+            );
             None
         }
     }

@@ -85,6 +85,16 @@
 //! the higher queue, the switch down first waits 10 ms (at most once per
 //! second per queue) so that events other pollers already hold start first.
 //!
+//! # Dead letters
+//!
+//! `dead` publishes the [`DeadEvent`] JSON to `<prefix>dead` (confirmed), then
+//! acks. `dead_list`, `dead_retry` and `dead_purge` browse that queue on one
+//! channel of their own: `basic.get` without ack until the queue looks empty
+//! (everything fetched stays unacked on that channel), ack what is retried
+//! (after its confirmed republish) or purged, then `nack` the rest with
+//! `requeue: true`. O(n) in dead events; two admin commands at once each see
+//! only what the other does not hold.
+//!
 //! # Connection loss
 //!
 //! Both connections use lapin's `enable_auto_recover()` with unlimited
@@ -337,6 +347,8 @@ enum TopoErr {
 /// Parsed URL.
 struct Config {
     lapin_url: String,
+    /// host and port, to fail fast when nothing listens.
+    addr: (String, u16),
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
@@ -385,9 +397,20 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     if prefix.len() > 200 {
         return Err(bad("`prefix` is longer than 200 bytes".into()));
     }
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = u
+        .port()
+        .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
     u.set_query(None);
     u.query_pairs_mut().extend_pairs(rest);
     Ok(Config {
+        addr: (host, port),
         lapin_url: u.to_string(),
         prefix,
         publish_timeout,
@@ -557,6 +580,29 @@ impl AmqpBroker {
     /// ```
     pub async fn open(url: &str) -> Result<AmqpBroker, Error> {
         let cfg = parse_url(url)?;
+        // lapin retries a first connect forever once recovery is on: probe
+        // the socket first so that a wrong host or port fails at once.
+        let (host, port) = &cfg.addr;
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), *port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::broker(
+                    &redact_url(url),
+                    format!("cannot connect to {host}:{port}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::broker(
+                    &redact_url(url),
+                    format!("cannot connect to {host}:{port}: no answer in 5s"),
+                ));
+            }
+        }
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             lapin_url: cfg.lapin_url,
