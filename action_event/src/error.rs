@@ -134,10 +134,6 @@ impl Error {
         }
     }
 
-    #[allow(
-        dead_code,
-        reason = "for the poller's PID and log files, written on its own branch"
-    )]
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

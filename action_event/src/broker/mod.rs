@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{AttemptError, Envelope};
 use crate::{Error, redact_url};
 
+pub mod amqp;
 pub mod sqlite;
 
 /// The URL used when neither `--broker` nor `ACTION_EVENT_URL` is set.
@@ -78,6 +79,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
     }
     match scheme {
         "sqlite" => Ok(Arc::new(sqlite::SqliteBroker::open(url).await?)),
+        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
         other => Err(Error::BadUrl {
             url: redact_url(url),
             message: format!("unknown scheme `{other}`: use `sqlite://` or `amqp://`"),

@@ -1,0 +1,1985 @@
+//! The RabbitMQ backend (`amqp://` and `amqps://`), on lapin.
+//!
+//! # URL
+//!
+//! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`.
+//! lapin's own query options (`heartbeat`, `frame_max`, `channel_max`, ...)
+//! pass through (heartbeat 30 s when none is given); ours are taken out
+//! before lapin sees the URL:
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `prefix` | `action_event.` | put before every queue and exchange name, so several apps share a vhost |
+//! | `publish_timeout` | `30s` | how long a `publish` waits for the broker during an outage before it fails |
+//! | `prefetch` | `32` | unacked deliveries per queue consumer (see *Strict priority*) |
+//!
+//! # Topology (see `docs/wire-format.md`)
+//!
+//! Declared idempotently and lazily, on every (re)connect:
+//! - `<prefix><queue>`: one durable classic queue per queue name, no arguments.
+//! - `<prefix>dead`: durable queue of [`DeadEvent`] JSON documents.
+//! - the delay ladder: for each level `L` ms in use, a durable fanout exchange
+//!   and a durable queue both named `<prefix>delay.<L>`, the queue with
+//!   `x-message-ttl = L` and `x-dead-letter-exchange = ""` and *no*
+//!   dead-letter routing key. A delayed event is published to the exchange
+//!   with the routing key `<prefix><queue>`; when its TTL runs out the
+//!   default exchange routes it back to its work queue by that key. Every
+//!   message in one level queue has the same TTL, so no head-of-line
+//!   blocking: a 1 s delay queued after a 3 s one is not held back. A delay
+//!   is split into hops (largest level that fits, or a level at most
+//!   100 ms / 5 % too long); an event that comes back before its
+//!   `run_at` (header `x-action-event-run-at`) is not handed out but sent
+//!   through the ladder again, as a *fresh* publish: the `x-death` headers
+//!   that make RabbitMQ 3.x silently drop a message that passes twice
+//!   through one queue are never carried over.
+//!
+//! # Publishing
+//!
+//! One publish connection with one confirm channel shared by every caller;
+//! each `publish` awaits only its own confirm, so concurrent publishes
+//! pipeline. Messages are persistent, `mandatory` (an unroutable message is
+//! an error), `message_id` = event id. A confirm lost in a reconnect is
+//! republished (at-least-once: consumers dedupe by `message_id` when it
+//! matters). During an outage `publish` waits for the connection to come back
+//! up to `publish_timeout`.
+//!
+//! # Strict priority, fast
+//!
+//! `take(["high", "medium", "low"])` must not start a medium event while a
+//! high one is ready in the broker. `basic.get` polling is strict but ~8x
+//! slower than a consumer; merged consumers are fast but not strict. This
+//! backend combines them:
+//!
+//! - Each queue gets its own consumer (own channel, `prefetch` unacked)
+//!   feeding a local buffer; a lower queue is subscribed only once a `take`
+//!   actually reaches its level. `take` serves the highest non-empty buffer.
+//! - Before an event of level *i* is handed out, every higher level *j*
+//!   must be *clear*: its buffer empty and the broker holding nothing ready
+//!   for it. Proving that is a **check** on *j*'s own channel: `basic.get`
+//!   (a hit is a level-*j* event and is served instead), then a passive
+//!   `queue.declare` as a barrier: the broker sends every delivery it pushed
+//!   to our consumer before that reply, and lapin has put them into the
+//!   consumer's stream before the reply resolves, so after draining the
+//!   stream an empty buffer means nothing of level *j* was in flight either.
+//!   This also covers backlog present before the poller starts (the first
+//!   check on a new consumer waits out its initial deliveries).
+//! - The check result is cached ("clear") until a delivery for *j* arrives,
+//!   and it is not cached when *j*'s consumer was at its prefetch limit (the
+//!   broker may then hold ready messages it cannot push). So checks happen
+//!   when switching down a level, not per event: a steady stream of medium
+//!   events while high is idle costs no extra round trip, and a new high
+//!   event is pushed by the broker at once and served next.
+//! - Buffered events that are not handed out are returned (`nack`,
+//!   `requeue: true`) by [`AmqpBroker::close`], when a level has not been
+//!   reached by any `take` for 5 s (its consumer is cancelled, so other
+//!   pollers can run them), and by the broker itself when the connection or
+//!   the broker is dropped.
+//!
+//! Guarantee: within one process, an event is handed out only if every
+//! higher queue was empty in the broker at a moment after the previous event
+//! of that higher queue arrived. Across processes it is strict *at dequeue*:
+//! a process's buffered-but-not-started events count as taken, so start
+//! order between two pollers can differ by at most the events a poller has
+//! buffered beyond its free slots; keep `prefetch` at or below the poller's
+//! concurrency to keep that near zero. When the check sees other consumers on
+//! the higher queue, the switch down first waits 10 ms (at most once per
+//! second per queue) so that events other pollers already hold start first.
+//!
+//! # Dead letters
+//!
+//! `dead` publishes the [`DeadEvent`] JSON to `<prefix>dead` (confirmed), then
+//! acks. `dead_list`, `dead_retry` and `dead_purge` browse that queue on one
+//! channel of their own: `basic.get` without ack until the queue looks empty
+//! (everything fetched stays unacked on that channel), ack what is retried
+//! (after its confirmed republish) or purged, then `nack` the rest with
+//! `requeue: true`. O(n) in dead events; two admin commands at once each see
+//! only what the other does not hold.
+//!
+//! # Connection loss
+//!
+//! Both connections use lapin's `enable_auto_recover()` with unlimited
+//! retries, plus a supervisor here: a connection that ended up closed is
+//! rebuilt, and after any reconnect the consumers are rebuilt on new
+//! channels and topology is declared again. `take` never fails for a
+//! transient loss: it waits and returns `Ok(None)` after `wait`. An ack that
+//! fails after a reconnect is logged: the broker redelivers that event.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), action_event::Error> {
+//! use std::time::Duration;
+//! use action_event::broker::{Broker, amqp::AmqpBroker};
+//! let broker = AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f?prefix=shop.").await?;
+//! broker.publish(&action_event::Envelope::new("send_mail", "high", serde_json::json!({}))).await?;
+//! let queues = ["high".to_string(), "low".to_string()];
+//! if let Some(delivery) = broker.take(&queues, Duration::from_secs(1)).await? {
+//!     broker.ack(&delivery).await?;
+//! }
+//! broker.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery as LapinDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Broker, DeadEvent, DeadFilter, Delivery, QueueDepth};
+use crate::envelope::{Envelope, now_ms};
+use crate::{Error, redact_url};
+
+/// Queue-name prefix used when the URL has no `prefix` option.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PREFIX, "action_event.");
+/// ```
+pub const DEFAULT_PREFIX: &str = "action_event.";
+/// How long `publish` waits during an outage when the URL has no `publish_timeout`.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PUBLISH_TIMEOUT.as_secs(), 30);
+/// ```
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unacked deliveries per queue consumer when the URL has no `prefetch`.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_PREFETCH, 32);
+/// ```
+pub const DEFAULT_PREFETCH: u16 = 32;
+
+/// Header: the event name.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_NAME, "x-action-event-name");
+/// ```
+pub const HEADER_NAME: &str = "x-action-event-name";
+/// Header: the logical queue name (without prefix).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_QUEUE, "x-action-event-queue");
+/// ```
+pub const HEADER_QUEUE: &str = "x-action-event-queue";
+/// Header: which attempt the next run is.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_ATTEMPT, "x-action-event-attempt");
+/// ```
+pub const HEADER_ATTEMPT: &str = "x-action-event-attempt";
+/// Header: not to run before this time (ms since the Unix epoch).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_RUN_AT, "x-action-event-run-at");
+/// ```
+pub const HEADER_RUN_AT: &str = "x-action-event-run-at";
+/// Header: the envelope format version.
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_VERSION, "x-action-event-v");
+/// ```
+pub const HEADER_VERSION: &str = "x-action-event-v";
+/// Header on dead events: when it died (ms since the Unix epoch).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::HEADER_DIED_AT, "x-action-event-died-at");
+/// ```
+pub const HEADER_DIED_AT: &str = "x-action-event-died-at";
+
+/// The delay ladder's levels, in ms.
+const LEVELS_MS: &[u64] = &[
+    100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 120_000, 300_000, 600_000,
+    1_200_000, 3_600_000, 7_200_000, 14_400_000, 43_200_000, 86_400_000,
+];
+/// A single broker round trip that takes longer than this counts as lost.
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Buffered events of a level no `take` reached for this long go back to the broker.
+const HOLD: Duration = Duration::from_secs(5);
+/// How long a switch down waits for other pollers' already-delivered events.
+const SETTLE: Duration = Duration::from_millis(10);
+/// At most one settle wait per queue in this interval.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
+/// An event this close to its `run_at` is held instead of re-delayed.
+const SHORT_WAIT_MS: u64 = 50;
+
+/// The RabbitMQ backend. See the module docs for the design.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), action_event::Error> {
+/// use action_event::broker::{Broker, amqp::AmqpBroker};
+/// let broker = AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f?prefix=myapp.").await?;
+/// broker.publish(&action_event::Envelope::new("hello_world", "high", serde_json::json!({}))).await?;
+/// # Ok(()) }
+/// ```
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redacted: String,
+    lapin_url: String,
+    prefix: String,
+    publish_timeout: Duration,
+    prefetch: u16,
+    closed: AtomicBool,
+
+    publisher: Mutex<Option<PubConn>>,
+    pub_build: tokio::sync::Mutex<()>,
+    pub_epoch: Arc<AtomicU64>,
+    /// (publish epoch, names declared in it).
+    declared: Mutex<(u64, HashSet<String>)>,
+    /// Everything ever declared, for [`AmqpBroker::delete_topology`]: (is_exchange, name).
+    all_declared: Mutex<BTreeSet<(bool, String)>>,
+
+    consumer: Mutex<Option<ConsConn>>,
+    cons_build: tokio::sync::Mutex<()>,
+    /// Bumped whenever the consume connection reconnects or is rebuilt.
+    cons_epoch: Arc<AtomicU64>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    notify: Notify,
+    pump: tokio::sync::Mutex<()>,
+    conn_seq: AtomicU64,
+}
+
+#[derive(Clone)]
+struct PubConn {
+    conn: Arc<Connection>,
+    confirm: Channel,
+}
+
+#[derive(Clone)]
+struct ConsConn {
+    conn: Arc<Connection>,
+    id: u64,
+}
+
+/// One queue on the consume side.
+struct Slot {
+    name: String,
+    full: String,
+    st: Mutex<SlotState>,
+    check: tokio::sync::Mutex<()>,
+    sub_lock: tokio::sync::Mutex<()>,
+}
+
+struct SlotState {
+    sub: Option<Sub>,
+    buf: VecDeque<LapinDelivery>,
+    /// A check proved the broker holds nothing ready, and nothing arrived since.
+    clear: bool,
+    arrivals: u64,
+    last_reached: std::time::Instant,
+    last_settle: Option<std::time::Instant>,
+}
+
+#[derive(Clone)]
+struct Sub {
+    channel: Channel,
+    consumer: Consumer,
+    conn_id: u64,
+    epoch: u64,
+    unacked: Arc<AtomicUsize>,
+}
+
+/// What a [`Delivery`] of this backend carries in its `tag`.
+struct Tag {
+    acker: lapin::Acker,
+    unacked: Option<Arc<AtomicUsize>>,
+    done: AtomicBool,
+    full_queue: String,
+    properties: BasicProperties,
+}
+
+impl Tag {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::SeqCst)
+            && let Some(u) = &self.unacked
+        {
+            let _ = u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+        }
+    }
+}
+
+enum Check {
+    /// `basic.get` found an event of this level.
+    Got(Box<LapinDelivery>),
+    /// Something arrived in the buffer meanwhile: decide again.
+    Retry,
+    /// Nothing ready for this level: lower levels may be served.
+    Clear,
+    /// Could not tell (connection trouble): do not go lower.
+    Unknown,
+}
+
+enum Pick {
+    /// The delivery, and the counter of its consumer (none for `basic.get`).
+    Got(Arc<Slot>, Box<LapinDelivery>, Option<Arc<AtomicUsize>>),
+    Retry,
+    Wait {
+        poll_soon: bool,
+    },
+}
+
+/// A topology failure: `Fatal` is a configuration problem (reported),
+/// `Transient` a connection problem (retried).
+enum TopoErr {
+    Fatal(Error),
+    Transient(String),
+}
+
+/// Parsed URL.
+struct Config {
+    lapin_url: String,
+    /// host and port, to fail fast when nothing listens.
+    addr: (String, u16),
+    prefix: String,
+    publish_timeout: Duration,
+    prefetch: u16,
+}
+
+fn parse_url(url: &str) -> Result<Config, Error> {
+    let bad = |message: String| Error::BadUrl {
+        url: redact_url(url),
+        message,
+    };
+    let mut u = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if u.scheme() != "amqp" && u.scheme() != "amqps" {
+        return Err(bad(format!(
+            "expected `amqp://` or `amqps://`, got `{}://`",
+            u.scheme()
+        )));
+    }
+    let mut prefix = DEFAULT_PREFIX.to_string();
+    let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;
+    let mut prefetch = DEFAULT_PREFETCH;
+    let mut rest: Vec<(String, String)> = Vec::new();
+    let mut has_heartbeat = false;
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "prefix" => prefix = v.into_owned(),
+            "publish_timeout" => {
+                publish_timeout = humantime::parse_duration(&v)
+                    .map_err(|e| bad(format!("`publish_timeout={v}`: {e} (e.g. `30s`)")))?;
+            }
+            "prefetch" => {
+                prefetch = v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    bad(format!("`prefetch={v}`: expected a number from 1 to 65535"))
+                })?;
+            }
+            other => {
+                if other == "heartbeat" {
+                    has_heartbeat = true;
+                }
+                rest.push((k.into_owned(), v.into_owned()));
+            }
+        }
+    }
+    if !has_heartbeat {
+        rest.push(("heartbeat".into(), "30".into()));
+    }
+    if prefix.len() > 200 {
+        return Err(bad("`prefix` is longer than 200 bytes".into()));
+    }
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = u
+        .port()
+        .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+    u.set_query(None);
+    u.query_pairs_mut().extend_pairs(rest);
+    Ok(Config {
+        addr: (host, port),
+        lapin_url: u.to_string(),
+        prefix,
+        publish_timeout,
+        prefetch,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The delay level for `remaining` ms: one at most 100 ms / 5 % too long,
+/// else the largest that is not too long.
+fn pick_level(remaining: u64) -> u64 {
+    let tolerance = (remaining / 20).max(100);
+    if let Some(&l) = LEVELS_MS
+        .iter()
+        .find(|&&l| l >= remaining && l - remaining <= tolerance)
+    {
+        return l;
+    }
+    LEVELS_MS
+        .iter()
+        .rev()
+        .find(|&&l| l <= remaining)
+        .copied()
+        .unwrap_or(LEVELS_MS[0])
+}
+
+fn header_u64(props: &BasicProperties, key: &str) -> Option<u64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::Timestamp(v) => Some(*v),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `run_at` of a message: the header, else the envelope field.
+fn run_at_of(props: &BasicProperties, body: &[u8]) -> Option<u64> {
+    if let Some(v) = header_u64(props, HEADER_RUN_AT) {
+        return Some(v);
+    }
+    #[derive(serde::Deserialize)]
+    struct RunAt {
+        run_at_ms: Option<u64>,
+    }
+    serde_json::from_slice::<RunAt>(body).ok()?.run_at_ms
+}
+
+fn long_str(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn i64_of(v: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn envelope_properties(env: &Envelope, run_at: Option<u64>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_NAME.into(), long_str(&env.name));
+    headers.insert(HEADER_QUEUE.into(), long_str(&env.queue));
+    headers.insert(HEADER_ATTEMPT.into(), i64_of(u64::from(env.attempt)));
+    headers.insert(HEADER_VERSION.into(), i64_of(u64::from(env.v)));
+    if let Some(r) = run_at {
+        headers.insert(HEADER_RUN_AT.into(), i64_of(r));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(env.id.to_string().into())
+        .with_timestamp(env.queued_at_ms / 1000)
+        .with_type(env.name.clone().into())
+        .with_headers(headers)
+}
+
+/// A copy of a message's properties fit to publish again: without the
+/// dead-lettering headers (RabbitMQ 3.x drops a message whose `x-death`
+/// shows a cycle), with `run_at` set.
+fn republish_properties(props: &BasicProperties, run_at: u64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            if k.as_str() == "x-death" || k.as_str().starts_with("x-first-death") {
+                continue;
+            }
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers.insert(HEADER_RUN_AT.into(), i64_of(run_at));
+    props.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+/// Rewords a broker error; `PRECONDITION_FAILED - inequivalent arg` names
+/// the queue and the argument that differs.
+fn describe_amqp_error(e: &lapin::Error) -> String {
+    if let ErrorKind::ProtocolError(amqp) = e.kind() {
+        let text = amqp.get_message().as_str();
+        if let Some(rest) = text.split("inequivalent arg '").nth(1) {
+            let arg = rest.split('\'').next().unwrap_or("?");
+            let (kind, name) = ["queue", "exchange"]
+                .iter()
+                .find_map(|k| {
+                    let marker = format!(" for {k} '");
+                    let after = rest.split(marker.as_str()).nth(1)?;
+                    Some((*k, after.split('\'').next().unwrap_or("?")))
+                })
+                .unwrap_or(("queue", "?"));
+            let detail = text
+                .split("in vhost '")
+                .nth(1)
+                .and_then(|s| s.split_once("': "))
+                .map(|(_, d)| d)
+                .unwrap_or("");
+            return format!(
+                "{kind} `{name}` already exists with different arguments: `{arg}` differs ({detail}); \
+                 delete the {kind} or use another `prefix` in the URL"
+            );
+        }
+        return format!("broker refused: {text}");
+    }
+    e.to_string()
+}
+
+fn is_fatal(e: &lapin::Error) -> bool {
+    e.is_amqp_error()
+        && !matches!(
+            e.kind(),
+            ErrorKind::ProtocolError(a) if a.get_id() == 320 || a.get_id() == 541
+        )
+}
+
+async fn op<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, TopoErr> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::Broker {
+            url: String::new(),
+            message: format!("{what}: {}", describe_amqp_error(&e)),
+        })),
+        Ok(Err(e)) => Err(TopoErr::Transient(format!("{what}: {e}"))),
+        Err(_) => Err(TopoErr::Transient(format!(
+            "{what}: no answer in {OP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+impl AmqpBroker {
+    /// Connects (the publish connection; the consume connection opens on
+    /// the first `take`). Fails when the URL is malformed or the broker
+    /// cannot be reached; the error shows the URL with its password redacted.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// let broker = action_event::broker::amqp::AmqpBroker::open(
+    ///     "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&publish_timeout=5s",
+    /// ).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(url: &str) -> Result<AmqpBroker, Error> {
+        let cfg = parse_url(url)?;
+        // lapin retries a first connect forever once recovery is on: probe
+        // the socket first so that a wrong host or port fails at once.
+        let (host, port) = &cfg.addr;
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), *port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::broker(
+                    &redact_url(url),
+                    format!("cannot connect to {host}:{port}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::broker(
+                    &redact_url(url),
+                    format!("cannot connect to {host}:{port}: no answer in 5s"),
+                ));
+            }
+        }
+        let inner = Arc::new(Inner {
+            redacted: redact_url(url),
+            lapin_url: cfg.lapin_url,
+            prefix: cfg.prefix,
+            publish_timeout: cfg.publish_timeout,
+            prefetch: cfg.prefetch,
+            closed: AtomicBool::new(false),
+            publisher: Mutex::new(None),
+            pub_build: tokio::sync::Mutex::new(()),
+            pub_epoch: Arc::new(AtomicU64::new(0)),
+            declared: Mutex::new((0, HashSet::new())),
+            all_declared: Mutex::new(BTreeSet::new()),
+            consumer: Mutex::new(None),
+            cons_build: tokio::sync::Mutex::new(()),
+            cons_epoch: Arc::new(AtomicU64::new(0)),
+            slots: Mutex::new(HashMap::new()),
+            notify: Notify::new(),
+            pump: tokio::sync::Mutex::new(()),
+            conn_seq: AtomicU64::new(0),
+        });
+        let conn = inner
+            .connect("publish")
+            .await
+            .map_err(|e| inner.err(format!("cannot connect: {e}")))?;
+        let confirm = inner
+            .confirm_channel(&conn)
+            .await
+            .map_err(|e| inner.err(format!("cannot open a channel: {e}")))?;
+        inner.watch(&conn, inner.pub_epoch.clone());
+        *lock(&inner.publisher) = Some(PubConn {
+            conn: Arc::new(conn),
+            confirm,
+        });
+        tokio::spawn(reaper(Arc::downgrade(&inner)));
+        Ok(AmqpBroker { inner })
+    }
+
+    /// The queue-name prefix in use.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// let b = action_event::broker::amqp::AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// assert_eq!(b.prefix(), "action_event.");
+    /// # Ok(()) }
+    /// ```
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Stops taking: cancels the consumers, returns every buffered event that
+    /// was not handed out (`nack` with `requeue: true`) and closes both
+    /// connections. Events handed out and not yet acked go back to their
+    /// queues when the connection closes. Dropping the broker does the same
+    /// without waiting.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// let b = action_event::broker::amqp::AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// b.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.slots).values().cloned().collect();
+        for slot in slots {
+            let (sub, buf) = {
+                let mut st = lock(&slot.st);
+                (st.sub.take(), std::mem::take(&mut st.buf))
+            };
+            unsubscribe(sub, buf).await;
+        }
+        let cons = lock(&self.inner.consumer).take();
+        if let Some(c) = cons {
+            let _ = tokio::time::timeout(OP_TIMEOUT, c.conn.close(200, "OK".into())).await;
+        }
+        let publ = lock(&self.inner.publisher).take();
+        if let Some(p) = publ {
+            let _ = tokio::time::timeout(OP_TIMEOUT, p.confirm.wait_for_confirms()).await;
+            let _ = tokio::time::timeout(OP_TIMEOUT, p.conn.close(200, "OK".into())).await;
+        }
+    }
+
+    /// Deletes every queue and exchange this instance declared (work queues,
+    /// the dead queue, the delay ladder) with their messages. For tests and
+    /// tear-down; returns how many were deleted.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// let b = action_event::broker::amqp::AmqpBroker::open("amqp://guest:guest@127.0.0.1:5672/%2f?prefix=scratch.").await?;
+    /// b.delete_topology().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_topology(&self) -> Result<u64, Error> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.publish_timeout;
+        let p = inner.pub_conn(deadline).await?;
+        let names: Vec<(bool, String)> = lock(&inner.all_declared).iter().cloned().collect();
+        let mut n = 0;
+        for (is_exchange, name) in names {
+            let ch = op("open channel", p.conn.create_channel())
+                .await
+                .map_err(|e| inner.topo_err(e))?;
+            let res = if is_exchange {
+                op(
+                    "delete exchange",
+                    ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()),
+                )
+                .await
+                .map(|_| ())
+            } else {
+                op(
+                    "delete queue",
+                    ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+                )
+                .await
+                .map(|_| ())
+            };
+            let _ = ch.close(200, "OK".into()).await;
+            res.map_err(|e| inner.topo_err(e))?;
+            n += 1;
+        }
+        lock(&inner.all_declared).clear();
+        lock(&inner.declared).1.clear();
+        Ok(n)
+    }
+}
+
+impl Drop for AmqpBroker {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        // Closing the consume connection makes the broker requeue every
+        // buffered and unacked delivery; dropping the handles closes it.
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.slots).drain().map(|(_, s)| s).collect();
+        let cons = lock(&self.inner.consumer).take();
+        let publ = lock(&self.inner.publisher).take();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for slot in slots {
+                    let (sub, buf) = {
+                        let mut st = lock(&slot.st);
+                        (st.sub.take(), std::mem::take(&mut st.buf))
+                    };
+                    unsubscribe(sub, buf).await;
+                }
+                if let Some(c) = cons {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, c.conn.close(200, "OK".into())).await;
+                }
+                if let Some(p) = publ {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, p.confirm.wait_for_confirms()).await;
+                    let _ = tokio::time::timeout(OP_TIMEOUT, p.conn.close(200, "OK".into())).await;
+                }
+            });
+        }
+    }
+}
+
+/// Cancels a consumer, returns its buffered deliveries and closes its channel.
+async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
+    if let Some(sub) = &sub
+        && sub.channel.status().connected()
+    {
+        let _ = tokio::time::timeout(
+            OP_TIMEOUT,
+            sub.channel
+                .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await;
+    }
+    for d in buf {
+        if d.acker.usable() {
+            let _ = tokio::time::timeout(
+                OP_TIMEOUT,
+                d.acker.nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                }),
+            )
+            .await;
+        }
+    }
+    if let Some(sub) = sub {
+        // Drain what arrived between cancel and now, then close: the broker
+        // requeues whatever is still unacked on the channel.
+        let mut consumer = sub.consumer.clone();
+        while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await;
+        }
+        let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
+    }
+}
+
+/// Returns buffered deliveries of levels no `take` reached for [`HOLD`].
+async fn reaper(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let slots: Vec<Arc<Slot>> = lock(&inner.slots).values().cloned().collect();
+        drop(inner);
+        for slot in slots {
+            let Ok(_g) = slot.sub_lock.try_lock() else {
+                continue;
+            };
+            let taken = {
+                let mut st = lock(&slot.st);
+                if st.sub.is_some() && !st.buf.is_empty() && st.last_reached.elapsed() > HOLD {
+                    st.clear = false;
+                    Some((st.sub.take(), std::mem::take(&mut st.buf)))
+                } else {
+                    None
+                }
+            };
+            if let Some((sub, buf)) = taken {
+                tracing::debug!(queue = %slot.name, n = buf.len(), "returning buffered events of an unreached level");
+                unsubscribe(sub, buf).await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn err(&self, message: impl std::fmt::Display) -> Error {
+        Error::broker(&self.redacted, message)
+    }
+
+    fn topo_err(&self, e: TopoErr) -> Error {
+        match e {
+            TopoErr::Fatal(Error::Broker { message, .. }) => self.err(message),
+            TopoErr::Fatal(e) => e,
+            TopoErr::Transient(m) => self.err(m),
+        }
+    }
+
+    fn full_name(&self, queue: &str) -> String {
+        format!("{}{queue}", self.prefix)
+    }
+
+    fn dead_name(&self) -> String {
+        format!("{}dead", self.prefix)
+    }
+
+    fn delay_name(&self, level: u64) -> String {
+        format!("{}delay.{level}", self.prefix)
+    }
+
+    async fn connect(&self, role: &str) -> Result<Connection, String> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(
+                format!(
+                    "action_event {role} {} pid {}",
+                    self.prefix,
+                    std::process::id()
+                )
+                .into(),
+            )
+            .enable_auto_recover()
+            .configure_backoff(|b| {
+                b.without_max_times()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+            });
+        match tokio::time::timeout(OP_TIMEOUT, Connection::connect(&self.lapin_url, props)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(describe_amqp_error(&e)),
+            Err(_) => Err(format!("no answer in {OP_TIMEOUT:?}")),
+        }
+    }
+
+    async fn confirm_channel(&self, conn: &Connection) -> Result<Channel, String> {
+        let ch = tokio::time::timeout(OP_TIMEOUT, conn.create_channel())
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            OP_TIMEOUT,
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(ch)
+    }
+
+    /// The publish connection and its confirm channel, rebuilt when needed;
+    /// waits for a reconnect until `deadline`.
+    async fn pub_conn(&self, deadline: Instant) -> Result<PubConn, Error> {
+        let mut last = String::from("not connected");
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(self.err("the broker was closed"));
+            }
+            let cur = lock(&self.publisher).clone();
+            let mut rebuild = true;
+            if let Some(p) = &cur {
+                let cs = p.conn.status();
+                if cs.connected() && p.confirm.status().connected() {
+                    return Ok(p.clone());
+                }
+                if cs.reconnecting() || cs.connecting() || p.confirm.status().reconnecting() {
+                    rebuild = false;
+                    last = "reconnecting".into();
+                }
+            }
+            if rebuild {
+                let _g = self.pub_build.lock().await;
+                let again = lock(&self.publisher).clone();
+                let healthy =
+                    |p: &PubConn| p.conn.status().connected() && p.confirm.status().connected();
+                if again.as_ref().is_some_and(healthy) {
+                    continue;
+                }
+                if again
+                    .as_ref()
+                    .is_some_and(|p| p.conn.status().reconnecting() || p.conn.status().connecting())
+                {
+                    last = "reconnecting".into();
+                } else {
+                    // Keep a connection that is still up (only its channel broke).
+                    let keep = again
+                        .as_ref()
+                        .filter(|a| a.conn.status().connected())
+                        .map(|a| a.conn.clone());
+                    let fresh = keep.is_none();
+                    let conn = match keep {
+                        Some(c) => Ok(c),
+                        None => self.connect("publish").await.map(Arc::new),
+                    };
+                    match conn {
+                        Ok(conn) => match self.confirm_channel(&conn).await {
+                            Ok(confirm) => {
+                                if fresh {
+                                    self.watch(&conn, self.pub_epoch.clone());
+                                }
+                                self.pub_epoch.fetch_add(1, Ordering::SeqCst);
+                                tracing::info!(url = %self.redacted, "publish connection (re)built");
+                                *lock(&self.publisher) = Some(PubConn { conn, confirm });
+                                continue;
+                            }
+                            Err(e) => last = e,
+                        },
+                        Err(e) => last = e,
+                    }
+                }
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(self.err(format!(
+                    "broker unavailable for {:?} ({last}); gave up (raise `publish_timeout` in the URL to wait longer)",
+                    self.publish_timeout
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Bumps `epoch` whenever `conn` reconnects.
+    fn watch(&self, conn: &Connection, epoch: Arc<AtomicU64>) {
+        let mut events = conn.events_listener();
+        tokio::spawn(async move {
+            // The first `Connected` may be the initial connection's (it is
+            // sent just after `connect` resolves): only one that follows an
+            // error is a reconnect.
+            let mut after_error = false;
+            while let Some(ev) = events.next().await {
+                match ev {
+                    lapin::Event::Connected => {
+                        if after_error {
+                            epoch.fetch_add(1, Ordering::SeqCst);
+                        }
+                        after_error = false;
+                    }
+                    lapin::Event::Error(e) => {
+                        after_error = true;
+                        tracing::warn!(error = %e, "RabbitMQ connection error")
+                    }
+                    lapin::Event::ConnectionBlocked(r) => {
+                        tracing::warn!(reason = %r, "RabbitMQ blocked publishing")
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Declares what a publish needs, once per (re)connect.
+    async fn ensure(&self, p: &PubConn, queue: &str, level: Option<u64>) -> Result<(), TopoErr> {
+        let epoch = self.pub_epoch.load(Ordering::SeqCst);
+        let mut todo: Vec<(String, Option<u64>)> = Vec::new();
+        {
+            let mut d = lock(&self.declared);
+            if d.0 != epoch {
+                *d = (epoch, HashSet::new());
+            }
+            if !d.1.contains(queue) {
+                todo.push((queue.to_string(), None));
+            }
+            if let Some(l) = level {
+                let n = self.delay_name(l);
+                if !d.1.contains(&n) {
+                    todo.push((n, Some(l)));
+                }
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // A declaration that fails closes its channel: never the confirm channel.
+        let ch = op("open channel", p.conn.create_channel()).await?;
+        let res = async {
+            for (name, level) in &todo {
+                self.declare(&ch, name, *level).await?;
+            }
+            Ok(())
+        }
+        .await;
+        let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+        res?;
+        let mut d = lock(&self.declared);
+        if d.0 == epoch {
+            for (name, _) in todo {
+                d.1.insert(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares one queue (`level` None) or one delay level.
+    async fn declare(&self, ch: &Channel, name: &str, level: Option<u64>) -> Result<u32, TopoErr> {
+        let mut args = FieldTable::default();
+        if let Some(l) = level {
+            args.insert("x-message-ttl".into(), i64_of(l));
+            args.insert("x-dead-letter-exchange".into(), long_str(""));
+            op(
+                "declare exchange",
+                ch.exchange_declare(
+                    name.into(),
+                    lapin::ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            lock(&self.all_declared).insert((true, name.to_string()));
+        }
+        let q = op(
+            "declare queue",
+            ch.queue_declare(name.into(), QueueDeclareOptions::durable(), args),
+        )
+        .await?;
+        lock(&self.all_declared).insert((false, name.to_string()));
+        if level.is_some() {
+            op(
+                "bind queue",
+                ch.queue_bind(
+                    name.into(),
+                    name.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+        Ok(q.message_count())
+    }
+
+    /// Publishes with confirm to queue `routing_key` (through delay level
+    /// `level` if given), retrying through reconnects until `deadline`.
+    async fn publish_raw(
+        &self,
+        routing_key: &str,
+        level: Option<u64>,
+        body: &[u8],
+        props: BasicProperties,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let exchange = level.map(|l| self.delay_name(l)).unwrap_or_default();
+        let exchange = exchange.as_str();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let p = self.pub_conn(deadline).await?;
+            let res = async {
+                self.ensure(&p, routing_key, level).await?;
+                let confirm = p
+                    .confirm
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        body,
+                        props.clone(),
+                    )
+                    .await
+                    .map_err(|e| TopoErr::Transient(e.to_string()))?;
+                confirm.await.map_err(|e| TopoErr::Transient(e.to_string()))
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let last = match tokio::time::timeout(remaining, res).await {
+                Err(_) => "no confirm".to_string(),
+                Ok(Err(TopoErr::Fatal(e))) => return Err(self.topo_err(TopoErr::Fatal(e))),
+                Ok(Err(TopoErr::Transient(m))) => m,
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(ret)))) => {
+                    return Err(self.err(format!(
+                        "message to `{routing_key}` was returned as unroutable: {} {}",
+                        ret.reply_code, ret.reply_text
+                    )));
+                }
+                Ok(Ok(Confirmation::Nack(_))) => "the broker nacked the message".to_string(),
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    return Err(self.err("publisher confirms are not on"));
+                }
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(self.err(format!(
+                    "publish to `{routing_key}` not confirmed within {:?} ({last})",
+                    self.publish_timeout
+                )));
+            }
+            tracing::debug!(error = %last, "publish not confirmed; publishing again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Sends a message to its work queue, through the delay ladder when
+    /// `run_at` is in the future.
+    async fn route(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+        run_at: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let target = self.full_name(queue);
+        let remaining = run_at.map(|r| r.saturating_sub(now_ms())).unwrap_or(0);
+        let level = (remaining > 0).then(|| pick_level(remaining));
+        self.publish_raw(&target, level, body, props, deadline)
+            .await
+    }
+
+    async fn publish_envelope(&self, env: &Envelope) -> Result<(), Error> {
+        let deadline = Instant::now() + self.publish_timeout;
+        let run_at = env.run_at_ms.filter(|r| *r > now_ms());
+        let props = envelope_properties(env, env.run_at_ms);
+        self.route(&env.queue, &env.to_bytes(), props, run_at, deadline)
+            .await
+    }
+
+    // ---- consume side ----
+
+    fn slot(&self, queue: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(queue.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    name: queue.to_string(),
+                    full: self.full_name(queue),
+                    st: Mutex::new(SlotState {
+                        sub: None,
+                        buf: VecDeque::new(),
+                        clear: false,
+                        arrivals: 0,
+                        last_reached: std::time::Instant::now(),
+                        last_settle: None,
+                    }),
+                    check: tokio::sync::Mutex::new(()),
+                    sub_lock: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// The consume connection if it is up; `None` while it reconnects.
+    async fn cons_conn(&self) -> Option<ConsConn> {
+        let cur = lock(&self.consumer).clone();
+        if let Some(c) = &cur {
+            let s = c.conn.status();
+            if s.connected() {
+                return Some(c.clone());
+            }
+            if s.reconnecting() || s.connecting() {
+                return None;
+            }
+        }
+        let _g = self.cons_build.lock().await;
+        if let Some(c) = lock(&self.consumer).clone()
+            && c.conn.status().connected()
+        {
+            return Some(c);
+        }
+        match self.connect("consume").await {
+            Ok(conn) => {
+                self.watch(&conn, self.cons_epoch.clone());
+                self.cons_epoch.fetch_add(1, Ordering::SeqCst);
+                let id = self.conn_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                let c = ConsConn {
+                    conn: Arc::new(conn),
+                    id,
+                };
+                *lock(&self.consumer) = Some(c.clone());
+                tracing::info!(url = %self.redacted, "consume connection (re)built");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.redacted, error = %e, "cannot connect to consume; retrying");
+                None
+            }
+        }
+    }
+
+    /// Makes sure `slot` has a live consumer on the current connection.
+    async fn ensure_sub(&self, slot: &Arc<Slot>, cons: &ConsConn) -> Result<bool, Error> {
+        let epoch = self.cons_epoch.load(Ordering::SeqCst);
+        let ok = |st: &SlotState| {
+            st.sub.as_ref().is_some_and(|s| {
+                s.conn_id == cons.id && s.epoch == epoch && s.channel.status().connected()
+            })
+        };
+        if ok(&lock(&slot.st)) {
+            return Ok(true);
+        }
+        let _g = slot.sub_lock.lock().await;
+        let (old, buf) = {
+            let mut st = lock(&slot.st);
+            if ok(&st) {
+                return Ok(true);
+            }
+            st.clear = false;
+            (st.sub.take(), std::mem::take(&mut st.buf))
+        };
+        if old.is_some() || !buf.is_empty() {
+            tokio::spawn(unsubscribe(old, buf));
+        }
+        let res = async {
+            let ch = op("open channel", cons.conn.create_channel()).await?;
+            op(
+                "declare queue",
+                ch.queue_declare(
+                    slot.full.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            lock(&self.all_declared).insert((false, slot.full.clone()));
+            op(
+                "qos",
+                ch.basic_qos(self.prefetch, BasicQosOptions { global: false }),
+            )
+            .await?;
+            let tag = format!("action_event.{}", uuid::Uuid::now_v7());
+            let consumer = op(
+                "consume",
+                ch.basic_consume(
+                    slot.full.as_str().into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            Ok::<_, TopoErr>(Sub {
+                channel: ch,
+                consumer,
+                conn_id: cons.id,
+                epoch,
+                unacked: Arc::new(AtomicUsize::new(0)),
+            })
+        }
+        .await;
+        match res {
+            Ok(sub) => {
+                let mut st = lock(&slot.st);
+                st.sub = Some(sub);
+                st.clear = false;
+                Ok(true)
+            }
+            Err(TopoErr::Fatal(e)) => Err(self.topo_err(TopoErr::Fatal(e))),
+            Err(TopoErr::Transient(m)) => {
+                tracing::debug!(queue = %slot.name, error = %m, "cannot subscribe yet");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Moves every delivery already received by the consumer into the buffer.
+    fn drain(st: &mut SlotState) {
+        loop {
+            let Some(sub) = st.sub.as_mut() else { return };
+            match sub.consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => {
+                    sub.unacked.fetch_add(1, Ordering::SeqCst);
+                    st.buf.push_back(d);
+                    st.clear = false;
+                    st.arrivals += 1;
+                }
+                Some(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "consumer error");
+                }
+                Some(None) => {
+                    // Cancelled (queue deleted, channel closed): resubscribe later.
+                    st.sub = None;
+                    st.clear = false;
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn pop(st: &mut SlotState) -> Option<LapinDelivery> {
+        while let Some(d) = st.buf.pop_front() {
+            if d.acker.usable() {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn is_full(&self, st: &SlotState) -> bool {
+        st.sub
+            .as_ref()
+            .is_some_and(|s| s.unacked.load(Ordering::SeqCst) >= usize::from(self.prefetch))
+    }
+
+    /// Proves that `slot` has nothing ready in the broker (see module docs).
+    async fn check(&self, slot: &Arc<Slot>) -> Check {
+        let _g = slot.check.lock().await;
+        let (sub, arrivals) = {
+            let mut st = lock(&slot.st);
+            Self::drain(&mut st);
+            if !st.buf.is_empty() {
+                return Check::Retry;
+            }
+            if st.clear {
+                return Check::Clear;
+            }
+            match st.sub.clone() {
+                Some(s) => (s, st.arrivals),
+                None => return Check::Unknown,
+            }
+        };
+        for _ in 0..3 {
+            match tokio::time::timeout(
+                OP_TIMEOUT,
+                sub.channel
+                    .basic_get(slot.full.as_str().into(), BasicGetOptions { no_ack: false }),
+            )
+            .await
+            {
+                Ok(Ok(Some(m))) => return Check::Got(Box::new(m.delivery)),
+                Ok(Ok(None)) => {}
+                _ => return Check::Unknown,
+            }
+            // Barrier: deliveries pushed before this reply are in the stream now.
+            let q = match tokio::time::timeout(
+                OP_TIMEOUT,
+                sub.channel.queue_declare(
+                    slot.full.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            {
+                Ok(Ok(q)) => q,
+                _ => return Check::Unknown,
+            };
+            let settle = {
+                let mut st = lock(&slot.st);
+                Self::drain(&mut st);
+                if !st.buf.is_empty() {
+                    return Check::Retry;
+                }
+                if q.message_count() > 0 {
+                    continue;
+                }
+                // Other pollers share this queue: give the events they
+                // already hold a moment to start before we go lower (at
+                // most once per second per queue, so it costs nothing in
+                // steady state).
+                let due = st.last_settle.is_none_or(|t| t.elapsed() > SETTLE_EVERY);
+                if q.consumer_count() > 1 && due {
+                    st.last_settle = Some(std::time::Instant::now());
+                    true
+                } else {
+                    if !self.is_full(&st) && st.arrivals == arrivals {
+                        st.clear = true;
+                    }
+                    return Check::Clear;
+                }
+            };
+            if settle {
+                tokio::time::sleep(SETTLE).await;
+                let mut st = lock(&slot.st);
+                Self::drain(&mut st);
+                if !st.buf.is_empty() {
+                    return Check::Retry;
+                }
+                if !self.is_full(&st) && st.arrivals == arrivals {
+                    st.clear = true;
+                }
+                return Check::Clear;
+            }
+        }
+        Check::Unknown
+    }
+
+    /// One pass over the levels, highest first.
+    async fn select(&self, slots: &[Arc<Slot>], cons: &ConsConn) -> Result<Pick, Error> {
+        let mut poll_soon = false;
+        for (i, slot) in slots.iter().enumerate() {
+            if !self.ensure_sub(slot, cons).await? {
+                return Ok(Pick::Wait { poll_soon: true });
+            }
+            let (popped, more, full) = {
+                let mut st = lock(&slot.st);
+                Self::drain(&mut st);
+                st.last_reached = std::time::Instant::now();
+                let d = Self::pop(&mut st).map(|d| (d, st.sub.as_ref().map(|s| s.unacked.clone())));
+                (d, !st.buf.is_empty(), self.is_full(&st))
+            };
+            if let Some((d, counter)) = popped {
+                if more {
+                    self.notify.notify_one();
+                }
+                return Ok(Pick::Got(slot.clone(), Box::new(d), counter));
+            }
+            poll_soon |= full;
+            let last = i + 1 == slots.len();
+            if last && !full {
+                break;
+            }
+            match self.check(slot).await {
+                Check::Got(d) => return Ok(Pick::Got(slot.clone(), d, None)),
+                Check::Retry => return Ok(Pick::Retry),
+                Check::Clear => {}
+                Check::Unknown => return Ok(Pick::Wait { poll_soon: true }),
+            }
+        }
+        Ok(Pick::Wait { poll_soon })
+    }
+
+    /// Waits for a delivery on any of `slots`, a notification, or `until`.
+    async fn wait_for_work(
+        &self,
+        slots: &[Arc<Slot>],
+        notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
+        until: Instant,
+    ) {
+        let Ok(pump) = self.pump.try_lock() else {
+            let _ = tokio::time::timeout_at(until, notified).await;
+            return;
+        };
+        let mut watched: Vec<(Arc<Slot>, Consumer, ShortString)> = slots
+            .iter()
+            .filter_map(|s| {
+                let st = lock(&s.st);
+                st.sub
+                    .as_ref()
+                    .map(|sub| (s.clone(), sub.consumer.clone(), sub.consumer.tag()))
+            })
+            .collect();
+        if watched.is_empty() {
+            let _ = tokio::time::timeout_at(until, notified).await;
+        } else {
+            let arrival = poll_fn(|cx| {
+                for (slot, consumer, tag) in watched.iter_mut() {
+                    let mut st = lock(&slot.st);
+                    loop {
+                        match consumer.poll_next_unpin(cx) {
+                            Poll::Ready(Some(Ok(d))) => {
+                                match st.sub.as_ref().filter(|s| s.consumer.tag() == *tag) {
+                                    Some(sub) => {
+                                        sub.unacked.fetch_add(1, Ordering::SeqCst);
+                                        st.buf.push_back(d);
+                                        st.clear = false;
+                                        st.arrivals += 1;
+                                    }
+                                    None => {
+                                        tokio::spawn(async move {
+                                            let _ = d
+                                                .acker
+                                                .nack(BasicNackOptions {
+                                                    multiple: false,
+                                                    requeue: true,
+                                                })
+                                                .await;
+                                        });
+                                    }
+                                }
+                                return Poll::Ready(());
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                tracing::debug!(error = %e, "consumer error");
+                            }
+                            Poll::Ready(None) => {
+                                if st.sub.as_ref().is_some_and(|s| s.consumer.tag() == *tag) {
+                                    st.sub = None;
+                                    st.clear = false;
+                                }
+                                return Poll::Ready(());
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                }
+                Poll::Pending
+            });
+            tokio::select! {
+                _ = arrival => {}
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        drop(pump);
+        // Someone else waits: let it take over watching the consumers.
+        self.notify.notify_one();
+    }
+
+    /// Turns a lapin delivery into ours, or sends it through the delay
+    /// ladder again when it came back before its time.
+    async fn hand_out(
+        &self,
+        slot: &Slot,
+        d: LapinDelivery,
+        counter: Option<Arc<AtomicUsize>>,
+    ) -> Option<Delivery> {
+        let LapinDelivery {
+            data,
+            acker,
+            redelivered,
+            properties,
+            ..
+        } = d;
+        let tag = Tag {
+            acker,
+            unacked: counter,
+            done: AtomicBool::new(false),
+            full_queue: slot.full.clone(),
+            properties,
+        };
+        if let Some(run_at) = run_at_of(&tag.properties, &data) {
+            let now = now_ms();
+            if run_at > now + SHORT_WAIT_MS {
+                let props = republish_properties(&tag.properties, run_at);
+                let deadline = Instant::now() + self.publish_timeout;
+                match self
+                    .route(&slot.name, &data, props, Some(run_at), deadline)
+                    .await
+                {
+                    Ok(()) => self.settle_ack(&tag).await,
+                    Err(e) => {
+                        tracing::warn!(queue = %slot.name, error = %e, "cannot delay an early event; returning it");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        self.settle_nack(&tag).await;
+                    }
+                }
+                return None;
+            } else if run_at > now {
+                tokio::time::sleep(Duration::from_millis(run_at - now)).await;
+            }
+        }
+        Some(Delivery {
+            queue: slot.name.clone(),
+            body: data,
+            redelivered,
+            tag: Box::new(tag),
+        })
+    }
+
+    async fn settle_ack(&self, tag: &Tag) {
+        tag.finish();
+        match tokio::time::timeout(OP_TIMEOUT, tag.acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(
+                queue = %tag.full_queue,
+                "ack not sent (already settled, or the channel was lost): the broker will redeliver the event"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                queue = %tag.full_queue, error = %e,
+                "ack failed: the broker will redeliver the event"
+            ),
+            Err(_) => tracing::warn!(queue = %tag.full_queue, "ack timed out"),
+        }
+    }
+
+    async fn settle_nack(&self, tag: &Tag) {
+        tag.finish();
+        let res = tokio::time::timeout(
+            OP_TIMEOUT,
+            tag.acker.nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            }),
+        )
+        .await;
+        if !matches!(res, Ok(Ok(true))) {
+            tracing::warn!(queue = %tag.full_queue, "release not sent: the broker requeues the event when the channel closes");
+        }
+    }
+
+    async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
+        let deadline = Instant::now() + wait;
+        let slots: Vec<Arc<Slot>> = queues.iter().map(|q| self.slot(q)).collect();
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut poll_soon = true;
+            if let Some(cons) = self.cons_conn().await
+                && !slots.is_empty()
+            {
+                match self.select(&slots, &cons).await? {
+                    Pick::Got(slot, d, counter) => {
+                        if let Some(del) = self.hand_out(&slot, *d, counter).await {
+                            return Ok(Some(del));
+                        }
+                        continue;
+                    }
+                    Pick::Retry => continue,
+                    Pick::Wait { poll_soon: p } => poll_soon = p,
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let until = if poll_soon {
+                deadline.min(now + Duration::from_millis(50))
+            } else {
+                deadline
+            };
+            self.wait_for_work(&slots, notified, until).await;
+        }
+    }
+
+    fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
+        delivery
+            .tag
+            .downcast_ref::<Tag>()
+            .ok_or_else(|| self.err("this delivery was not taken from this broker"))
+    }
+
+    // ---- dead letters ----
+
+    /// Walks the dead queue: every message is fetched with `basic.get`
+    /// (unacked) on one channel, `decide` says what to do with it, and the
+    /// ones kept are requeued at the end (closing the channel would too).
+    async fn dead_walk<F>(&self, mut decide: F) -> Result<Vec<DeadEvent>, Error>
+    where
+        F: FnMut(&DeadEvent) -> DeadAction,
+    {
+        let deadline = Instant::now() + self.publish_timeout;
+        let p = self.pub_conn(deadline).await?;
+        let dead = self.dead_name();
+        self.ensure(&p, &dead, None)
+            .await
+            .map_err(|e| self.topo_err(e))?;
+        let ch = op("open channel", p.conn.create_channel())
+            .await
+            .map_err(|e| self.topo_err(e))?;
+        let mut out = Vec::new();
+        let mut kept = false;
+        let res = async {
+            loop {
+                let Some(m) = op(
+                    "get dead event",
+                    ch.basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false }),
+                )
+                .await
+                .map_err(|e| self.topo_err(e))?
+                else {
+                    break;
+                };
+                let d = m.delivery;
+                let Ok(ev) = serde_json::from_slice::<DeadEvent>(&d.data) else {
+                    tracing::warn!(queue = %dead, "a message in the dead queue is not a dead event; left alone");
+                    kept = true;
+                    continue;
+                };
+                match decide(&ev) {
+                    DeadAction::Keep => {
+                        kept = true;
+                        out.push(ev);
+                    }
+                    DeadAction::Purge => {
+                        op("ack dead event", d.acker.ack(BasicAckOptions::default()))
+                            .await
+                            .map_err(|e| self.topo_err(e))?;
+                        out.push(ev);
+                    }
+                    DeadAction::Retry => {
+                        self.revive(&ev).await?;
+                        op("ack dead event", d.acker.ack(BasicAckOptions::default()))
+                            .await
+                            .map_err(|e| self.topo_err(e))?;
+                        out.push(ev);
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if kept {
+            // Requeue everything still unacked on this channel.
+            let _ = op(
+                "requeue dead events",
+                ch.basic_nack(
+                    0,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                ),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+        res?;
+        Ok(out)
+    }
+
+    /// Puts a dead event back on its queue as a fresh first attempt.
+    async fn revive(&self, ev: &DeadEvent) -> Result<(), Error> {
+        match Envelope::from_slice(ev.body.as_bytes()) {
+            Ok(mut env) => {
+                env.attempt = 1;
+                env.errors.clear();
+                env.run_at_ms = None;
+                self.publish_envelope(&env).await
+            }
+            Err(_) => {
+                let deadline = Instant::now() + self.publish_timeout;
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(ev.id.as_str().into());
+                self.route(&ev.queue, ev.body.as_bytes(), props, None, deadline)
+                    .await
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum DeadAction {
+    Keep,
+    Purge,
+    Retry,
+}
+
+fn matches_filter(ev: &DeadEvent, f: &DeadFilter) -> bool {
+    f.queue.as_ref().is_none_or(|q| *q == ev.queue)
+        && f.event
+            .as_ref()
+            .is_none_or(|n| ev.name.as_deref() == Some(n.as_str()))
+        && f.died_before_ms.is_none_or(|t| ev.died_at_ms < t)
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn url(&self) -> String {
+        self.inner.redacted.clone()
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<(), Error> {
+        self.inner.publish_envelope(envelope).await
+    }
+
+    async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
+        self.inner.take(queues, wait).await
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
+        let tag = self.inner.tag(delivery)?;
+        self.inner.settle_ack(tag).await;
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        next: &Envelope,
+        delay: Duration,
+    ) -> Result<(), Error> {
+        let tag = self.inner.tag(delivery)?;
+        let mut env = next.clone();
+        let at = now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        if !delay.is_zero() {
+            env.run_at_ms = Some(env.run_at_ms.unwrap_or(0).max(at));
+        }
+        self.inner.publish_envelope(&env).await?;
+        self.inner.settle_ack(tag).await;
+        Ok(())
+    }
+
+    async fn dead(&self, delivery: &Delivery, dead: &DeadEvent) -> Result<(), Error> {
+        let tag = self.inner.tag(delivery)?;
+        let inner = &self.inner;
+        let body = serde_json::to_vec(dead).map_err(|e| inner.err(e))?;
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_QUEUE.into(), long_str(&dead.queue));
+        if let Some(n) = &dead.name {
+            headers.insert(HEADER_NAME.into(), long_str(n));
+        }
+        headers.insert(HEADER_DIED_AT.into(), i64_of(dead.died_at_ms));
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(dead.id.as_str().into())
+            .with_type("action_event.dead".into())
+            .with_headers(headers);
+        let target = inner.dead_name();
+        let deadline = Instant::now() + inner.publish_timeout;
+        inner
+            .publish_raw(&target, None, &body, props, deadline)
+            .await?;
+        inner.settle_ack(tag).await;
+        Ok(())
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<(), Error> {
+        let tag = self.inner.tag(delivery)?;
+        self.inner.settle_nack(tag).await;
+        Ok(())
+    }
+
+    async fn dead_list(&self, filter: &DeadFilter) -> Result<Vec<DeadEvent>, Error> {
+        let mut out = self
+            .inner
+            .dead_walk(|ev| {
+                let _ = ev;
+                DeadAction::Keep
+            })
+            .await?;
+        out.retain(|ev| matches_filter(ev, filter));
+        out.sort_by_key(|ev| ev.died_at_ms);
+        Ok(out)
+    }
+
+    async fn dead_retry(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error> {
+        let done = self
+            .inner
+            .dead_walk(|ev| {
+                let hit = match id {
+                    Some(id) => ev.id == id,
+                    None => matches_filter(ev, filter),
+                };
+                if hit {
+                    DeadAction::Retry
+                } else {
+                    DeadAction::Keep
+                }
+            })
+            .await?;
+        let n = done
+            .iter()
+            .filter(|ev| match id {
+                Some(id) => ev.id == id,
+                None => matches_filter(ev, filter),
+            })
+            .count() as u64;
+        if let (Some(id), 0) = (id, n) {
+            return Err(Error::NoSuchDeadEvent(id.to_string()));
+        }
+        Ok(n)
+    }
+
+    async fn dead_purge(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error> {
+        let done = self
+            .inner
+            .dead_walk(|ev| {
+                let hit = match id {
+                    Some(id) => ev.id == id,
+                    None => matches_filter(ev, filter),
+                };
+                if hit {
+                    DeadAction::Purge
+                } else {
+                    DeadAction::Keep
+                }
+            })
+            .await?;
+        let n = done
+            .iter()
+            .filter(|ev| match id {
+                Some(id) => ev.id == id,
+                None => matches_filter(ev, filter),
+            })
+            .count() as u64;
+        if let (Some(id), 0) = (id, n) {
+            return Err(Error::NoSuchDeadEvent(id.to_string()));
+        }
+        Ok(n)
+    }
+
+    async fn depth(&self, queue: &str) -> Result<QueueDepth, Error> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.publish_timeout;
+        let p = inner.pub_conn(deadline).await?;
+        let full = inner.full_name(queue);
+        let ch = op("open channel", p.conn.create_channel())
+            .await
+            .map_err(|e| inner.topo_err(e))?;
+        let res = inner.declare(&ch, &full, None).await;
+        let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+        let waiting = res.map_err(|e| inner.topo_err(e))?;
+        Ok(QueueDepth {
+            waiting: u64::from(waiting),
+            oldest_age: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_options_are_taken_out() {
+        let c = parse_url(
+            "amqp://u:p@h:5672/%2f?prefix=x.&publish_timeout=2s&prefetch=7&frame_max=8192",
+        )
+        .expect("valid");
+        assert_eq!(c.prefix, "x.");
+        assert_eq!(c.publish_timeout, Duration::from_secs(2));
+        assert_eq!(c.prefetch, 7);
+        assert_eq!(
+            c.lapin_url,
+            "amqp://u:p@h:5672/%2f?frame_max=8192&heartbeat=30"
+        );
+        let c = parse_url("amqp://h/%2f?heartbeat=5").expect("valid");
+        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=5");
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn bad_urls_are_redacted() {
+        let e = parse_url("amqp://u:secret@h/%2f?prefetch=0")
+            .err()
+            .expect("error");
+        let text = e.to_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("prefetch"), "{text}");
+        assert!(parse_url("amqp://u:secret@h/?publish_timeout=soon").is_err());
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(pick_level(1_000), 1_000);
+        assert_eq!(pick_level(995), 1_000);
+        assert_eq!(pick_level(3_000), 2_000);
+        assert_eq!(pick_level(10), 100);
+        assert_eq!(pick_level(10 * 86_400_000), 86_400_000);
+    }
+}
