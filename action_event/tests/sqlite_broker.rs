@@ -301,8 +301,9 @@ async fn delayed_publish_is_not_taken_early() {
     env.run_at_ms = Some(now_ms() + 1_000);
     b.publish(&env).await.unwrap();
     let start = Instant::now();
-    // Scheduled events count as waiting.
-    assert_eq!(b.depth("high").await.unwrap().waiting, 1);
+    // Not ready yet: scheduled, not waiting.
+    let depth = b.depth("high").await.unwrap();
+    assert_eq!((depth.waiting, depth.scheduled), (0, Some(1)));
     assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
     let d = b
         .take(&qs(&["high"]), Duration::from_secs(5))
@@ -519,6 +520,7 @@ async fn depth_counts_waiting_and_oldest_age() {
     let _held = b.take(&qs(&["low"]), NOW).await.unwrap().expect("taken");
     let depth = b.depth("low").await.unwrap();
     assert_eq!(depth.waiting, 2);
+    assert_eq!(depth.scheduled, Some(0), "a held event is neither");
     assert!(depth.oldest_age.expect("an age") >= Duration::from_millis(50));
     assert_eq!(b.depth("nope").await.unwrap().waiting, 0);
 }

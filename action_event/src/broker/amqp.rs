@@ -1751,23 +1751,14 @@ impl Inner {
     }
 
     /// Puts a dead event back on its queue as a fresh first attempt.
+    /// Puts a dead event back on its queue as attempt 1 (`dead_retry` only
+    /// revives bodies that are envelopes).
     async fn revive(&self, ev: &DeadEvent) -> Result<(), Error> {
-        match Envelope::from_slice(ev.body.as_bytes()) {
-            Ok(mut env) => {
-                env.attempt = 1;
-                env.errors.clear();
-                env.run_at_ms = None;
-                self.publish_envelope(&env).await
-            }
-            Err(_) => {
-                let deadline = Instant::now() + self.publish_timeout;
-                let props = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(ev.id.as_str().into());
-                self.route(&ev.queue, ev.body.as_bytes(), props, None, deadline)
-                    .await
-            }
-        }
+        let mut env = Envelope::from_slice(ev.body.as_bytes())?;
+        env.attempt = 1;
+        env.errors.clear();
+        env.run_at_ms = None;
+        self.publish_envelope(&env).await
     }
 }
 
@@ -1868,31 +1859,36 @@ impl Broker for AmqpBroker {
     }
 
     async fn dead_retry(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error> {
-        let done = self
-            .inner
+        let mut found = 0u64;
+        let mut retried = 0u64;
+        self.inner
             .dead_walk(|ev| {
                 let hit = match id {
                     Some(id) => ev.id == id,
                     None => matches_filter(ev, filter),
                 };
-                if hit {
-                    DeadAction::Retry
-                } else {
-                    DeadAction::Keep
+                if !hit {
+                    return DeadAction::Keep;
                 }
+                found += 1;
+                // A foreign message kept raw cannot be put back as an
+                // event: it stays where a person sees it (as on SQLite).
+                if Envelope::from_slice(ev.body.as_bytes()).is_err() {
+                    tracing::warn!(
+                        id = %ev.id,
+                        "dead event {} is not an envelope (a raw message); not retried",
+                        ev.id
+                    );
+                    return DeadAction::Keep;
+                }
+                retried += 1;
+                DeadAction::Retry
             })
             .await?;
-        let n = done
-            .iter()
-            .filter(|ev| match id {
-                Some(id) => ev.id == id,
-                None => matches_filter(ev, filter),
-            })
-            .count() as u64;
-        if let (Some(id), 0) = (id, n) {
+        if let (Some(id), 0) = (id, found) {
             return Err(Error::NoSuchDeadEvent(id.to_string()));
         }
-        Ok(n)
+        Ok(retried)
     }
 
     async fn dead_purge(&self, id: Option<&str>, filter: &DeadFilter) -> Result<u64, Error> {
@@ -1936,6 +1932,7 @@ impl Broker for AmqpBroker {
         let waiting = res.map_err(|e| inner.topo_err(e))?;
         Ok(QueueDepth {
             waiting: u64::from(waiting),
+            scheduled: None,
             oldest_age: None,
         })
     }

@@ -178,9 +178,13 @@ pub struct DeadFilter {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueueDepth {
-    /// Events ready or scheduled, not held by a poller.
+    /// Events ready to be taken now (due, not held by a poller).
     pub waiting: u64,
-    /// Age of the oldest waiting event, when the broker knows it.
+    /// Events not due yet (delayed, or waiting for a retry), when the broker
+    /// can count them per queue: SQLite can; RabbitMQ keeps them in delay
+    /// queues shared by every queue, so `None` there.
+    pub scheduled: Option<u64>,
+    /// Age of the oldest ready event, when the broker knows it.
     pub oldest_age: Option<Duration>,
 }
 

@@ -128,8 +128,9 @@ const RELEASE: &str =
 const INSERT: &str = "INSERT INTO events (event_id, queue, name, body, visible_at, queued_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (event_id) DO NOTHING";
 /// `?1` queue, `?2` now.
-const DEPTH: &str = "SELECT COUNT(*), MIN(queued_at) FROM events \
-     WHERE queue = ?1 AND (visible_at <= ?2 OR claim IS NULL)";
+const DEPTH: &str = "SELECT COALESCE(SUM(visible_at <= ?2), 0), \
+     COALESCE(SUM(visible_at > ?2 AND claim IS NULL), 0), \
+     MIN(CASE WHEN visible_at <= ?2 THEN queued_at END) FROM events WHERE queue = ?1";
 const DEAD_WHERE: &str = "(?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR name = ?2) \
      AND (?3 IS NULL OR died_at < ?3)";
 
@@ -969,13 +970,18 @@ impl Broker for SqliteBroker {
         let queue = queue.to_string();
         self.run(move |inner, state| {
             let now = now_i64();
-            let (waiting, oldest): (i64, Option<i64>) = state
+            let (waiting, scheduled, oldest): (i64, i64, Option<i64>) = state
                 .conn
                 .prepare_cached(DEPTH)
-                .and_then(|mut s| s.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
+                .and_then(|mut s| {
+                    s.query_row(params![queue, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                })
                 .map_err(|e| inner.err("depth", e))?;
             Ok(QueueDepth {
                 waiting: u64::try_from(waiting).unwrap_or(0),
+                scheduled: Some(u64::try_from(scheduled).unwrap_or(0)),
                 oldest_age: oldest.map(|q| {
                     Duration::from_millis(u64::try_from(now.saturating_sub(q)).unwrap_or(0))
                 }),

@@ -66,8 +66,9 @@ pub enum Observed {
 /// | `events_dead_total` | event, queue | events moved to the dead letters |
 /// | `events_halted_total` | event, queue | events a before filter halted |
 /// | `event_duration_seconds` | event | histogram of run time: filters, `process`, settling with the broker |
-/// | `events_waiting` | queue | events waiting, ready or scheduled (from the broker, at scrape) |
-/// | `oldest_waiting_age_seconds` | queue | age of the oldest waiting event, 0 when none (broker, at scrape) |
+/// | `events_waiting` | queue | events ready now (from the broker, at scrape) |
+/// | `events_scheduled` | queue | events not due yet: delayed or retrying (SQLite only: RabbitMQ's delay queues are shared) |
+/// | `oldest_waiting_age_seconds` | queue | age of the oldest ready event, 0 when none (broker, at scrape) |
 /// | `pollers_alive` | | pollers of this machine's PID dir that run, this one included (at scrape) |
 ///
 /// ```
@@ -89,6 +90,7 @@ pub struct Metrics {
     halted: Family<EventQueue, Counter>,
     duration: Family<OneLabel, Histogram>,
     waiting: Family<OneLabel, Gauge>,
+    scheduled: Family<OneLabel, Gauge>,
     oldest_age: Family<OneLabel, Gauge<f64, AtomicU64>>,
     pollers_alive: Gauge,
 }
@@ -123,6 +125,7 @@ impl Metrics {
             duration_histogram as fn() -> Histogram,
         );
         let waiting = Family::<OneLabel, Gauge>::default();
+        let scheduled = Family::<OneLabel, Gauge>::default();
         let oldest_age = Family::<OneLabel, Gauge<f64, AtomicU64>>::default();
         let pollers_alive = Gauge::default();
         registry.register(
@@ -157,8 +160,13 @@ impl Metrics {
         );
         registry.register(
             "events_waiting",
-            "Events waiting in the queue, ready or scheduled (from the broker)",
+            "Events ready in the queue, due and not held by a poller (from the broker)",
             waiting.clone(),
+        );
+        registry.register(
+            "events_scheduled",
+            "Events of the queue not due yet: delayed or waiting for a retry (from the broker; SQLite only)",
+            scheduled.clone(),
         );
         registry.register(
             "oldest_waiting_age_seconds",
@@ -179,6 +187,7 @@ impl Metrics {
             halted,
             duration,
             waiting,
+            scheduled,
             oldest_age,
             pollers_alive,
         }
@@ -232,6 +241,11 @@ impl Metrics {
                     self.waiting
                         .get_or_create(&label)
                         .set(i64::try_from(d.waiting).unwrap_or(i64::MAX));
+                    if let Some(s) = d.scheduled {
+                        self.scheduled
+                            .get_or_create(&label)
+                            .set(i64::try_from(s).unwrap_or(i64::MAX));
+                    }
                     self.oldest_age
                         .get_or_create(&label)
                         .set(d.oldest_age.map(|a| a.as_secs_f64()).unwrap_or(0.0));
