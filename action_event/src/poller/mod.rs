@@ -315,6 +315,7 @@ impl Poller {
         let mut stop_rx = shutdown.tx.subscribe();
         let handoff = config.pid_file.clone().map(watch_pid_file);
         let mut broker_backoff = Duration::from_millis(100);
+        let mut empty_confirmed = false;
 
         let exit = loop {
             while tasks.try_join_next().is_some() {}
@@ -339,6 +340,7 @@ impl Poller {
             match shared.broker.take(&config.queues, wait).await {
                 Ok(Some(delivery)) => {
                     broker_backoff = Duration::from_millis(100);
+                    empty_confirmed = false;
                     // Decoded and logged here, in take order: the log shows
                     // the order events start in, whatever the task scheduler does.
                     let envelope = Envelope::from_slice(&delivery.body);
@@ -369,7 +371,16 @@ impl Poller {
                         && slots.available_permits() == config.concurrency
                         && tasks.is_empty()
                     {
-                        break ExitReason::Empty;
+                        // A `take` that found nothing is not proof of an
+                        // empty broker (RabbitMQ may still be setting up a
+                        // consumer, or pushing a message): the broker's own
+                        // count must say so too, then one more look serves
+                        // anything that arrived meanwhile.
+                        if empty_confirmed {
+                            break ExitReason::Empty;
+                        }
+                        empty_confirmed = nothing_ready(&*shared.broker, &config.queues).await;
+                        continue;
                     }
                     if config.exit_when_empty {
                         // Something is in hand: let it finish (it may queue more).
@@ -470,6 +481,22 @@ pub fn log_panics() {
             tracing::error!(target: "panic", "panicked{location}: {message}");
         }
     }));
+}
+
+/// Whether the broker counts no ready event in any of `queues` (for
+/// `exit_when_empty`). A broker that cannot say is taken as "not empty".
+async fn nothing_ready(broker: &dyn Broker, queues: &[String]) -> bool {
+    for q in queues {
+        match broker.depth(q).await {
+            Ok(d) if d.waiting == 0 => {}
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!("Cannot count the events of queue `{q}`: {e}");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Checks the PID file every 100 ms; the value becomes `Some` once it no
