@@ -531,7 +531,9 @@ fn queues(cli: &Cli) -> Vec<String> {
 async fn start(cli: &Cli, state: State) -> Result<(), Error> {
     let registry = crate::registry()?;
     let url = broker::resolve_url(cli.broker.as_deref());
-    let broker = broker::connect(&url).await?;
+    let shutdown = Shutdown::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let broker = connect_waiting(&url, &shutdown).await?;
     let queues = queues(cli);
     for q in &queues {
         if !registry.events().any(|e| e.queue == q) {
@@ -593,8 +595,6 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         pidfile::claim(&cli.pid_dir, &info)?;
     }
 
-    let shutdown = Shutdown::new();
-    spawn_signal_handler(shutdown.clone())?;
     let summary = poller.run(shutdown).await;
     if let Some(id) = &id {
         let reason = summary.as_ref().ok().and_then(|s| s.exit.clone());
@@ -643,6 +643,36 @@ async fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> Result<()
             Ok(())
         }
         Err(e) => Err(Error::io(format!("cannot serve metrics on {addr}"), e)),
+    }
+}
+
+/// Connects to the broker; a network broker (RabbitMQ) that does not answer
+/// yet is waited for, with a logged error and backoff, so pollers started
+/// before their broker (a reboot, a deploy) come up with it. A bad URL, or an
+/// SQLite file that cannot be opened, is an error at once.
+async fn connect_waiting(
+    url: &str,
+    shutdown: &Shutdown,
+) -> Result<std::sync::Arc<dyn crate::broker::Broker>, Error> {
+    let network = url.starts_with("amqp://") || url.starts_with("amqps://");
+    let mut wait = Duration::from_millis(500);
+    let mut stop = shutdown.tx.subscribe();
+    loop {
+        match broker::connect(url).await {
+            Ok(b) => return Ok(b),
+            Err(e @ Error::Broker { .. }) if network => {
+                tracing::error!(
+                    "{e}; waiting for it, retrying in {}",
+                    humantime::format_duration(wait)
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return Err(e),
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
