@@ -188,6 +188,73 @@ pub struct QueueDepth {
     pub oldest_age: Option<Duration>,
 }
 
+/// One event a poller is running now, as [`PollerReport`] shows it.
+///
+/// ```
+/// use action_event::broker::InFlight;
+/// let e = InFlight { id: "0190a0a0".into(), name: "record".into(), queue: "medium".into(), started_at_ms: 0 };
+/// assert_eq!(e.name, "record");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The event id (`?` for a message that is not an envelope).
+    pub id: String,
+    /// The event name (`?` when unreadable).
+    pub name: String,
+    /// The queue it was taken from.
+    pub queue: String,
+    /// When it started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+/// What a live poller says about itself when `poller status` asks the
+/// broker (see [`Broker::pollers`]).
+///
+/// ```
+/// use action_event::broker::PollerReport;
+/// let r = PollerReport {
+///     id: "1".into(), host: "web1".into(), pid: 42, queues: vec!["high".into()],
+///     concurrency: 4, broker: "amqp://guest:***@127.0.0.1:5672/%2f".into(),
+///     started_at_ms: 0, in_flight: vec![],
+/// };
+/// let json = serde_json::to_string(&r).unwrap();
+/// assert_eq!(serde_json::from_str::<PollerReport>(&json).unwrap(), r);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollerReport {
+    /// The poller id (`--id`), `-` when it has none.
+    pub id: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The queues it serves, highest priority first.
+    pub queues: Vec<String>,
+    /// How many events it runs at once.
+    pub concurrency: usize,
+    /// Its broker URL, password redacted.
+    pub broker: String,
+    /// When it started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// The events it is running now.
+    pub in_flight: Vec<InFlight>,
+}
+
+/// A running poller, as [`Broker::announce`] makes it visible: asked for a
+/// fresh [`PollerReport`] on every status request.
+///
+/// ```
+/// use action_event::broker::{PollerReport, Presence};
+/// struct Fixed(PollerReport);
+/// impl Presence for Fixed {
+///     fn report(&self) -> PollerReport { self.0.clone() }
+/// }
+/// ```
+pub trait Presence: Send + Sync {
+    /// This poller now. Called on a broker task: keep it quick.
+    fn report(&self) -> PollerReport;
+}
+
 /// What every backend does. See the module docs and `DESIGN.md`.
 ///
 /// The poller calls [`Broker::take`] whenever it has a free slot; each
@@ -341,4 +408,40 @@ pub trait Broker: Send + Sync + 'static {
     /// # Ok(()) }
     /// ```
     async fn depth(&self, queue: &str) -> Result<QueueDepth, Error>;
+
+    /// Makes a running poller visible to [`Broker::pollers`] of any machine,
+    /// for as long as this broker is open. A backend that offers a
+    /// cross-machine view (RabbitMQ) starts answering status requests with
+    /// `presence.report()`; the default does nothing (SQLite: its status is
+    /// the PID files of the machine). An error means the poller is not
+    /// visible yet; a backend may keep trying in the background.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # async fn run(broker: &dyn action_event::broker::Broker, presence: Arc<dyn action_event::broker::Presence>) -> Result<(), action_event::Error> {
+    /// broker.announce(presence).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn announce(&self, presence: Arc<dyn Presence>) -> Result<(), Error> {
+        let _ = presence;
+        Ok(())
+    }
+
+    /// The live pollers of every machine on this broker, collected for
+    /// `wait`; `None` when the backend offers no cross-machine view (the
+    /// default; SQLite).
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// if let Some(pollers) = broker.pollers(std::time::Duration::from_secs(1)).await? {
+    ///     for p in pollers {
+    ///         println!("{} {} pid {}: {} in flight", p.id, p.host, p.pid, p.in_flight.len());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn pollers(&self, wait: Duration) -> Result<Option<Vec<PollerReport>>, Error> {
+        let _ = wait;
+        Ok(None)
+    }
 }

@@ -112,7 +112,8 @@ enum Command {
     /// Stop the poller with --id (every poller of the PID dir without it):
     /// it finishes its events in hand and exits.
     Stop,
-    /// List the pollers of this machine from their PID files.
+    /// List the pollers of this machine from their PID files; with a broker
+    /// that offers it (RabbitMQ), also the live pollers of every machine.
     Status,
     /// Queue an event: `queue hello_world name=world [queue=high] [delay=30s]`.
     Queue {
@@ -277,7 +278,7 @@ where
         match &cli.command {
             None | Some(Command::Start) => start(&cli, state).await,
             Some(Command::Stop) => stop(&cli),
-            Some(Command::Status) => status(&cli),
+            Some(Command::Status) => status(&cli).await,
             Some(Command::Queue { name, params }) => queue(&cli, name, params).await,
             Some(Command::Dead { command }) => dead(&cli, command).await,
             Some(Command::Generate { .. }) => Ok(()),
@@ -546,6 +547,16 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         cli.id.clone()
     };
     let pid_file = id.as_ref().map(|id| pidfile::pid_path(&cli.pid_dir, id));
+    let me = std::process::id();
+    let info = PollerInfo {
+        id: id.clone().unwrap_or_else(|| "-".into()),
+        pid: me,
+        host: pidfile::hostname(),
+        queues: queues.clone(),
+        concurrency: cli.concurrency.max(1),
+        broker: redact_url(&url),
+        started_at_ms: now_ms(),
+    };
     let config = PollerConfig {
         queues: queues.clone(),
         concurrency: cli.concurrency.max(1),
@@ -558,6 +569,7 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         },
         unknown_retries: cli.unknown_retries,
         pid_file: pid_file.clone(),
+        identity: Some(info.clone()),
         ..PollerConfig::default()
     };
     let poller = Poller::new(broker.clone(), state, config)?;
@@ -581,17 +593,7 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
     for line in registry.describe().lines() {
         tracing::info!("  {line}");
     }
-    let me = std::process::id();
-    if let Some(id) = &id {
-        let info = PollerInfo {
-            id: id.clone(),
-            pid: me,
-            host: hostname(),
-            queues,
-            concurrency: cli.concurrency.max(1),
-            broker: redact_url(&url),
-            started_at_ms: now_ms(),
-        };
+    if id.is_some() {
         pidfile::claim(&cli.pid_dir, &info)?;
     }
 
@@ -702,15 +704,6 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<(), Error> {
     Ok(())
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 fn stop(cli: &Cli) -> Result<(), Error> {
     let targets: Vec<String> = match &cli.id {
         Some(id) => vec![id.clone()],
@@ -762,11 +755,87 @@ fn stop(cli: &Cli) -> Result<(), Error> {
     }
 }
 
-fn status(cli: &Cli) -> Result<(), Error> {
+async fn status(cli: &Cli) -> Result<(), Error> {
+    pid_file_status(cli);
+    broker_status(cli).await;
+    Ok(())
+}
+
+/// How long `status` waits for the broker before it gives up on the
+/// cross-machine table.
+const STATUS_BOUND: Duration = Duration::from_secs(5);
+/// How long `status` collects the pollers' answers.
+const STATUS_WAIT: Duration = Duration::from_millis(1500);
+
+/// The live pollers of every machine, when the broker offers that view.
+/// Bounded by [`STATUS_BOUND`]; a broker that does not answer is a one-line
+/// warning, not an error: the PID-file table is printed already.
+async fn broker_status(cli: &Cli) {
+    let url = broker::resolve_url(cli.broker.as_deref());
+    // SQLite's view is the PID files: do not open (or create) its file.
+    if url.starts_with("sqlite:") {
+        return;
+    }
+    let ask = async {
+        let b = broker::connect(&url).await?;
+        b.pollers(STATUS_WAIT).await
+    };
+    let pollers = match tokio::time::timeout(STATUS_BOUND, ask).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            eprintln!("warning: cannot list the pollers of other machines: {e}");
+            return;
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: cannot list the pollers of other machines: {} did not answer within {}",
+                redact_url(&url),
+                humantime::format_duration(STATUS_BOUND)
+            );
+            return;
+        }
+    };
+    println!();
+    println!("Pollers on {}:", redact_url(&url));
+    if pollers.is_empty() {
+        println!("(none answered)");
+        return;
+    }
+    println!(
+        "{:<8} {:<16} {:<8} {:<24} {:<5} IN-FLIGHT",
+        "ID", "HOST", "PID", "QUEUES", "CONC"
+    );
+    let mut pollers = pollers;
+    pollers.sort_by(|a, b| (&a.host, &a.id, a.pid).cmp(&(&b.host, &b.id, b.pid)));
+    for p in pollers {
+        let mut in_flight = p.in_flight.len().to_string();
+        if !p.in_flight.is_empty() {
+            let events: Vec<String> = p
+                .in_flight
+                .iter()
+                .map(|e| format!("{}:{}", e.name, e.id))
+                .collect();
+            in_flight = format!("{in_flight}: {}", events.join(", "));
+        }
+        println!(
+            "{:<8} {:<16} {:<8} {:<24} {:<5} {}",
+            p.id,
+            p.host,
+            p.pid,
+            p.queues.join(","),
+            p.concurrency,
+            in_flight
+        );
+    }
+}
+
+/// The pollers of this machine, from the PID files.
+fn pid_file_status(cli: &Cli) {
     let rows = pidfile::list_pollers(&cli.pid_dir);
     if rows.is_empty() {
         println!("No pollers in {}", cli.pid_dir.display());
-        return Ok(());
+        return;
     }
     println!(
         "{:<8} {:<8} {:<6} {:<24} {:<5} BROKER",
@@ -791,7 +860,6 @@ fn status(cli: &Cli) -> Result<(), Error> {
             broker
         );
     }
-    Ok(())
 }
 
 async fn queue(cli: &Cli, name: &str, params: &[String]) -> Result<(), Error> {

@@ -5,16 +5,17 @@
 //! Most apps use [`main`] from their own `src/bin/poller.rs` (the binary
 //! must link the app's events); [`Poller`] is the same loop as a library.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use crate::broker::{Broker, DeadEvent, Delivery};
+use crate::broker::{Broker, DeadEvent, Delivery, InFlight, PollerReport, Presence};
 use crate::client::Client;
 use crate::envelope::{AttemptError, Envelope, now_ms};
 use crate::registry::{DEFAULT_RETRIES, FailureKind, Outcome, Registry};
@@ -112,6 +113,11 @@ pub struct PollerConfig {
     /// The PID file this poller owns: when it stops naming this process the
     /// poller finishes what it has in hand and exits.
     pub pid_file: Option<PathBuf>,
+    /// Who this poller is (id, host, queues, concurrency...) in the reports
+    /// `poller status` gets from the broker ([`Broker::pollers`]); the CLI's
+    /// `start` fills it. `None`: id `-`, this host and pid, `queues`,
+    /// `concurrency` and the broker's URL.
+    pub identity: Option<PollerInfo>,
 }
 
 impl Default for PollerConfig {
@@ -125,6 +131,7 @@ impl Default for PollerConfig {
             unknown_retries: DEFAULT_RETRIES,
             idle_wait: Duration::from_millis(500),
             pid_file: None,
+            identity: None,
         }
     }
 }
@@ -240,6 +247,65 @@ struct Shared {
     unknown_retries: u32,
     tally: Tally,
     metrics: Arc<Metrics>,
+    in_flight: InFlightMap,
+}
+
+/// The events running now, by a sequence number.
+#[derive(Clone, Default)]
+struct InFlightMap(Arc<Mutex<(u64, BTreeMap<u64, InFlight>)>>);
+
+impl InFlightMap {
+    /// Records an event as running until the guard drops (even on a panic
+    /// or an abort of its task).
+    fn enter(&self, event: InFlight) -> InFlightGuard {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let key = g.0;
+        g.1.insert(key, event);
+        InFlightGuard {
+            map: self.clone(),
+            key,
+        }
+    }
+
+    fn list(&self) -> Vec<InFlight> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.values().cloned().collect()
+    }
+}
+
+struct InFlightGuard {
+    map: InFlightMap,
+    key: u64,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut g = self.map.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.remove(&self.key);
+    }
+}
+
+/// This poller as status requests see it: its identity and what runs now.
+struct PollerPresence {
+    info: PollerInfo,
+    in_flight: InFlightMap,
+}
+
+impl Presence for PollerPresence {
+    fn report(&self) -> PollerReport {
+        let i = &self.info;
+        PollerReport {
+            id: i.id.clone(),
+            host: i.host.clone(),
+            pid: i.pid,
+            queues: i.queues.clone(),
+            concurrency: i.concurrency,
+            broker: i.broker.clone(),
+            started_at_ms: i.started_at_ms,
+            in_flight: self.in_flight.list(),
+        }
+    }
 }
 
 impl Shared {
@@ -277,6 +343,7 @@ impl Poller {
                 unknown_retries: config.unknown_retries,
                 tally: Tally::default(),
                 metrics: Arc::new(Metrics::new()),
+                in_flight: InFlightMap::default(),
             }),
             config: PollerConfig {
                 concurrency: config.concurrency.max(1),
@@ -316,6 +383,22 @@ impl Poller {
         let handoff = config.pid_file.clone().map(watch_pid_file);
         let mut broker_backoff = Duration::from_millis(100);
         let mut empty_confirmed = false;
+        let info = config.identity.clone().unwrap_or_else(|| PollerInfo {
+            id: "-".into(),
+            pid: std::process::id(),
+            host: pidfile::hostname(),
+            queues: config.queues.clone(),
+            concurrency: config.concurrency,
+            broker: shared.broker.url(),
+            started_at_ms: now_ms(),
+        });
+        let presence = Arc::new(PollerPresence {
+            info,
+            in_flight: shared.in_flight.clone(),
+        });
+        if let Err(e) = shared.broker.announce(presence).await {
+            tracing::warn!("This poller may not show in `poller status` of other machines: {e}");
+        }
 
         let exit = loop {
             while tasks.try_join_next().is_some() {}
@@ -355,11 +438,18 @@ impl Poller {
                             )
                         });
                     }
+                    let running = shared.in_flight.enter(InFlight {
+                        id: envelope.as_ref().map_or("?".into(), |e| e.id.to_string()),
+                        name: envelope.as_ref().map_or("?".into(), |e| e.name.clone()),
+                        queue: delivery.queue.clone(),
+                        started_at_ms: now_ms(),
+                    });
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
                     tasks.spawn(
                         async move {
                             run_one(&shared, delivery, envelope, hard).await;
+                            drop(running);
                             drop(permit);
                         }
                         .instrument(span),

@@ -39,6 +39,16 @@ pub struct PollerInfo {
     pub started_at_ms: u64,
 }
 
+/// This machine's host name.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The PID file of poller `id` in `dir`.
 ///
 /// ```
