@@ -163,7 +163,7 @@ impl fmt::Debug for ChainFilter {
 
 /// One event as this binary runs it: settings and chain resolved.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// # use action_event::prelude::*;
 /// # #[derive(Serialize, Deserialize)] #[action_event(queue = "high")] struct PingEvent {}
 /// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
@@ -261,7 +261,7 @@ pub struct Registry {
 /// share a name, `extends` forms a cycle, or a skip names a filter that is
 /// not in the chain.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// let registry = action_event::registry().expect("events are consistent");
 /// for event in registry.events() {
 ///     println!("{} on {}", event.name, event.queue);
@@ -441,7 +441,7 @@ impl Registry {
     /// One line per event: name, queue, retries, timeout, chain. The poller
     /// logs this at start.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// let table = action_event::registry().unwrap().describe();
     /// assert!(table.contains("events") || table.is_empty() || true);
     /// ```
@@ -488,7 +488,7 @@ impl Registry {
     /// Runs one event in this process: decode the params, run the chain,
     /// then `process`, within the event's timeout; panics are caught.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// # use action_event::prelude::*;
     /// # #[derive(Serialize, Deserialize)] #[action_event] struct AddEvent { a: i32 }
     /// # impl Process for AddEvent { async fn process(self, _: &Context) -> Result<()> {

@@ -296,13 +296,11 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 
     let is_base = args.base.is_some();
-    if is_base {
-        if let Some(name) = &args.name {
-            errors.push(syn::Error::new(
-                name.span(),
-                "a base event has no name: it is never queued or processed itself; remove `name`",
-            ));
-        }
+    if is_base && let Some(name) = &args.name {
+        errors.push(syn::Error::new(
+            name.span(),
+            "a base event has no name: it is never queued or processed itself; remove `name`",
+        ));
     }
 
     let ident = &strukt.ident;

@@ -188,7 +188,7 @@ pub fn list_pollers(dir: &Path) -> Vec<PollerStatus> {
             })
         })
         .collect();
-    rows.sort_by(|a, b| natural_key(&a.id).cmp(&natural_key(&b.id)));
+    rows.sort_by_key(|a| natural_key(&a.id));
     rows
 }
 
