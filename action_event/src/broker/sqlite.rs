@@ -56,10 +56,20 @@
 //! Claiming is one index range scan per queue looked at (index
 //! `events(queue, visible_at, id)`), so it costs the same with ten or a
 //! million events waiting; see [`HOT_QUERIES`].
+//!
+//! An operation takes tens of microseconds, less than handing it to another
+//! thread and back, so it runs on the calling task's thread while SQLite
+//! need not wait: a busy handler refuses to wait for another connection's
+//! write lock, and only then is the operation run again on Tokio's blocking
+//! pool, where it waits up to `busy_timeout`. (Such a refusal happens when
+//! the lock is taken, before the operation changed anything.) SQLite's
+//! automatic WAL checkpoint, every 1000 pages, also runs on the calling
+//! thread, for about a millisecond.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -247,12 +257,30 @@ struct Tag {
 struct State {
     conn: Connection,
     held: HashMap<(i64, String), String>,
+    /// Whether the next claim looks with a plain read first: after a claim
+    /// that found nothing (idle polling stays off the write lock), not after
+    /// one that found an event (a backlog is claimed straight away).
+    peek: bool,
+}
+
+thread_local! {
+    /// Set by [`refuse_to_wait`] when SQLite would have waited for a lock.
+    static WOULD_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The busy handler while an operation runs on the caller's thread: never
+/// wait, note that SQLite wanted to.
+fn refuse_to_wait(_attempts: i32) -> bool {
+    WOULD_WAIT.with(|w| w.set(true));
+    false
 }
 
 struct Inner {
     url: String,
     cfg: Config,
-    state: Mutex<State>,
+    /// An async mutex: a task waiting for the connection yields its thread,
+    /// and the guard can move to the blocking pool with the operation.
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 impl Inner {
@@ -263,13 +291,25 @@ impl Inner {
         )
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Error> {
-        self.state.lock().map_err(|_| {
-            Error::broker(
-                &self.url,
-                "the connection is unusable: an earlier operation panicked while holding it",
-            )
-        })
+    /// Runs `f` allowed to wait up to `busy_timeout` for another
+    /// connection's lock (on a thread that may block).
+    fn waiting<T>(
+        &self,
+        state: &mut State,
+        f: impl FnOnce(&mut State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        state
+            .conn
+            .busy_timeout(self.cfg.busy_timeout)
+            .map_err(|e| self.err("busy timeout", e))?;
+        let result = f(state);
+        let restored = state
+            .conn
+            .busy_handler(Some(refuse_to_wait))
+            .map_err(|e| self.err("busy handler", e));
+        let value = result?;
+        restored?;
+        Ok(value)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -277,9 +317,7 @@ impl Inner {
     }
 
     /// Pushes back the lease of every delivery this broker holds.
-    fn extend_leases(&self) -> Result<(), Error> {
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
+    fn extend_leases(&self, state: &mut State) -> Result<(), Error> {
         if state.held.is_empty() {
             return Ok(());
         }
@@ -389,10 +427,11 @@ impl SqliteBroker {
         let inner = Arc::new(Inner {
             url: redacted,
             cfg,
-            state: Mutex::new(State {
+            state: Arc::new(tokio::sync::Mutex::new(State {
                 conn,
                 held: HashMap::new(),
-            }),
+                peek: true,
+            })),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
         let heartbeat = runtime
@@ -401,19 +440,26 @@ impl SqliteBroker {
         Ok(SqliteBroker { inner, heartbeat })
     }
 
-    /// Runs `f` on the connection in the blocking thread pool.
+    /// Runs `f` on the connection: here, unless SQLite would have to wait
+    /// for another connection's lock; then again on the blocking pool, where
+    /// it may wait (see the module docs, *Cost*). `f` must change nothing
+    /// before the point where SQLite refuses: every operation starts with
+    /// the statement or `BEGIN IMMEDIATE` that takes the lock.
     async fn run<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner, &mut State) -> Result<T, Error> + Send + 'static,
+        F: Fn(&Inner, &mut State) -> Result<T, Error> + Send + 'static,
     {
+        let mut guard = Arc::clone(&self.inner.state).lock_owned().await;
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = f(&self.inner, &mut guard);
+        if first.is_ok() || !WOULD_WAIT.with(|w| w.get()) {
+            return first;
+        }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock()?;
-            f(&inner, &mut guard)
-        })
-        .await
-        .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
+        tokio::task::spawn_blocking(move || inner.waiting(&mut guard, |state| f(&inner, state)))
+            .await
+            .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
     }
 
     fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
@@ -437,13 +483,13 @@ impl SqliteBroker {
         let (row, claim, event_id) = (tag.row, tag.claim.clone(), tag.event_id.clone());
         self.run(move |inner, state| {
             let mut args: Vec<rusqlite::types::Value> = vec![row.into(), claim.clone().into()];
-            args.extend(extra);
+            args.extend(extra.iter().cloned());
             let n = state
                 .conn
                 .prepare_cached(sql)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(args)))
                 .map_err(|e| inner.err(what, e))?;
-            state.held.remove(&(row, claim));
+            state.held.remove(&(row, claim.clone()));
             if n == 0 {
                 warn_lapsed(&inner.url, &event_id, what);
             }
@@ -472,7 +518,11 @@ async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             return;
         };
         let url = inner.url.clone();
-        match tokio::task::spawn_blocking(move || inner.extend_leases()).await {
+        let extend = move || {
+            let mut state = inner.state.blocking_lock();
+            inner.waiting(&mut state, |state| inner.extend_leases(state))
+        };
+        match tokio::task::spawn_blocking(extend).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(broker = %url, "lease heartbeat failed: {e}"),
             Err(e) => tracing::warn!(broker = %url, "lease heartbeat task failed: {e}"),
@@ -512,6 +562,10 @@ fn open_connection(url: &str, cfg: &Config) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", sync)
         .map_err(|e| fail(&e))?;
     init_schema(&mut conn, url, path)?;
+    // From here on an operation waits for a lock only on the blocking pool
+    // (`Inner::waiting`); elsewhere SQLite returns at once (`SqliteBroker::run`).
+    conn.busy_handler(Some(refuse_to_wait))
+        .map_err(|e| fail(&e))?;
     Ok(conn)
 }
 
@@ -569,10 +623,11 @@ fn claim_once(
     queues: &[String],
 ) -> Result<Option<Delivery>, Error> {
     let now = now_i64();
-    // A plain read first: an idle poll never takes the write lock, so idle
-    // pollers in other processes do not queue up behind each other or
-    // behind publishers.
-    {
+    // A plain read first when the last claim found nothing: an idle poll
+    // never takes the write lock, so idle pollers in other processes do not
+    // queue up behind each other or behind publishers. While a backlog is
+    // being claimed, the read would only repeat what the claim looks at.
+    if state.peek {
         let mut peek = state
             .conn
             .prepare_cached(CLAIM_SELECT)
@@ -623,6 +678,7 @@ fn claim_once(
     let Some((queue, (row, event_id, body, deliveries))) = found else {
         // Nothing ready: nothing written, the rollback is free.
         drop(tx);
+        state.peek = true;
         return Ok(None);
     };
     let claim = format!("{:032x}", rand::random::<u128>());
@@ -630,6 +686,7 @@ fn claim_once(
         .and_then(|mut s| s.execute(params![row, now.saturating_add(inner.lease_ms()), claim]))
         .map_err(|e| inner.err("take", e))?;
     tx.commit().map_err(|e| inner.err("take: commit", e))?;
+    state.peek = false;
     state.held.insert((row, claim.clone()), event_id.clone());
     Ok(Some(Delivery {
         queue,
@@ -813,14 +870,14 @@ impl Broker for SqliteBroker {
                 .map_err(|e| inner.err("dead", e))?;
             if n == 0 {
                 drop(tx);
-                state.held.remove(&(row, claim));
+                state.held.remove(&(row, claim.clone()));
                 warn_lapsed(&inner.url, &event_id, "dead-lettering");
                 return Ok(());
             }
             let id = if dead.id.is_empty() {
-                event_id.clone()
+                &event_id
             } else {
-                dead.id
+                &dead.id
             };
             tx.execute(
                 "INSERT INTO dead_events (event_id, name, queue, body, attempts, errors, reason, died_at) \
@@ -838,7 +895,7 @@ impl Broker for SqliteBroker {
             )
             .map_err(|e| inner.err("dead", e))?;
             tx.commit().map_err(|e| inner.err("dead: commit", e))?;
-            state.held.remove(&(row, claim));
+            state.held.remove(&(row, claim.clone()));
             Ok(())
         })
         .await
@@ -931,14 +988,14 @@ impl Broker for SqliteBroker {
         let id = id.map(str::to_string);
         let filter = filter.clone();
         self.run(move |inner, state| {
-            let n = match id {
+            let n = match &id {
                 Some(id) => {
                     let n = state
                         .conn
-                        .execute("DELETE FROM dead_events WHERE event_id = ?1", [&id])
+                        .execute("DELETE FROM dead_events WHERE event_id = ?1", [id])
                         .map_err(|e| inner.err("dead purge", e))?;
                     if n == 0 {
-                        return Err(Error::NoSuchDeadEvent(id));
+                        return Err(Error::NoSuchDeadEvent(id.clone()));
                     }
                     n
                 }
