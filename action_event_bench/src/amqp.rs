@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use crate::Plan;
 use crate::child::{self, ChildSpec};
 use crate::event::{self, clock_ns, percentiles};
-use crate::fw;
+use crate::fw::{self, Until};
 use crate::report::{Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, thousands};
 
 const B: &str = "rabbitmq";
@@ -456,13 +456,14 @@ async fn drain(r: &Rabbit<'_>, concurrency: usize) -> anyhow::Result<f64> {
     let n = r.plan.n;
     let (broker, prefix) = fw_broker_filled(r, "drain", n).await?;
     let result = async {
-        let run = fw::run_poller(broker.clone(), concurrency, 0, r.plan.limit).await?;
+        let run =
+            fw::run_poller(broker.clone(), concurrency, Until::Empty(n), r.plan.limit).await?;
         ensure!(
             run.summary.completed == n,
             "the poller completed {} of {n}",
             run.summary.completed
         );
-        Ok(rate(n, run.elapsed))
+        Ok(rate(n, run.to_nth.context("no events ran")?))
     }
     .await;
     drop(broker);
@@ -610,9 +611,10 @@ async fn memory(r: &Rabbit<'_>, report: &mut Report) {
         r.drop_queue(&q).await;
         let raw = raw?;
         let baseline = format!(
-            "lapin consumer process: {} (RSS {})",
+            "lapin consumer process: {} (RSS {}; CPU {})",
             fmt_mb(raw.hwm_kb),
-            fmt_mb(raw.rss_kb)
+            fmt_mb(raw.rss_kb),
+            fmt_us(raw.cpu / n as u32)
         );
         if let Some(row) = r.skipped(&what, baseline.clone()) {
             return Ok(row);
@@ -627,7 +629,12 @@ async fn memory(r: &Rabbit<'_>, report: &mut Report) {
         let mb = fw.hwm_kb as f64 / 1024.0;
         Ok::<_, anyhow::Error>(
             Row::new(B, &what)
-                .framework(format!("{} (RSS {})", fmt_mb(fw.hwm_kb), fmt_mb(fw.rss_kb)))
+                .framework(format!(
+                    "{} (RSS {}; CPU {})",
+                    fmt_mb(fw.hwm_kb),
+                    fmt_mb(fw.rss_kb),
+                    fmt_us(fw.cpu / n as u32)
+                ))
                 .baseline(baseline)
                 .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
                 .target(Target::Check {
@@ -673,10 +680,10 @@ async fn scale(r: &Rabbit<'_>, report: &mut Report) {
                 return Ok((row, None));
             }
             let (broker, prefix) = fw_broker_filled(r, "scale", w).await?;
-            let run = fw::run_poller(broker.clone(), 8, k, plan.limit).await;
+            let run = fw::run_poller(broker.clone(), 8, Until::Events(k), plan.limit).await;
             drop(broker);
             cleanup_prefix(&r.pch, &prefix).await;
-            let fw = run?.to_stop_at.context("the poller stopped early")? / k as u32;
+            let fw = run?.to_nth.context("the poller stopped early")? / k as u32;
             let row = Row::new(B, &what)
                 .framework(fmt_us(fw))
                 .baseline(baseline)

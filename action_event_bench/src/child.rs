@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail, ensure};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::Plan;
-use crate::event::{Probe, rss_kb};
+use crate::event::{Probe, cpu_time, rss_kb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -96,6 +96,8 @@ pub struct ChildResult {
     pub elapsed: Duration,
     pub hwm_kb: u64,
     pub rss_kb: u64,
+    /// CPU time (user + system) of the whole child.
+    pub cpu: Duration,
 }
 
 pub async fn run_one(plan: &Plan, spec: ChildSpec) -> anyhow::Result<ChildResult> {
@@ -163,6 +165,7 @@ fn parse(rest: &str) -> anyhow::Result<ChildResult> {
             "elapsed_us" => r.elapsed = Duration::from_micros(v),
             "hwm_kb" => r.hwm_kb = v,
             "rss_kb" => r.rss_kb = v,
+            "cpu_ms" => r.cpu = Duration::from_millis(v),
             _ => {}
         }
     }
@@ -175,8 +178,9 @@ pub fn main(args: ChildArgs) -> ExitCode {
         Ok((done, elapsed)) => {
             let (hwm, rss) = rss_kb();
             println!(
-                "RESULT done={done} elapsed_us={} hwm_kb={hwm} rss_kb={rss}",
-                elapsed.as_micros()
+                "RESULT done={done} elapsed_us={} hwm_kb={hwm} rss_kb={rss} cpu_ms={}",
+                elapsed.as_micros(),
+                cpu_time().as_millis()
             );
             ExitCode::SUCCESS
         }
@@ -209,7 +213,7 @@ fn run(a: &ChildArgs) -> anyhow::Result<(u64, Duration)> {
             let rt = runtime()?;
             let broker = rt.block_on(action_event::broker::connect(&a.target))?;
             let stop = Shutdown::new();
-            let probe = Probe::new(0, stop.clone());
+            let probe = Probe::new(0, None);
             let config = PollerConfig {
                 concurrency: a.concurrency,
                 exit_when_empty: a.mode == Mode::Drain,

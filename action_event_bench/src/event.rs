@@ -30,21 +30,21 @@ impl Process for NoopEvent {
     }
 }
 
-/// Counts handler runs, records enqueue-to-start latencies, and stops the
-/// poller after `stop_at` runs (0: never).
+/// Counts handler runs, records enqueue-to-start latencies, notes when the
+/// `mark_at`-th run started, and then stops the poller if given `stop`.
 pub struct Probe {
     done: AtomicU64,
-    stop_at: u64,
-    stop: Shutdown,
+    mark_at: u64,
+    stop: Option<Shutdown>,
     reached: OnceLock<Instant>,
     latencies: Mutex<Vec<u64>>,
 }
 
 impl Probe {
-    pub fn new(stop_at: u64, stop: Shutdown) -> Arc<Probe> {
+    pub fn new(mark_at: u64, stop: Option<Shutdown>) -> Arc<Probe> {
         Arc::new(Probe {
             done: AtomicU64::new(0),
-            stop_at,
+            mark_at,
             stop,
             reached: OnceLock::new(),
             latencies: Mutex::new(Vec::new()),
@@ -60,9 +60,11 @@ impl Probe {
                 .push(lat);
         }
         let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.stop_at > 0 && n == self.stop_at {
+        if n == self.mark_at {
             let _ = self.reached.set(Instant::now());
-            self.stop.graceful();
+            if let Some(stop) = &self.stop {
+                stop.graceful();
+            }
         }
     }
 
@@ -70,7 +72,7 @@ impl Probe {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// When the `stop_at`-th run started.
+    /// When the `mark_at`-th run started.
     pub fn reached(&self) -> Option<Instant> {
         self.reached.get().copied()
     }
@@ -136,4 +138,19 @@ pub fn rss_kb() -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU time (user + system) this process used so far.
+pub fn cpu_time() -> std::time::Duration {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

@@ -13,28 +13,37 @@ use crate::event::{NAME, Probe, clock_ns};
 
 /// What one poller run did.
 pub struct PollerRun {
-    /// From `Poller::run` to its return.
-    pub elapsed: Duration,
-    /// From `Poller::run` to the start of the `stop_at`-th event.
-    pub to_stop_at: Option<Duration>,
+    /// From `Poller::run` to the start of the `n`-th event (see [`Until`]).
+    pub to_nth: Option<Duration>,
     pub summary: RunSummary,
     pub probe: Arc<Probe>,
 }
 
+/// When a poller run ends.
+#[derive(Clone, Copy, Debug)]
+pub enum Until {
+    /// `exit_when_empty`; `n` events are expected.
+    Empty(u64),
+    /// A graceful stop once the `n`-th event started.
+    Events(u64),
+}
+
 /// Runs the library poller in this process on `broker` (queues `high
-/// medium low`), until the queues are empty (`stop_at` 0) or the
-/// `stop_at`-th event started. Fails after `limit`.
+/// medium low`) until `until`. Fails after `limit`.
 pub async fn run_poller(
     broker: Arc<dyn Broker>,
     concurrency: usize,
-    stop_at: u64,
+    until: Until,
     limit: Duration,
 ) -> anyhow::Result<PollerRun> {
     let stop = Shutdown::new();
-    let probe = Probe::new(stop_at, stop.clone());
+    let (probe, exit_when_empty) = match until {
+        Until::Empty(n) => (Probe::new(n, None), true),
+        Until::Events(n) => (Probe::new(n, Some(stop.clone())), false),
+    };
     let config = PollerConfig {
         concurrency,
-        exit_when_empty: stop_at == 0,
+        exit_when_empty,
         ..PollerConfig::default()
     };
     let poller = Poller::new(broker, State::new().with(probe.clone()), config)?;
@@ -55,10 +64,9 @@ pub async fn run_poller(
             probe.done()
         );
     }
-    let to_stop_at = probe.reached().map(|t| t.duration_since(started));
+    let to_nth = probe.reached().map(|t| t.duration_since(started));
     Ok(PollerRun {
-        elapsed,
-        to_stop_at,
+        to_nth,
         summary,
         probe,
     })
@@ -107,7 +115,12 @@ pub async fn latency(
 ) -> anyhow::Result<Vec<u64>> {
     let total = ((rate as f64) * secs).round().max(1.0) as u64;
     let limit = Duration::from_secs_f64(secs + 60.0);
-    let poller = tokio::spawn(run_poller(poller_broker, concurrency, total, limit));
+    let poller = tokio::spawn(run_poller(
+        poller_broker,
+        concurrency,
+        Until::Events(total),
+        limit,
+    ));
     // Let the poller start before the clock runs.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let producer = produce_steady(total, rate, move |i| {

@@ -64,6 +64,15 @@ enum Cmd {
     /// Internal: one measured process (memory rows, two pollers).
     #[command(name = "__child", hide = true)]
     Child(child::ChildArgs),
+    /// Internal, for profiling a child: creates a SQLite broker file and puts
+    /// `events` no-op events in `medium`.
+    #[command(name = "__fill", hide = true)]
+    Fill {
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        events: u64,
+    },
 }
 
 /// Sizes and settings of one run.
@@ -87,8 +96,10 @@ pub struct Plan {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Cmd::Child(c)) = args.cmd {
-        return child::main(c);
+    match args.cmd {
+        Some(Cmd::Child(c)) => return child::main(c),
+        Some(Cmd::Fill { path, events }) => return fill(&path, events),
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +112,26 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(args))
+}
+
+fn fill(path: &std::path::Path, events: u64) -> ExitCode {
+    let db = sqlite::Db {
+        path: path.to_path_buf(),
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(db.create()))
+        .and_then(|()| sqlite::bulk_fill(path, 0, events));
+    std::mem::forget(db); // keep the file
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("action_event_bench __fill: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: Args) -> ExitCode {
@@ -281,8 +312,9 @@ fn notes(plan: &Plan) -> Vec<String> {
         "Throughput rows: the ratio is action_event ÷ baseline events/s (higher is better); \
          latency rows: action_event p99 ÷ baseline p99; memory rows: action_event VmHWM ÷ baseline \
          VmHWM (lower is better); per-event cost rows: action_event µs ÷ baseline µs (lower is \
-         better). Processing time is `Poller::run` until it returns (including its final 100 ms \
-         look at the empty queues)."
+         better). Processing time runs from `Poller::run` to the start of the N-th event (the \
+         poller's final 100 ms look at the empty queues is not counted; that all N were acked \
+         is checked after it returns); the baselines stop after their N-th delete/ack."
             .into(),
         format!(
             "SQLite baselines: one rusqlite connection on a file created by the broker itself \

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::Plan;
 use crate::child::{self, ChildSpec};
 use crate::event::{self, clock_ns, percentiles};
-use crate::fw;
+use crate::fw::{self, Until};
 use crate::report::{Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, thousands};
 
 const B: &str = "sqlite";
@@ -327,7 +327,7 @@ async fn drain(plan: &Plan, dir: &Path, concurrency: usize) -> anyhow::Result<f6
     let n = plan.n;
     let db = filled(dir, "drain-fw", n).await?;
     let broker = action_event::broker::connect(&db.url()).await?;
-    let run = fw::run_poller(broker, concurrency, 0, plan.limit).await?;
+    let run = fw::run_poller(broker, concurrency, Until::Empty(n), plan.limit).await?;
     ensure!(
         run.summary.completed == n && run.probe.done() == n,
         "the poller completed {} of {n}",
@@ -335,7 +335,7 @@ async fn drain(plan: &Plan, dir: &Path, concurrency: usize) -> anyhow::Result<f6
     );
     let left = depth(&db).await?;
     ensure!(left == 0, "{left} events left after the drain");
-    Ok(rate(n, run.elapsed))
+    Ok(rate(n, run.to_nth.context("no events ran")?))
 }
 
 type Lat = (u64, u64, u64);
@@ -449,11 +449,17 @@ async fn memory(plan: &Plan, dir: &Path, report: &mut Report) {
         let mb = fw.hwm_kb as f64 / 1024.0;
         Ok::<_, anyhow::Error>(
             Row::new(B, &what)
-                .framework(format!("{} (RSS {})", fmt_mb(fw.hwm_kb), fmt_mb(fw.rss_kb)))
+                .framework(format!(
+                    "{} (RSS {}; CPU {})",
+                    fmt_mb(fw.hwm_kb),
+                    fmt_mb(fw.rss_kb),
+                    fmt_us(fw.cpu / n as u32)
+                ))
                 .baseline(format!(
-                    "rusqlite claim+delete loop process: {} (RSS {})",
+                    "rusqlite claim+delete loop process: {} (RSS {}; CPU {})",
                     fmt_mb(raw.hwm_kb),
-                    fmt_mb(raw.rss_kb)
+                    fmt_mb(raw.rss_kb),
+                    fmt_us(raw.cpu / n as u32)
                 ))
                 .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
                 .target(Target::Check {
@@ -489,8 +495,8 @@ async fn scale(plan: &Plan, dir: &Path, report: &mut Report) {
             drop(raw_db);
             let fw_db = filled(dir, "scale-fw", w).await?;
             let broker = action_event::broker::connect(&fw_db.url()).await?;
-            let run = fw::run_poller(broker, 8, k, plan.limit).await?;
-            let fw = run.to_stop_at.context("the poller stopped early")? / k as u32;
+            let run = fw::run_poller(broker, 8, Until::Events(k), plan.limit).await?;
+            let fw = run.to_nth.context("the poller stopped early")? / k as u32;
             Ok::<_, anyhow::Error>((fw, raw))
         }
         .await
