@@ -108,6 +108,36 @@ async fn take_sees_an_event_published_while_waiting() {
     a.ack(&d).await.unwrap();
 }
 
+/// Concurrent publishes are committed together (group commit); each is
+/// stored once, a repeated event id too, and each returns after its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_each_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(open(&dir, "").await);
+    let same = Envelope::new("e", "high", json!({ "same": true }));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let b = Arc::clone(&b);
+        let env = if i % 10 == 0 {
+            same.clone()
+        } else {
+            Envelope::new("e", "high", json!({ "i": i }))
+        };
+        tasks.push(tokio::spawn(async move { b.publish(&env).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(b.depth("high").await.unwrap().waiting, 181);
+    let mut ids = HashSet::new();
+    while let Some(d) = b.take(&qs(&["high"]), NOW).await.unwrap() {
+        assert!(ids.insert(env_of(&d).id), "taken twice");
+        b.ack(&d).await.unwrap();
+    }
+    assert_eq!(ids.len(), 181);
+    assert!(ids.contains(&same.id));
+}
+
 /// Operations run on the caller's thread unless SQLite would wait for a
 /// lock; then they wait on the blocking pool, and the runtime thread keeps
 /// running other tasks (this runtime has only one thread).

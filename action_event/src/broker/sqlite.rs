@@ -65,6 +65,10 @@
 //! the lock is taken, before the operation changed anything.) SQLite's
 //! automatic WAL checkpoint, every 1000 pages, also runs on the calling
 //! thread, for about a millisecond.
+//!
+//! Publishes that wait for the connection at the same time are committed
+//! together, in one transaction (group commit); each still returns only once
+//! its row is committed.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -281,6 +285,24 @@ struct Inner {
     /// An async mutex: a task waiting for the connection yields its thread,
     /// and the guard can move to the blocking pool with the operation.
     state: Arc<tokio::sync::Mutex<State>>,
+    /// Publishes waiting for the connection (see [`SqliteBroker::publish`]).
+    publishes: std::sync::Mutex<Vec<Pending<NewRow>>>,
+}
+
+/// A row [`Broker::publish`] stores.
+struct NewRow {
+    event_id: String,
+    queue: String,
+    name: String,
+    body: String,
+    visible_at: i64,
+    queued_at: i64,
+}
+
+/// A write waiting to be committed with others, and where its result goes.
+struct Pending<T> {
+    item: T,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
 }
 
 impl Inner {
@@ -432,6 +454,7 @@ impl SqliteBroker {
                 held: HashMap::new(),
                 peek: true,
             })),
+            publishes: std::sync::Mutex::new(Vec::new()),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
         let heartbeat = runtime
@@ -460,6 +483,62 @@ impl SqliteBroker {
         tokio::task::spawn_blocking(move || inner.waiting(&mut guard, |state| f(&inner, state)))
             .await
             .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
+    }
+
+    /// Group commit: `item` joins the writes `pending` holds, and whoever
+    /// gets the connection first commits all of them with `commit` in one
+    /// transaction (one write lock, one WAL commit). Each caller returns only
+    /// once the transaction holding its write committed. The writes are
+    /// committed even if the caller stops waiting.
+    async fn group_commit<T: Send + 'static>(
+        &self,
+        pending: fn(&Inner) -> &std::sync::Mutex<Vec<Pending<T>>>,
+        item: T,
+        commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let take_all = || std::mem::take(&mut *lock_vec(pending(&self.inner)));
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        lock_vec(pending(&self.inner)).push(Pending { item, done });
+        let mut guard = tokio::select! {
+            biased;
+            r = &mut result => return self.committed(r),
+            guard = Arc::clone(&self.inner.state).lock_owned() => guard,
+        };
+        let (items, senders): (Vec<T>, Vec<_>) =
+            take_all().into_iter().map(|p| (p.item, p.done)).unzip();
+        if items.is_empty() {
+            // Committed by whoever had the connection before us.
+            drop(guard);
+            return self.committed(result.await);
+        }
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = commit(&self.inner, &mut guard, &items);
+        if first.is_err() && WOULD_WAIT.with(|w| w.get()) {
+            // Another connection holds the write lock: wait for it on the
+            // blocking pool, which also hands out the results.
+            let inner = Arc::clone(&self.inner);
+            drop(tokio::task::spawn_blocking(move || {
+                let r = inner.waiting(&mut guard, |state| commit(&inner, state, &items));
+                drop(guard);
+                hand_out(&inner.url, senders, r);
+            }));
+        } else {
+            drop(guard);
+            hand_out(&self.inner.url, senders, first);
+        }
+        self.committed(result.await)
+    }
+
+    fn committed(
+        &self,
+        r: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), Error> {
+        r.unwrap_or_else(|_| {
+            Err(Error::broker(
+                &self.inner.url,
+                "the task committing this write stopped before it finished",
+            ))
+        })
     }
 
     fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
@@ -497,6 +576,67 @@ impl SqliteBroker {
         })
         .await
     }
+}
+
+/// A Vec of pending writes: pushing to it or taking it cannot leave it
+/// half-changed, so a poisoned lock is still usable.
+fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends a group commit's outcome to each of its writers.
+fn hand_out(
+    url: &str,
+    senders: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    r: Result<(), Error>,
+) {
+    match r {
+        Ok(()) => {
+            for s in senders {
+                let _ = s.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for s in senders {
+                let _ = s.send(Err(Error::broker(url, message.clone())));
+            }
+        }
+    }
+}
+
+/// Stores `rows` in one transaction (one autocommit insert for a single row).
+fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), Error> {
+    let insert = |conn: &Connection, row: &NewRow| -> Result<(), Error> {
+        let n = conn
+            .prepare_cached(INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.event_id,
+                    row.queue,
+                    row.name,
+                    row.body,
+                    row.visible_at,
+                    row.queued_at
+                ])
+            })
+            .map_err(|e| inner.err("publish", e))?;
+        if n == 0 {
+            tracing::debug!(broker = %inner.url, event_id = %row.event_id, "event {} is already queued: not stored twice", row.event_id);
+        }
+        Ok(())
+    };
+    if let [row] = rows {
+        return insert(&state.conn, row);
+    }
+    let tx = state
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| inner.err("publish: begin", e))?;
+    for row in rows {
+        insert(&tx, row)?;
+    }
+    tx.commit().map_err(|e| inner.err("publish: commit", e))
 }
 
 fn warn_lapsed(url: &str, event_id: &str, what: &str) {
@@ -785,31 +925,23 @@ impl Broker for SqliteBroker {
         self.inner.url.clone()
     }
 
+    /// Concurrent publishes are committed together (group commit): each
+    /// returns once the transaction holding its row committed.
     async fn publish(&self, envelope: &Envelope) -> Result<(), Error> {
-        let event_id = envelope.id.to_string();
-        let queue = envelope.queue.clone();
-        let name = envelope.name.clone();
-        let body = text(envelope.to_bytes());
         let now = now_i64();
-        let visible_at = envelope.run_at_ms.map(ms_i64).unwrap_or(now);
-        let queued_at = match envelope.queued_at_ms {
-            0 => now,
-            ms => ms_i64(ms),
+        let row = NewRow {
+            event_id: envelope.id.to_string(),
+            queue: envelope.queue.clone(),
+            name: envelope.name.clone(),
+            body: text(envelope.to_bytes()),
+            visible_at: envelope.run_at_ms.map(ms_i64).unwrap_or(now),
+            queued_at: match envelope.queued_at_ms {
+                0 => now,
+                ms => ms_i64(ms),
+            },
         };
-        self.run(move |inner, state| {
-            let n = state
-                .conn
-                .prepare_cached(INSERT)
-                .and_then(|mut s| {
-                    s.execute(params![event_id, queue, name, body, visible_at, queued_at])
-                })
-                .map_err(|e| inner.err("publish", e))?;
-            if n == 0 {
-                tracing::debug!(broker = %inner.url, event_id = %event_id, "event {event_id} is already queued: not stored twice");
-            }
-            Ok(())
-        })
-        .await
+        self.group_commit(|inner| &inner.publishes, row, insert_rows)
+            .await
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
