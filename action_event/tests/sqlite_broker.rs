@@ -108,6 +108,90 @@ async fn take_sees_an_event_published_while_waiting() {
     a.ack(&d).await.unwrap();
 }
 
+/// Concurrent publishes are committed together (group commit); each is
+/// stored once, a repeated event id too, and each returns after its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_each_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(open(&dir, "").await);
+    let same = Envelope::new("e", "high", json!({ "same": true }));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let b = Arc::clone(&b);
+        let env = if i % 10 == 0 {
+            same.clone()
+        } else {
+            Envelope::new("e", "high", json!({ "i": i }))
+        };
+        tasks.push(tokio::spawn(async move { b.publish(&env).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(b.depth("high").await.unwrap().waiting, 181);
+    let mut ids = HashSet::new();
+    while let Some(d) = b.take(&qs(&["high"]), NOW).await.unwrap() {
+        assert!(ids.insert(env_of(&d).id), "taken twice");
+        b.ack(&d).await.unwrap();
+    }
+    assert_eq!(ids.len(), 181);
+    assert!(ids.contains(&same.id));
+}
+
+/// Operations run on the caller's thread unless SQLite would wait for a
+/// lock; then they wait on the blocking pool, and the runtime thread keeps
+/// running other tasks (this runtime has only one thread).
+#[tokio::test]
+async fn a_write_lock_held_elsewhere_is_waited_for_off_the_runtime_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "").await;
+    let path = dir.path().join("events.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let started = Instant::now();
+    b.publish(&Envelope::new("e", "high", json!({})))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    ticker.abort();
+    holder.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "did not wait for the lock: {waited:?}"
+    );
+    let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ticks >= 10,
+        "the runtime thread was blocked: {ticks} ticks in {waited:?}"
+    );
+    let d = b
+        .take(&qs(&["high"]), NOW)
+        .await
+        .unwrap()
+        .expect("published");
+    b.ack(&d).await.unwrap();
+    assert_eq!(b.depth("high").await.unwrap().waiting, 0);
+}
+
 #[tokio::test]
 async fn strict_priority() {
     let dir = tempfile::tempdir().unwrap();

@@ -60,10 +60,24 @@
 //! Claiming is one index range scan per queue looked at (index
 //! `events(queue, visible_at, id)`), so it costs the same with ten or a
 //! million events waiting; see [`HOT_QUERIES`].
+//!
+//! An operation takes tens of microseconds, less than handing it to another
+//! thread and back, so it runs on the calling task's thread while SQLite
+//! need not wait: a busy handler refuses to wait for another connection's
+//! write lock, and only then is the operation run again on Tokio's blocking
+//! pool, where it waits up to `busy_timeout`. (Such a refusal happens when
+//! the lock is taken, before the operation changed anything.) SQLite's
+//! automatic WAL checkpoint, every 1000 pages, also runs on the calling
+//! thread, for about a millisecond.
+//!
+//! Publishes that wait for the connection at the same time are committed
+//! together, in one transaction (group commit); each still returns only once
+//! its row is committed.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -252,12 +266,48 @@ struct Tag {
 struct State {
     conn: Connection,
     held: HashMap<(i64, String), String>,
+    /// Whether the next claim looks with a plain read first: after a claim
+    /// that found nothing (idle polling stays off the write lock), not after
+    /// one that found an event (a backlog is claimed straight away).
+    peek: bool,
+}
+
+thread_local! {
+    /// Set by [`refuse_to_wait`] when SQLite would have waited for a lock.
+    static WOULD_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The busy handler while an operation runs on the caller's thread: never
+/// wait, note that SQLite wanted to.
+fn refuse_to_wait(_attempts: i32) -> bool {
+    WOULD_WAIT.with(|w| w.set(true));
+    false
 }
 
 struct Inner {
     url: String,
     cfg: Config,
-    state: Mutex<State>,
+    /// An async mutex: a task waiting for the connection yields its thread,
+    /// and the guard can move to the blocking pool with the operation.
+    state: Arc<tokio::sync::Mutex<State>>,
+    /// Publishes waiting for the connection (see [`SqliteBroker::publish`]).
+    publishes: std::sync::Mutex<Vec<Pending<NewRow>>>,
+}
+
+/// A row [`Broker::publish`] stores.
+struct NewRow {
+    event_id: String,
+    queue: String,
+    name: String,
+    body: String,
+    visible_at: i64,
+    queued_at: i64,
+}
+
+/// A write waiting to be committed with others, and where its result goes.
+struct Pending<T> {
+    item: T,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
 }
 
 impl Inner {
@@ -268,13 +318,25 @@ impl Inner {
         )
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Error> {
-        self.state.lock().map_err(|_| {
-            Error::broker(
-                &self.url,
-                "the connection is unusable: an earlier operation panicked while holding it",
-            )
-        })
+    /// Runs `f` allowed to wait up to `busy_timeout` for another
+    /// connection's lock (on a thread that may block).
+    fn waiting<T>(
+        &self,
+        state: &mut State,
+        f: impl FnOnce(&mut State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        state
+            .conn
+            .busy_timeout(self.cfg.busy_timeout)
+            .map_err(|e| self.err("busy timeout", e))?;
+        let result = f(state);
+        let restored = state
+            .conn
+            .busy_handler(Some(refuse_to_wait))
+            .map_err(|e| self.err("busy handler", e));
+        let value = result?;
+        restored?;
+        Ok(value)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -282,9 +344,7 @@ impl Inner {
     }
 
     /// Pushes back the lease of every delivery this broker holds.
-    fn extend_leases(&self) -> Result<(), Error> {
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
+    fn extend_leases(&self, state: &mut State) -> Result<(), Error> {
         if state.held.is_empty() {
             return Ok(());
         }
@@ -394,10 +454,12 @@ impl SqliteBroker {
         let inner = Arc::new(Inner {
             url: redacted,
             cfg,
-            state: Mutex::new(State {
+            state: Arc::new(tokio::sync::Mutex::new(State {
                 conn,
                 held: HashMap::new(),
-            }),
+                peek: true,
+            })),
+            publishes: std::sync::Mutex::new(Vec::new()),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
         let heartbeat = runtime
@@ -406,19 +468,82 @@ impl SqliteBroker {
         Ok(SqliteBroker { inner, heartbeat })
     }
 
-    /// Runs `f` on the connection in the blocking thread pool.
+    /// Runs `f` on the connection: here, unless SQLite would have to wait
+    /// for another connection's lock; then again on the blocking pool, where
+    /// it may wait (see the module docs, *Cost*). `f` must change nothing
+    /// before the point where SQLite refuses: every operation starts with
+    /// the statement or `BEGIN IMMEDIATE` that takes the lock.
     async fn run<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner, &mut State) -> Result<T, Error> + Send + 'static,
+        F: Fn(&Inner, &mut State) -> Result<T, Error> + Send + 'static,
     {
+        let mut guard = Arc::clone(&self.inner.state).lock_owned().await;
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = f(&self.inner, &mut guard);
+        if first.is_ok() || !WOULD_WAIT.with(|w| w.get()) {
+            return first;
+        }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock()?;
-            f(&inner, &mut guard)
+        tokio::task::spawn_blocking(move || inner.waiting(&mut guard, |state| f(&inner, state)))
+            .await
+            .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
+    }
+
+    /// Group commit: `item` joins the writes `pending` holds, and whoever
+    /// gets the connection first commits all of them with `commit` in one
+    /// transaction (one write lock, one WAL commit). Each caller returns only
+    /// once the transaction holding its write committed. The writes are
+    /// committed even if the caller stops waiting.
+    async fn group_commit<T: Send + 'static>(
+        &self,
+        pending: fn(&Inner) -> &std::sync::Mutex<Vec<Pending<T>>>,
+        item: T,
+        commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let take_all = || std::mem::take(&mut *lock_vec(pending(&self.inner)));
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        lock_vec(pending(&self.inner)).push(Pending { item, done });
+        let mut guard = tokio::select! {
+            biased;
+            r = &mut result => return self.committed(r),
+            guard = Arc::clone(&self.inner.state).lock_owned() => guard,
+        };
+        let (items, senders): (Vec<T>, Vec<_>) =
+            take_all().into_iter().map(|p| (p.item, p.done)).unzip();
+        if items.is_empty() {
+            // Committed by whoever had the connection before us.
+            drop(guard);
+            return self.committed(result.await);
+        }
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = commit(&self.inner, &mut guard, &items);
+        if first.is_err() && WOULD_WAIT.with(|w| w.get()) {
+            // Another connection holds the write lock: wait for it on the
+            // blocking pool, which also hands out the results.
+            let inner = Arc::clone(&self.inner);
+            drop(tokio::task::spawn_blocking(move || {
+                let r = inner.waiting(&mut guard, |state| commit(&inner, state, &items));
+                drop(guard);
+                hand_out(&inner.url, senders, r);
+            }));
+        } else {
+            drop(guard);
+            hand_out(&self.inner.url, senders, first);
+        }
+        self.committed(result.await)
+    }
+
+    fn committed(
+        &self,
+        r: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), Error> {
+        r.unwrap_or_else(|_| {
+            Err(Error::broker(
+                &self.inner.url,
+                "the task committing this write stopped before it finished",
+            ))
         })
-        .await
-        .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
     }
 
     fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
@@ -442,14 +567,14 @@ impl SqliteBroker {
         let (row, claim, event_id) = (tag.row, tag.claim.clone(), tag.event_id.clone());
         self.run(move |inner, state| {
             let mut args: Vec<rusqlite::types::Value> = vec![row.into(), claim.clone().into()];
-            args.extend(extra);
+            args.extend(extra.iter().cloned());
             let n = state
                 .conn
                 .prepare_cached(sql)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(args)));
             // Forgotten even when the statement failed: the heartbeat must
             // not keep an event whose poller may give up on it (module docs).
-            state.held.remove(&(row, claim));
+            state.held.remove(&(row, claim.clone()));
             let n = n.map_err(|e| inner.err(what, e))?;
             if n == 0 {
                 warn_lapsed(&inner.url, &event_id, what);
@@ -458,6 +583,67 @@ impl SqliteBroker {
         })
         .await
     }
+}
+
+/// A Vec of pending writes: pushing to it or taking it cannot leave it
+/// half-changed, so a poisoned lock is still usable.
+fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends a group commit's outcome to each of its writers.
+fn hand_out(
+    url: &str,
+    senders: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    r: Result<(), Error>,
+) {
+    match r {
+        Ok(()) => {
+            for s in senders {
+                let _ = s.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for s in senders {
+                let _ = s.send(Err(Error::broker(url, message.clone())));
+            }
+        }
+    }
+}
+
+/// Stores `rows` in one transaction (one autocommit insert for a single row).
+fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), Error> {
+    let insert = |conn: &Connection, row: &NewRow| -> Result<(), Error> {
+        let n = conn
+            .prepare_cached(INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.event_id,
+                    row.queue,
+                    row.name,
+                    row.body,
+                    row.visible_at,
+                    row.queued_at
+                ])
+            })
+            .map_err(|e| inner.err("publish", e))?;
+        if n == 0 {
+            tracing::debug!(broker = %inner.url, event_id = %row.event_id, "event {} is already queued: not stored twice", row.event_id);
+        }
+        Ok(())
+    };
+    if let [row] = rows {
+        return insert(&state.conn, row);
+    }
+    let tx = state
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| inner.err("publish: begin", e))?;
+    for row in rows {
+        insert(&tx, row)?;
+    }
+    tx.commit().map_err(|e| inner.err("publish: commit", e))
 }
 
 fn warn_lapsed(url: &str, event_id: &str, what: &str) {
@@ -479,7 +665,11 @@ async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             return;
         };
         let url = inner.url.clone();
-        match tokio::task::spawn_blocking(move || inner.extend_leases()).await {
+        let extend = move || {
+            let mut state = inner.state.blocking_lock();
+            inner.waiting(&mut state, |state| inner.extend_leases(state))
+        };
+        match tokio::task::spawn_blocking(extend).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(broker = %url, "lease heartbeat failed: {e}"),
             Err(e) => tracing::warn!(broker = %url, "lease heartbeat task failed: {e}"),
@@ -519,6 +709,10 @@ fn open_connection(url: &str, cfg: &Config) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", sync)
         .map_err(|e| fail(&e))?;
     init_schema(&mut conn, url, path)?;
+    // From here on an operation waits for a lock only on the blocking pool
+    // (`Inner::waiting`); elsewhere SQLite returns at once (`SqliteBroker::run`).
+    conn.busy_handler(Some(refuse_to_wait))
+        .map_err(|e| fail(&e))?;
     Ok(conn)
 }
 
@@ -576,10 +770,11 @@ fn claim_once(
     queues: &[String],
 ) -> Result<Option<Delivery>, Error> {
     let now = now_i64();
-    // A plain read first: an idle poll never takes the write lock, so idle
-    // pollers in other processes do not queue up behind each other or
-    // behind publishers.
-    {
+    // A plain read first when the last claim found nothing: an idle poll
+    // never takes the write lock, so idle pollers in other processes do not
+    // queue up behind each other or behind publishers. While a backlog is
+    // being claimed, the read would only repeat what the claim looks at.
+    if state.peek {
         let mut peek = state
             .conn
             .prepare_cached(CLAIM_SELECT)
@@ -630,6 +825,7 @@ fn claim_once(
     let Some((queue, (row, event_id, body, deliveries))) = found else {
         // Nothing ready: nothing written, the rollback is free.
         drop(tx);
+        state.peek = true;
         return Ok(None);
     };
     let claim = format!("{:032x}", rand::random::<u128>());
@@ -637,6 +833,7 @@ fn claim_once(
         .and_then(|mut s| s.execute(params![row, now.saturating_add(inner.lease_ms()), claim]))
         .map_err(|e| inner.err("take", e))?;
     tx.commit().map_err(|e| inner.err("take: commit", e))?;
+    state.peek = false;
     state.held.insert((row, claim.clone()), event_id.clone());
     Ok(Some(Delivery {
         queue,
@@ -735,31 +932,23 @@ impl Broker for SqliteBroker {
         self.inner.url.clone()
     }
 
+    /// Concurrent publishes are committed together (group commit): each
+    /// returns once the transaction holding its row committed.
     async fn publish(&self, envelope: &Envelope) -> Result<(), Error> {
-        let event_id = envelope.id.to_string();
-        let queue = envelope.queue.clone();
-        let name = envelope.name.clone();
-        let body = text(envelope.to_bytes());
         let now = now_i64();
-        let visible_at = envelope.run_at_ms.map(ms_i64).unwrap_or(now);
-        let queued_at = match envelope.queued_at_ms {
-            0 => now,
-            ms => ms_i64(ms),
+        let row = NewRow {
+            event_id: envelope.id.to_string(),
+            queue: envelope.queue.clone(),
+            name: envelope.name.clone(),
+            body: text(envelope.to_bytes()),
+            visible_at: envelope.run_at_ms.map(ms_i64).unwrap_or(now),
+            queued_at: match envelope.queued_at_ms {
+                0 => now,
+                ms => ms_i64(ms),
+            },
         };
-        self.run(move |inner, state| {
-            let n = state
-                .conn
-                .prepare_cached(INSERT)
-                .and_then(|mut s| {
-                    s.execute(params![event_id, queue, name, body, visible_at, queued_at])
-                })
-                .map_err(|e| inner.err("publish", e))?;
-            if n == 0 {
-                tracing::debug!(broker = %inner.url, event_id = %event_id, "event {event_id} is already queued: not stored twice");
-            }
-            Ok(())
-        })
-        .await
+        self.group_commit(|inner| &inner.publishes, row, insert_rows)
+            .await
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
@@ -826,9 +1015,9 @@ impl Broker for SqliteBroker {
                 return Ok(());
             }
             let id = if dead.id.is_empty() {
-                event_id.clone()
+                &event_id
             } else {
-                dead.id
+                &dead.id
             };
             tx.execute(
                 "INSERT INTO dead_events (event_id, name, queue, body, attempts, errors, reason, died_at) \
@@ -938,14 +1127,14 @@ impl Broker for SqliteBroker {
         let id = id.map(str::to_string);
         let filter = filter.clone();
         self.run(move |inner, state| {
-            let n = match id {
+            let n = match &id {
                 Some(id) => {
                     let n = state
                         .conn
-                        .execute("DELETE FROM dead_events WHERE event_id = ?1", [&id])
+                        .execute("DELETE FROM dead_events WHERE event_id = ?1", [id])
                         .map_err(|e| inner.err("dead purge", e))?;
                     if n == 0 {
-                        return Err(Error::NoSuchDeadEvent(id));
+                        return Err(Error::NoSuchDeadEvent(id.clone()));
                     }
                     n
                 }

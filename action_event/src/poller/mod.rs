@@ -370,7 +370,32 @@ impl Poller {
 
     /// Runs until `shutdown`, a PID-file handoff, or (with
     /// `exit_when_empty`) an empty broker.
+    ///
+    /// The loop runs as a task of the current Tokio runtime, beside the
+    /// tasks that run the events: awaited from `block_on` it would stay on
+    /// that thread, and every event would cross threads twice. Dropping the
+    /// returned future stops it, as before.
     pub async fn run(self, shutdown: Shutdown) -> Result<RunSummary, Error> {
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let task = tokio::spawn(self.run_loop(shutdown));
+        let _abort = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down under it.
+            Err(e) => Err(Error::io(
+                "the poller task stopped",
+                std::io::Error::other(e),
+            )),
+        }
+    }
+
+    async fn run_loop(self, shutdown: Shutdown) -> Result<RunSummary, Error> {
         let Poller { shared, config } = self;
         tracing::info!("Processing queues: {}", config.queues.join(","));
         for line in shared.registry.describe().lines() {

@@ -1,0 +1,802 @@
+//! RabbitMQ rows: action_event's `amqp://` backend against hand-written
+//! lapin code on the same broker. The framework side needs a build whose
+//! `broker::connect` knows `amqp://`; without it those cells say
+//! `skipped: ...` and the lapin baselines still run.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use action_event::Client;
+use action_event::broker::Broker;
+use anyhow::{Context as _, ensure};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::Plan;
+use crate::child::{self, ChildSpec};
+use crate::event::{self, clock_ns, percentiles};
+use crate::fw::{self, Until};
+use crate::report::{Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, thousands};
+
+const B: &str = "rabbitmq";
+/// The raw consumer's prefetch.
+pub const PREFETCH: u16 = 100;
+/// Confirms the raw publisher keeps in flight.
+pub const WINDOW: usize = 1000;
+/// Sends in flight when filling a backlog through the framework (untimed).
+const FILL_WINDOW: usize = 1000;
+
+/// Whether the RabbitMQ rows can run.
+pub enum Availability {
+    /// No broker: every RabbitMQ row is skipped (or the run fails, see main).
+    Down(String),
+    /// The broker answers; `fw_skip` says why the framework side cannot run.
+    Up { fw_skip: Option<String> },
+}
+
+pub async fn raw_connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+        .await
+        .context("connecting to RabbitMQ timed out")??;
+    Ok(conn)
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+async fn declare(ch: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// Publishes persistent `bodies` to `queue` through the default exchange,
+/// keeping up to `window` confirms in flight; fails on a nack.
+pub async fn raw_publish<I>(
+    ch: &Channel,
+    queue: &str,
+    bodies: I,
+    window: usize,
+) -> anyhow::Result<u64>
+where
+    I: IntoIterator,
+    I::Item: AsRef<[u8]>,
+{
+    let mut inflight = VecDeque::with_capacity(window);
+    let mut n = 0;
+    for body in bodies {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_ref(),
+                persistent(),
+            )
+            .await?;
+        inflight.push_back(confirm);
+        if inflight.len() >= window
+            && let Some(c) = inflight.pop_front()
+        {
+            ensure!(c.await?.is_ack(), "publish nacked");
+        }
+        n += 1;
+    }
+    for c in inflight {
+        ensure!(c.await?.is_ack(), "publish nacked");
+    }
+    Ok(n)
+}
+
+/// The hand-written consumer: prefetch [`PREFETCH`], decodes each body,
+/// acks in a spawned task (not awaited inline), until `n` messages.
+/// Records enqueue-to-start latencies into `lat` when given.
+pub async fn raw_consume(
+    conn: &Connection,
+    queue: &str,
+    n: u64,
+    lat: Option<&Mutex<Vec<u64>>>,
+) -> anyhow::Result<Duration> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let started = Instant::now();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut acks = tokio::task::JoinSet::new();
+    let mut done = 0;
+    while done < n {
+        let delivery = consumer.next().await.context("the consumer ended")??;
+        let e = event::decode(&delivery.data)?;
+        if let (Some(lat), Some(t)) = (lat, e.t) {
+            let l = clock_ns().saturating_sub(t);
+            lat.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+        }
+        let acker = delivery.acker;
+        acks.spawn(async move { acker.ack(BasicAckOptions::default()).await });
+        done += 1;
+        while let Some(r) = acks.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = acks.join_next().await {
+        r??;
+    }
+    let elapsed = started.elapsed();
+    ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await?;
+    ch.close(200, "OK".into()).await?;
+    Ok(elapsed)
+}
+
+/// A consumer sitting on an empty queue for `for_`.
+pub async fn raw_idle(conn: &Connection, queue: &str, for_: Duration) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bench-raw-idle".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let got = tokio::time::timeout(for_, consumer.next()).await;
+    ensure!(got.is_err(), "the idle queue is not empty");
+    ch.close(200, "OK".into()).await?;
+    Ok(())
+}
+
+/// Deletes every queue and exchange whose name starts with `prefix`
+/// (found with `rabbitmqctl`: the framework names its own).
+async fn cleanup_prefix(ch: &Channel, prefix: &str) {
+    for (what, list) in [("queue", "list_queues"), ("exchange", "list_exchanges")] {
+        let out = tokio::process::Command::new("timeout")
+            .args([
+                "60",
+                "rabbitmqctl",
+                list,
+                "-q",
+                "--no-table-headers",
+                "name",
+            ])
+            .output()
+            .await;
+        let Ok(out) = out.map_err(|e| e.to_string()).and_then(|o| {
+            if o.status.success() {
+                Ok(o)
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).to_string())
+            }
+        }) else {
+            eprintln!(
+                "  (cannot list {what}s with rabbitmqctl: those named `{prefix}*` may be left)"
+            );
+            continue;
+        };
+        for name in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(prefix))
+        {
+            let r = if what == "queue" {
+                ch.queue_delete(name.into(), QueueDeleteOptions::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                ch.exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                    .await
+            };
+            if let Err(e) = r {
+                eprintln!("  (cannot delete {what} `{name}`: {e})");
+            }
+        }
+    }
+}
+
+/// The run's RabbitMQ side: connections and names.
+struct Rabbit<'a> {
+    plan: &'a Plan,
+    /// Publishing connection and a confirm channel on it.
+    publish: Connection,
+    pch: Channel,
+    /// Consuming connection.
+    consume: Connection,
+    /// Why the framework side does not run, if it does not.
+    fw_skip: Option<String>,
+    seq: std::cell::Cell<u32>,
+}
+
+impl Rabbit<'_> {
+    fn name(&self, tag: &str) -> String {
+        let n = self.seq.get();
+        self.seq.set(n + 1);
+        format!("bench.{}.{tag}.{n}", self.plan.run_id)
+    }
+
+    /// A fresh framework URL: its own `prefix`, so its queues are its own.
+    fn fw_url(&self, tag: &str) -> (String, String) {
+        let prefix = format!("{}.", self.name(tag));
+        (with_prefix(&self.plan.amqp_url, &prefix), prefix)
+    }
+
+    async fn raw_queue(&self, tag: &str) -> anyhow::Result<String> {
+        let q = self.name(&format!("raw-{tag}"));
+        declare(&self.pch, &q).await?;
+        Ok(q)
+    }
+
+    async fn drop_queue(&self, q: &str) {
+        let _ = self
+            .pch
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+
+    async fn raw_fill(&self, q: &str, n: u64) -> anyhow::Result<()> {
+        let bodies = (0..n).map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()));
+        let bodies = bodies.collect::<anyhow::Result<Vec<_>>>()?;
+        raw_publish(&self.pch, q, &bodies, WINDOW).await?;
+        Ok(())
+    }
+
+    fn skipped(&self, what: &str, baseline: String) -> Option<Row> {
+        self.fw_skip.as_ref().map(|_| {
+            let mut r = Row::new(B, what).baseline(baseline);
+            r.status = Some("skipped: `amqp://` not supported by this build (see notes)".into());
+            r
+        })
+    }
+}
+
+fn with_prefix(url: &str, prefix: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}prefix={prefix}")
+}
+
+fn probe_prefix(plan: &Plan) -> String {
+    format!("bench.{}.probe.", plan.run_id)
+}
+
+pub async fn availability(plan: &Plan) -> Availability {
+    match raw_connect(&plan.amqp_url, "bench-probe").await {
+        Err(e) => {
+            return Availability::Down(format!(
+                "no RabbitMQ at {}: {e:#}",
+                action_event::redact_url(&plan.amqp_url)
+            ));
+        }
+        Ok(conn) => {
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+    let prefix = probe_prefix(plan);
+    let fw_skip = match action_event::broker::connect(&with_prefix(&plan.amqp_url, &prefix)).await {
+        Ok(b) => {
+            drop(b);
+            None
+        }
+        Err(action_event::Error::BadUrl { message, .. }) if message.contains("unknown scheme") => {
+            Some(format!(
+                "`amqp://` is not supported by this build of action_event (`broker::connect`: {message})"
+            ))
+        }
+        // Any other failure shows in the rows themselves.
+        Err(_) => None,
+    };
+    Availability::Up { fw_skip }
+}
+
+pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> anyhow::Result<()> {
+    let publish = raw_connect(&plan.amqp_url, "bench-raw-publish").await?;
+    let pch = publish.create_channel().await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let consume = raw_connect(&plan.amqp_url, "bench-raw-consume").await?;
+    if fw_skip.is_none() {
+        // What the availability probe's connect may have declared.
+        cleanup_prefix(&pch, &probe_prefix(plan)).await;
+    }
+    let r = Rabbit {
+        plan,
+        publish,
+        pch,
+        consume,
+        fw_skip,
+        seq: std::cell::Cell::new(0),
+    };
+    let n = plan.n;
+
+    if plan.wants("enqueue") {
+        eprintln!("rabbitmq: enqueue");
+        let what = format!(
+            "Enqueue {}: `queue!` from {} tasks (persistent, confirmed)",
+            thousands(n),
+            plan.enqueue_tasks
+        );
+        let mut raw: anyhow::Result<f64> = Ok(0.0);
+        let mut fw: anyhow::Result<f64> = Ok(0.0);
+        for _ in 0..plan.reps {
+            if let Ok(best) = &raw {
+                raw = raw_enqueue_rate(&r).await.map(|x| x.max(*best));
+            }
+            if r.fw_skip.is_none()
+                && let Ok(best) = &fw
+            {
+                fw = fw_enqueue_rate(&r).await.map(|x| x.max(*best));
+            }
+        }
+        let row = raw.and_then(|b| {
+            let baseline = format!(
+                "lapin publish, {WINDOW} confirms in flight, same bytes: {}",
+                fmt_rate(b)
+            );
+            match r.skipped(&what, baseline.clone()) {
+                Some(row) => Ok(row),
+                None => fw.map(|f| {
+                    Row::new(B, &what)
+                        .framework(fmt_rate(f))
+                        .baseline(baseline)
+                        .ratio(f / b)
+                        .target(Target::AtLeast(0.9))
+                }),
+            }
+        });
+        report.push_result(B, &what, row);
+    }
+
+    if plan.wants("process") {
+        eprintln!("rabbitmq: processing");
+        let raw = best_of(plan.reps, || raw_drain_rate(&r)).await;
+        for c in plan.concurrencies {
+            let what = format!(
+                "Process {} no-op, backlog in `medium`, poller serves `high medium low`, concurrency {c}",
+                thousands(n)
+            );
+            let row = match &raw {
+                Err(e) => Err(anyhow::anyhow!("baseline: {e:#}")),
+                Ok(b) => {
+                    let baseline = format!(
+                        "lapin consumer, prefetch {PREFETCH}, decode + ack not awaited inline: {}",
+                        fmt_rate(*b)
+                    );
+                    match r.skipped(&what, baseline.clone()) {
+                        Some(row) => Ok(row),
+                        None => best_of(plan.reps, || drain(&r, c)).await.map(|f| {
+                            let row = Row::new(B, &what)
+                                .framework(fmt_rate(f))
+                                .baseline(baseline)
+                                .ratio(f / b);
+                            if c >= 8 {
+                                row.target(Target::AtLeast(0.9))
+                            } else {
+                                row
+                            }
+                        }),
+                    }
+                }
+            };
+            report.push_result(B, &what, row);
+        }
+    }
+
+    if plan.wants("latency") {
+        eprintln!("rabbitmq: latency");
+        let what = format!(
+            "Enqueue-to-start latency p50 / p99 / max, {}/s for {}s, concurrency {}",
+            plan.latency_rate, plan.latency_secs, plan.latency_concurrency
+        );
+        let row = latency(&r, &what).await;
+        report.push_result(B, &what, row);
+    }
+
+    if plan.wants("memory") {
+        eprintln!("rabbitmq: memory");
+        memory(&r, report).await;
+    }
+
+    if plan.wants("scale") {
+        eprintln!("rabbitmq: scale");
+        scale(&r, report).await;
+    }
+
+    if plan.wants("two") {
+        eprintln!("rabbitmq: two pollers");
+        let what = format!(
+            "Drain {}: two poller processes vs one (concurrency 8 each)",
+            thousands(n)
+        );
+        let row = match r.skipped(&what, "one poller process".into()) {
+            Some(row) => Ok(row),
+            None => two_pollers(&r).await.map(|(one, two)| {
+                Row::new(B, &what)
+                    .framework(format!("two: {}", fmt_rate(two)))
+                    .baseline(format!("one poller process: {}", fmt_rate(one)))
+                    .ratio(two / one)
+            }),
+        };
+        report.push_result(B, &what, row);
+    }
+
+    let _ = r.pch.close(200, "OK".into()).await;
+    let _ = r.publish.close(200, "OK".into()).await;
+    let _ = r.consume.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// Raw lapin publishing `n` bodies with confirms in flight: events/s.
+async fn raw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+    let n = r.plan.n;
+    let q = r.raw_queue("enqueue").await?;
+    let bodies = (0..n)
+        .map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    raw_publish(&r.pch, &q, &bodies, WINDOW).await?;
+    let raw = rate(n, started.elapsed());
+    let stored = declare(&r.pch, &q).await?;
+    r.drop_queue(&q).await;
+    ensure!(u64::from(stored) == n, "raw publish stored {stored} of {n}");
+    Ok(raw)
+}
+
+/// `n` `queue!` calls from concurrent tasks: events/s.
+async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+    let n = r.plan.n;
+    let (url, prefix) = r.fw_url("enqueue");
+    let client = Client::connect(&url).await?;
+    let result = async {
+        let elapsed = fw::enqueue(&client, n, r.plan.enqueue_tasks).await?;
+        let waiting = client.broker().depth("medium").await?.waiting;
+        ensure!(waiting == n, "queue! stored {waiting} of {n}");
+        Ok(rate(n, elapsed))
+    }
+    .await;
+    drop(client);
+    cleanup_prefix(&r.pch, &prefix).await;
+    result
+}
+
+/// The raw consumer draining a fresh backlog of `n`: events/s.
+async fn raw_drain_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+    let n = r.plan.n;
+    let q = r.raw_queue("drain").await?;
+    let result = async {
+        r.raw_fill(&q, n).await?;
+        raw_consume(&r.consume, &q, n, None).await
+    }
+    .await;
+    r.drop_queue(&q).await;
+    Ok(rate(n, result?))
+}
+
+/// Runs `f` `reps` times and keeps the best (highest) result; the first
+/// error ends it.
+async fn best_of<F, Fut>(reps: usize, mut f: F) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<f64>>,
+{
+    let mut best = 0f64;
+    for _ in 0..reps {
+        best = best.max(f().await?);
+    }
+    Ok(best)
+}
+
+async fn fw_broker_filled(
+    r: &Rabbit<'_>,
+    tag: &str,
+    n: u64,
+) -> anyhow::Result<(Arc<dyn Broker>, String)> {
+    let (url, prefix) = r.fw_url(tag);
+    let broker = action_event::broker::connect(&url).await?;
+    fw::fill(&Client::from_broker(broker.clone()), n, FILL_WINDOW).await?;
+    Ok((broker, prefix))
+}
+
+async fn drain(r: &Rabbit<'_>, concurrency: usize) -> anyhow::Result<f64> {
+    let n = r.plan.n;
+    let (broker, prefix) = fw_broker_filled(r, "drain", n).await?;
+    let result = async {
+        let run =
+            fw::run_poller(broker.clone(), concurrency, Until::Empty(n), r.plan.limit).await?;
+        ensure!(
+            run.summary.completed == n,
+            "the poller completed {} of {n}",
+            run.summary.completed
+        );
+        Ok(rate(n, run.to_nth.context("no events ran")?))
+    }
+    .await;
+    drop(broker);
+    cleanup_prefix(&r.pch, &prefix).await;
+    result
+}
+
+type Lat = (u64, u64, u64);
+
+async fn latency(r: &Rabbit<'_>, what: &str) -> anyhow::Result<Row> {
+    let plan = r.plan;
+    let total = ((plan.latency_rate as f64) * plan.latency_secs)
+        .round()
+        .max(1.0) as u64;
+    let q = r.raw_queue("latency").await?;
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let raw: Lat = {
+        let consumer = {
+            let (url, q, lat) = (plan.amqp_url.clone(), q.clone(), lat.clone());
+            tokio::spawn(async move {
+                let conn = raw_connect(&url, "bench-raw-latency").await?;
+                raw_consume(&conn, &q, total, Some(&lat)).await?;
+                let _ = conn.close(200, "OK".into()).await;
+                Ok::<_, anyhow::Error>(())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ch = r.pch.clone();
+        let qq = q.clone();
+        fw::produce_steady(total, plan.latency_rate, move |i| {
+            let (ch, q) = (ch.clone(), qq.clone());
+            async move {
+                let (_, body) = event::body(i, Some(clock_ns()))?;
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        q.as_str().into(),
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        persistent(),
+                    )
+                    .await?;
+                ensure!(confirm.await?.is_ack(), "publish nacked");
+                Ok(())
+            }
+        })
+        .await?;
+        tokio::time::timeout(plan.limit, consumer)
+            .await
+            .context("raw consumer timed out")???;
+        let v = lat.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        percentiles(v).context("no latencies")?
+    };
+    r.drop_queue(&q).await;
+    let baseline = format!(
+        "lapin publisher + consumer (prefetch {PREFETCH}): {} / {} / {}",
+        fmt_ms(raw.0),
+        fmt_ms(raw.1),
+        fmt_ms(raw.2)
+    );
+    if let Some(row) = r.skipped(what, baseline.clone()) {
+        return Ok(row);
+    }
+    let (url, prefix) = r.fw_url("latency");
+    let result = async {
+        let poller_broker = action_event::broker::connect(&url).await?;
+        let client = Client::connect(&url).await?;
+        let lat = fw::latency(
+            client,
+            poller_broker,
+            plan.latency_concurrency,
+            plan.latency_rate,
+            plan.latency_secs,
+        )
+        .await?;
+        percentiles(lat).context("no latencies")
+    }
+    .await;
+    cleanup_prefix(&r.pch, &prefix).await;
+    let f = result?;
+    Ok(Row::new(B, what)
+        .framework(format!(
+            "{} / {} / {}",
+            fmt_ms(f.0),
+            fmt_ms(f.1),
+            fmt_ms(f.2)
+        ))
+        .baseline(baseline)
+        .ratio(f.1 as f64 / raw.1.max(1) as f64)
+        .target(Target::AtMost(1.5)))
+}
+
+async fn memory(r: &Rabbit<'_>, report: &mut Report) {
+    let plan = r.plan;
+    let n = plan.n;
+    let idle_ms = plan.idle.as_millis().to_string();
+    let what = format!(
+        "Poller peak RSS idle ({}s, concurrency 8, own process)",
+        plan.idle.as_secs_f64()
+    );
+    let row = async {
+        let q = r.raw_queue("mem-idle").await?;
+        let raw = child::run_one(
+            plan,
+            ChildSpec::raw_amqp(&plan.amqp_url, &q, "idle", 0, &idle_ms),
+        )
+        .await;
+        r.drop_queue(&q).await;
+        let raw = raw?;
+        let baseline = format!(
+            "lapin consumer process: {} (RSS {})",
+            fmt_mb(raw.hwm_kb),
+            fmt_mb(raw.rss_kb)
+        );
+        if let Some(row) = r.skipped(&what, baseline.clone()) {
+            return Ok(row);
+        }
+        let (url, prefix) = r.fw_url("mem-idle");
+        let fw = child::run_one(plan, ChildSpec::fw(&url, "idle", 0, &idle_ms)).await;
+        cleanup_prefix(&r.pch, &prefix).await;
+        let fw = fw?;
+        Ok::<_, anyhow::Error>(
+            Row::new(B, &what)
+                .framework(format!("{} (RSS {})", fmt_mb(fw.hwm_kb), fmt_mb(fw.rss_kb)))
+                .baseline(baseline)
+                .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
+                .target(Target::AtMost(1.3)),
+        )
+    }
+    .await;
+    report.push_result(B, &what, row);
+
+    let what = format!(
+        "Poller peak RSS after draining {} (concurrency 8, own process)",
+        thousands(n)
+    );
+    let row = async {
+        let q = r.raw_queue("mem-drain").await?;
+        r.raw_fill(&q, n).await?;
+        let raw = child::run_one(
+            plan,
+            ChildSpec::raw_amqp(&plan.amqp_url, &q, "drain", n, "0"),
+        )
+        .await;
+        r.drop_queue(&q).await;
+        let raw = raw?;
+        let baseline = format!(
+            "lapin consumer process: {} (RSS {}; CPU {})",
+            fmt_mb(raw.hwm_kb),
+            fmt_mb(raw.rss_kb),
+            fmt_us(raw.cpu / n as u32)
+        );
+        if let Some(row) = r.skipped(&what, baseline.clone()) {
+            return Ok(row);
+        }
+        let (broker, prefix) = fw_broker_filled(r, "mem-drain", n).await?;
+        drop(broker);
+        let url = with_prefix(&plan.amqp_url, &prefix);
+        let fw = child::run_one(plan, ChildSpec::fw(&url, "drain", n, "0")).await;
+        cleanup_prefix(&r.pch, &prefix).await;
+        let fw = fw?;
+        ensure!(fw.done == n, "the poller drained {} of {n}", fw.done);
+        let mb = fw.hwm_kb as f64 / 1024.0;
+        Ok::<_, anyhow::Error>(
+            Row::new(B, &what)
+                .framework(format!(
+                    "{} (RSS {}; CPU {})",
+                    fmt_mb(fw.hwm_kb),
+                    fmt_mb(fw.rss_kb),
+                    fmt_us(fw.cpu / n as u32)
+                ))
+                .baseline(baseline)
+                .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
+                .target(Target::Check {
+                    text: "< 40 MB".into(),
+                    pass: mb < 40.0,
+                }),
+        )
+    }
+    .await;
+    report.push_result(B, &what, row);
+}
+
+async fn scale(r: &Rabbit<'_>, report: &mut Report) {
+    let plan = r.plan;
+    let k = plan.scale_sample;
+    let mut first: Option<Duration> = None;
+    for (idx, &w) in plan.scale_sizes.iter().enumerate() {
+        let what = format!(
+            "Per-event cost with {} waiting ({} processed, concurrency 8)",
+            thousands(w),
+            thousands(k)
+        );
+        let row = async {
+            let q = r.raw_queue("scale").await?;
+            let raw = async {
+                // Filled in chunks: a million bodies need not sit in memory.
+                let mut i = 0;
+                while i < w {
+                    let m = (w - i).min(100_000);
+                    let bodies = (i..i + m)
+                        .map(|j| event::body(j, None).map(|(_, b)| b.into_bytes()))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    raw_publish(&r.pch, &q, &bodies, WINDOW).await?;
+                    i += m;
+                }
+                Ok::<_, anyhow::Error>(raw_consume(&r.consume, &q, k, None).await? / k as u32)
+            }
+            .await;
+            r.drop_queue(&q).await;
+            let raw = raw?;
+            let baseline = format!("lapin consumer: {}", fmt_us(raw));
+            if let Some(row) = r.skipped(&what, baseline.clone()) {
+                return Ok((row, None));
+            }
+            let (broker, prefix) = fw_broker_filled(r, "scale", w).await?;
+            let run = fw::run_poller(broker.clone(), 8, Until::Events(k), plan.limit).await;
+            drop(broker);
+            cleanup_prefix(&r.pch, &prefix).await;
+            let fw = run?.to_nth.context("the poller stopped early")? / k as u32;
+            let row = Row::new(B, &what)
+                .framework(fmt_us(fw))
+                .baseline(baseline)
+                .ratio(fw.as_secs_f64() / raw.as_secs_f64());
+            Ok::<_, anyhow::Error>((row, Some(fw)))
+        }
+        .await
+        .map(|(mut row, fw)| {
+            if let Some(fw) = fw {
+                match first {
+                    None => first = Some(fw),
+                    Some(base) if idx == plan.scale_sizes.len() - 1 => {
+                        let growth = fw.as_secs_f64() / base.as_secs_f64();
+                        row = row.target(Target::Check {
+                            text: format!(
+                                "≤ 1.5x the {} row: {growth:.2}x",
+                                thousands(plan.scale_sizes[0])
+                            ),
+                            pass: growth <= 1.5,
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            row
+        });
+        report.push_result(B, &what, row);
+    }
+}
+
+async fn two_pollers(r: &Rabbit<'_>) -> anyhow::Result<(f64, f64)> {
+    let n = r.plan.n;
+    let mut rates = Vec::new();
+    for procs in [1, 2] {
+        let (broker, prefix) = fw_broker_filled(r, "two-pollers", n).await?;
+        let url = with_prefix(&r.plan.amqp_url, &prefix);
+        let specs = (0..procs)
+            .map(|_| ChildSpec::fw(&url, "drain", 0, "0"))
+            .collect();
+        let result = child::run_many(r.plan, specs).await;
+        let left = broker.depth("medium").await.map(|d| d.waiting);
+        drop(broker);
+        cleanup_prefix(&r.pch, &prefix).await;
+        let (elapsed, results) = result?;
+        let done: u64 = results.iter().map(|x| x.done).sum();
+        ensure!(
+            done == n,
+            "{procs} poller(s) completed {done} events of {n}: an event ran twice or not at all"
+        );
+        ensure!(left? == 0, "events left after the drain");
+        rates.push(rate(n, elapsed));
+    }
+    Ok((rates[0], rates[1]))
+}

@@ -1,0 +1,379 @@
+//! `cargo run --release -p action_event_bench -- [--backend sqlite|amqp|all] [--events N] [--quick]`
+//!
+//! Runs action_event and a hand-written baseline (rusqlite, lapin) doing the
+//! same work on the same broker in the same run, prints one table, and
+//! writes it to `BENCHMARKS.md` at the workspace root (`--quick` writes
+//! `target/BENCHMARKS.quick.md` instead, so a smoke run never replaces the
+//! recorded numbers). `--quick` uses small sizes and judges no timing: it
+//! fails only when something does not work.
+
+mod amqp;
+mod child;
+mod event;
+mod fw;
+mod report;
+mod sqlite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::{Report, thousands};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Sqlite,
+    Amqp,
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "action_event_bench",
+    about = "action_event against hand-written rusqlite/lapin baselines, same broker, same run"
+)]
+struct Args {
+    /// Which broker's rows to run.
+    #[arg(long, value_enum, default_value = "all")]
+    backend: BackendArg,
+    /// Events per enqueue/processing/memory/two-poller row (default 100000; --quick: 300).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Small sizes, a smoke run: checks that every row works, judges no timing.
+    #[arg(long)]
+    quick: bool,
+    /// The RabbitMQ to use.
+    #[arg(
+        long,
+        env = "ACTION_EVENT_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Where to write the markdown (default: BENCHMARKS.md at the workspace
+    /// root; with --quick, target/BENCHMARKS.quick.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only the row groups named (comma-separated: enqueue, process, latency,
+    /// memory, scale, two), e.g. while working on one of them.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// How many times the enqueue and processing rows run; each side's best
+    /// run is shown (default 3; --quick: 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Internal: one measured process (memory rows, two pollers).
+    #[command(name = "__child", hide = true)]
+    Child(child::ChildArgs),
+    /// Internal, for profiling a child: creates a SQLite broker file and puts
+    /// `events` no-op events in `medium`.
+    #[command(name = "__fill", hide = true)]
+    Fill {
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        events: u64,
+    },
+}
+
+/// Sizes and settings of one run.
+pub struct Plan {
+    pub quick: bool,
+    pub only: Vec<String>,
+    pub reps: usize,
+    pub n: u64,
+    pub enqueue_tasks: u64,
+    pub concurrencies: [usize; 3],
+    pub latency_rate: u64,
+    pub latency_secs: f64,
+    pub latency_concurrency: usize,
+    pub idle: Duration,
+    pub scale_sizes: Vec<u64>,
+    pub scale_sample: u64,
+    /// The longest any one run may take.
+    pub limit: Duration,
+    pub exe: PathBuf,
+    pub amqp_url: String,
+    pub run_id: String,
+}
+
+impl Plan {
+    /// Whether the row group `group` runs (`--only`).
+    pub fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == group)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.cmd {
+        Some(Cmd::Child(c)) => return child::main(c),
+        Some(Cmd::Fill { path, events }) => return fill(&path, events),
+        None => {}
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("action_event_bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+fn fill(path: &std::path::Path, events: u64) -> ExitCode {
+    let db = sqlite::Db {
+        path: path.to_path_buf(),
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(db.create()))
+        .and_then(|()| sqlite::bulk_fill(path, 0, events));
+    std::mem::forget(db); // keep the file
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("action_event_bench __fill: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
+    let quick = args.quick;
+    let n = args
+        .events
+        .unwrap_or(if quick { 300 } else { 100_000 })
+        .max(1);
+    let (scale_sizes, scale_sample) = if quick {
+        (vec![300, 1_000, 3_000], 100)
+    } else {
+        (vec![10_000, 100_000, 1_000_000], 5_000)
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("action_event_bench: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = Plan {
+        quick,
+        only: args.only.clone(),
+        reps: args.reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        n,
+        enqueue_tasks: 64,
+        concurrencies: [1, 8, 64],
+        latency_rate: 1_000,
+        latency_secs: if quick { 0.5 } else { 10.0 },
+        latency_concurrency: 8,
+        idle: Duration::from_millis(if quick { 300 } else { 2_000 }),
+        scale_sizes,
+        scale_sample,
+        limit: Duration::from_secs(if quick { 120 } else { 1_800 }),
+        exe,
+        amqp_url: args.amqp_url.clone(),
+        run_id: format!(
+            "{:x}{:x}",
+            action_event::envelope::now_ms() % 0xff_ffff,
+            std::process::id()
+        ),
+    };
+    let want_sqlite = args.backend != BackendArg::Amqp;
+    let want_amqp = args.backend != BackendArg::Sqlite;
+    let require_amqp = args.backend == BackendArg::Amqp
+        || std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1");
+
+    // Decide about RabbitMQ before spending minutes on SQLite.
+    let amqp = if want_amqp {
+        let a = amqp::availability(&plan).await;
+        match &a {
+            amqp::Availability::Down(reason) if require_amqp => {
+                eprintln!(
+                    "action_event_bench: {reason} (required: {})",
+                    if args.backend == BackendArg::Amqp {
+                        "--backend amqp"
+                    } else {
+                        "ACTION_EVENT_REQUIRE_AMQP=1"
+                    }
+                );
+                return ExitCode::FAILURE;
+            }
+            amqp::Availability::Up {
+                fw_skip: Some(reason),
+            } if args.backend == BackendArg::Amqp => {
+                eprintln!(
+                    "action_event_bench: --backend amqp: {reason}.\n  The RabbitMQ backend \
+                     (action_event/src/broker/amqp.rs) is not in this build. Use `--backend all` \
+                     to run the lapin baselines with the action_event cells skipped."
+                );
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
+        Some(a)
+    } else {
+        None
+    };
+    let rabbit_up = matches!(amqp, Some(amqp::Availability::Up { .. }));
+
+    let mut command = String::from("cargo run --release -p action_event_bench --");
+    for a in std::env::args().skip(1) {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    let mut report = Report {
+        quick,
+        command,
+        header: report::header(rabbit_up),
+        rows: Vec::new(),
+        notes: Vec::new(),
+        errors: 0,
+    };
+    report.header.push((
+        "N".into(),
+        format!(
+            "{} events per enqueue, processing, memory and two-poller row; latency {}/s for {} s; \
+         scale rows {} waiting, {} processed each",
+            thousands(n),
+            plan.latency_rate,
+            plan.latency_secs,
+            plan.scale_sizes
+                .iter()
+                .map(|s| thousands(*s))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            thousands(plan.scale_sample)
+        ),
+    ));
+    eprintln!(
+        "action_event_bench: N = {}{}",
+        thousands(n),
+        if quick { " (--quick)" } else { "" }
+    );
+
+    if want_sqlite && let Err(e) = sqlite::rows(&plan, &mut report).await {
+        let mut r = report::Row::new("sqlite", "SQLite rows");
+        r.status = Some(format!("error: {e:#}"));
+        report.push(r);
+    }
+    match amqp {
+        None => {}
+        Some(amqp::Availability::Down(reason)) => {
+            report.skip("rabbitmq", "All RabbitMQ rows", String::new(), &reason);
+        }
+        Some(amqp::Availability::Up { fw_skip }) => {
+            if let Some(reason) = &fw_skip {
+                report.notes.push(format!(
+                    "RabbitMQ: the action_event cells are skipped ({reason}); the lapin baselines \
+                     ran. They run once `broker/amqp.rs` is merged: the rows call \
+                     `action_event::broker::connect(\"amqp://...?prefix=bench.<run>.<row>.\")`."
+                ));
+            }
+            if let Err(e) = amqp::rows(&plan, &mut report, fw_skip).await {
+                let mut r = report::Row::new("rabbitmq", "RabbitMQ rows");
+                r.status = Some(format!("error: {e:#}"));
+                report.push(r);
+            }
+        }
+    }
+    report.notes.extend(notes(&plan));
+
+    let md = report.markdown();
+    println!("{md}");
+    let out = args.out.unwrap_or_else(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest.parent().map(PathBuf::from).unwrap_or(manifest);
+        if quick {
+            root.join("target").join("BENCHMARKS.quick.md")
+        } else {
+            root.join("BENCHMARKS.md")
+        }
+    });
+    if let Some(parent) = out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    match std::fs::write(&out, &md) {
+        Ok(()) => eprintln!("action_event_bench: wrote {}", out.display()),
+        Err(e) => {
+            eprintln!("action_event_bench: cannot write {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors > 0 {
+        eprintln!("action_event_bench: {} row(s) failed", report.errors);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn notes(plan: &Plan) -> Vec<String> {
+    vec![
+        format!(
+            "The event is `bench_noop` (`#[action_event]` in this crate, handler does nothing but \
+             count); bodies are the envelopes `queue!` writes, and the baselines store/publish the \
+             same bytes (built before their timer starts) and decode them with serde_json. \
+             Backlogs are all in `medium`; pollers serve `high medium low`, so every take looks at \
+             the empty `high` first; the raw SQLite loop does the same."
+        ),
+        format!(
+            "Enqueue and processing rows run {} time(s), the baseline and action_event taking \
+         turns; each side's best run is shown (the box is shared, and a slow run is mostly \
+         other load).",
+            plan.reps
+        ),
+        "Throughput rows: the ratio is action_event ÷ baseline events/s (higher is better); \
+         latency rows: action_event p99 ÷ baseline p99; memory rows: action_event VmHWM ÷ baseline \
+         VmHWM (lower is better); per-event cost rows: action_event µs ÷ baseline µs (lower is \
+         better). Processing time runs from `Poller::run` to the start of the N-th event (the \
+         poller's final 100 ms look at the empty queues is not counted; that all N were acked \
+         is checked after it returns); the baselines stop after their N-th delete/ack."
+            .into(),
+        format!(
+            "SQLite baselines: one rusqlite connection on a file created by the broker itself \
+             (same table and index), WAL, synchronous=NORMAL; enqueue = one autocommit INSERT per \
+             row; processing = `BEGIN IMMEDIATE`, SELECT first ready row per queue, UPDATE claim + \
+             lease, COMMIT, decode, DELETE by id and claim. The latency baseline polls every {:?} \
+             when nothing is ready (the broker's first poll interval).",
+            sqlite::RAW_POLL
+        ),
+        format!(
+            "RabbitMQ baselines: separate publish and consume connections; publishing is \
+             persistent with {} confirms in flight; the consumer has prefetch {} and acks in a \
+             spawned task.",
+            amqp::WINDOW,
+            amqp::PREFETCH
+        ),
+        format!(
+            "Memory rows run the bench binary again as a child process (hidden `__child` \
+             subcommand) and read VmHWM/VmRSS from /proc/self/status at its end; the two-poller \
+             row starts {} poller processes together and checks that the events completed add up \
+             to N (each event ran once).",
+            2
+        ),
+        "No tracing subscriber is installed: the poller's per-event log lines cost nothing here, \
+         unlike in a real poller writing its log."
+            .into(),
+        format!(
+            "Numbers are noisy: {} shares its CPUs with the broker and with other work; compare \
+             ratios, not absolute rates.",
+            if plan.quick {
+                "a smoke run"
+            } else {
+                "this machine"
+            }
+        ),
+    ]
+}
