@@ -157,6 +157,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
@@ -229,6 +230,8 @@ const LEVELS_MS: &[u64] = &[
     100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 120_000, 300_000, 600_000,
     1_200_000, 3_600_000, 7_200_000, 14_400_000, 43_200_000, 86_400_000,
 ];
+/// How long [`probe`] waits for the socket (and the TLS handshake).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A single broker round trip that takes longer than this counts as lost.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Buffered events of a level no `take` reached for this long go back to the broker.
@@ -256,6 +259,7 @@ pub struct AmqpBroker {
 struct Inner {
     redacted: String,
     lapin_url: String,
+    tls: OwnedTLSConfig,
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
@@ -368,8 +372,8 @@ enum TopoErr {
 /// Parsed URL.
 struct Config {
     lapin_url: String,
-    /// host and port, to fail fast when nothing listens.
-    addr: (String, u16),
+    /// TLS settings for `amqps://` (extra trusted CAs from `cacertfile`).
+    tls: OwnedTLSConfig,
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
@@ -390,6 +394,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     let mut prefix = DEFAULT_PREFIX.to_string();
     let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;
     let mut prefetch = DEFAULT_PREFETCH;
+    let mut tls = OwnedTLSConfig::default();
     let mut rest: Vec<(String, String)> = Vec::new();
     let mut has_heartbeat = false;
     for (k, v) in u.query_pairs() {
@@ -403,6 +408,15 @@ fn parse_url(url: &str) -> Result<Config, Error> {
                 prefetch = v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
                     bad(format!("`prefetch={v}`: expected a number from 1 to 65535"))
                 })?;
+            }
+            "cacertfile" => {
+                if u.scheme() != "amqps" {
+                    return Err(bad(format!(
+                        "`cacertfile` needs an `amqps://` URL, got `{}://`",
+                        u.scheme()
+                    )));
+                }
+                tls.cert_chain = Some(read_ca_file(&v).map_err(bad)?);
             }
             other => {
                 if other == "heartbeat" {
@@ -418,25 +432,28 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     if prefix.len() > 200 {
         return Err(bad("`prefix` is longer than 200 bytes".into()));
     }
-    let host = u
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .unwrap_or("localhost")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = u
-        .port()
-        .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
     u.set_query(None);
     u.query_pairs_mut().extend_pairs(rest);
     Ok(Config {
-        addr: (host, port),
         lapin_url: u.to_string(),
+        tls,
         prefix,
         publish_timeout,
         prefetch,
     })
+}
+
+/// The PEM text of a `cacertfile`, checked to hold at least one certificate
+/// (rustls would silently ignore a file without any).
+fn read_ca_file(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("`cacertfile={path}`: cannot read it: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "`cacertfile={path}`: no PEM certificate in it (expected `-----BEGIN CERTIFICATE-----`)"
+        ));
+    }
+    Ok(pem)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -570,6 +587,47 @@ fn is_fatal(e: &lapin::Error) -> bool {
         )
 }
 
+/// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
+/// and drops it. lapin retries a connect forever once recovery is on (a
+/// refused socket, an untrusted certificate), in an I/O thread that outlives
+/// any timeout put on the connect: probing first makes a wrong host or port,
+/// or a certificate that is not trusted, fail at once with its own error.
+async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), String> {
+    use lapin::tcp::AMQPUriTcpExt;
+    let uri: lapin::uri::AMQPUri = lapin_url.parse()?;
+    let at = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    let stream = uri.connect_with_config_async(tls.as_ref(), &runtime);
+    match tokio::time::timeout(PROBE_TIMEOUT, stream).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            let tls_failed = uri.scheme == lapin::uri::AMQPScheme::AMQPS
+                && !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                );
+            if !tls_failed {
+                return Err(format!("cannot connect to {at}: {e}"));
+            }
+            let hint = if e.to_string().contains("certificate") {
+                "; to trust a private CA, add `cacertfile=/path/to/ca.pem` to the URL \
+                 or set SSL_CERT_FILE"
+            } else {
+                ""
+            };
+            Err(format!("TLS handshake with {at} failed: {e}{hint}"))
+        }
+        Err(_) => Err(format!(
+            "cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"
+        )),
+    }
+}
+
 async fn op<T>(
     what: &str,
     fut: impl std::future::Future<Output = lapin::Result<T>>,
@@ -601,32 +659,13 @@ impl AmqpBroker {
     /// ```
     pub async fn open(url: &str) -> Result<AmqpBroker, Error> {
         let cfg = parse_url(url)?;
-        // lapin retries a first connect forever once recovery is on: probe
-        // the socket first so that a wrong host or port fails at once.
-        let (host, port) = &cfg.addr;
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect((host.as_str(), *port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Error::broker(
-                    &redact_url(url),
-                    format!("cannot connect to {host}:{port}: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Err(Error::broker(
-                    &redact_url(url),
-                    format!("cannot connect to {host}:{port}: no answer in 5s"),
-                ));
-            }
-        }
+        probe(&cfg.lapin_url, &cfg.tls)
+            .await
+            .map_err(|e| Error::broker(&redact_url(url), e))?;
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             lapin_url: cfg.lapin_url,
+            tls: cfg.tls,
             prefix: cfg.prefix,
             publish_timeout: cfg.publish_timeout,
             prefetch: cfg.prefetch,
@@ -903,7 +942,13 @@ impl Inner {
                     .with_max_delay(Duration::from_secs(5))
             });
         }
-        match tokio::time::timeout(OP_TIMEOUT, Connection::connect(&self.lapin_url, props)).await {
+        if recover {
+            probe(&self.lapin_url, &self.tls).await?;
+        }
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let connect =
+            Connection::connect_with_config(&self.lapin_url, props, self.tls.clone(), runtime);
+        match tokio::time::timeout(OP_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(describe_amqp_error(&e)),
             Err(_) => Err(format!("no answer in {OP_TIMEOUT:?}")),
@@ -2232,6 +2277,28 @@ mod tests {
         let c = parse_url("amqp://h/%2f?heartbeat=5").expect("valid");
         assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=5");
         assert_eq!(c.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn cacertfile_is_read_and_taken_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(&ca, pem).expect("write");
+        let c = parse_url(&format!(
+            "amqps://u:p@h/%2f?cacertfile={}&prefix=x.",
+            ca.display()
+        ))
+        .expect("valid");
+        assert_eq!(c.tls.cert_chain.as_deref(), Some(pem));
+        assert_eq!(c.lapin_url, "amqps://u:p@h/%2f?heartbeat=30");
+        assert!(
+            parse_url("amqps://u:p@h/%2f")
+                .expect("valid")
+                .tls
+                .cert_chain
+                .is_none()
+        );
     }
 
     #[test]
