@@ -2186,6 +2186,8 @@ async fn presence_loop(
 ) {
     let mut first = Some(first);
     let mut pause = Duration::from_millis(200);
+    // Whether the subscription was lost (or never made): its rebuild is logged.
+    let mut lost = false;
     let alive = |inner: &Weak<Inner>| {
         inner
             .upgrade()
@@ -2201,11 +2203,16 @@ async fn presence_loop(
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
+                if lost {
+                    tracing::info!("answering status requests again");
+                    lost = false;
+                }
                 pause = Duration::from_millis(200);
                 sub
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to status requests; retrying in {pause:?}");
+                lost = true;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(e));
                 }
@@ -2224,9 +2231,18 @@ async fn presence_loop(
                     continue;
                 }
             };
-            let Some(Ok(ping)) = next else {
-                tracing::warn!("status subscription lost; resubscribing");
-                break;
+            let ping = match next {
+                Some(Ok(ping)) => ping,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "status subscription lost; resubscribing");
+                    lost = true;
+                    break;
+                }
+                None => {
+                    tracing::warn!("status subscription ended; resubscribing");
+                    lost = true;
+                    break;
+                }
             };
             let Some(reply_to) = ping.properties.reply_to().clone() else {
                 continue;
