@@ -2,7 +2,8 @@
 //!
 //! # URL
 //!
-//! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`.
+//! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`,
+//! or `amqps://user:pass@host:5671/vhost?cacertfile=/etc/myapp/ca.pem` over TLS.
 //! lapin's own query options (`heartbeat`, `frame_max`, `channel_max`, ...)
 //! pass through (heartbeat 30 s when none is given); ours are taken out
 //! before lapin sees the URL:
@@ -12,6 +13,25 @@
 //! | `prefix` | `action_event.` | put before every queue and exchange name, so several apps share a vhost |
 //! | `publish_timeout` | `30s` | how long a `publish` waits for the broker during an outage before it fails |
 //! | `prefetch` | `32` | unacked deliveries per queue consumer (see *Strict priority*) |
+//! | `cacertfile` | none | `amqps://` only: a PEM file of CA certificates trusted besides the system's |
+//!
+//! # TLS (`amqps://`)
+//!
+//! rustls (ring), with lapin's `rustls-native-certs` store: the server's
+//! certificate must chain to a CA the system trusts and name the URL's host.
+//! A private CA is trusted by `cacertfile=/path/ca.pem` (added to the system
+//! roots, passed to lapin as `OwnedTLSConfig::cert_chain`), or by the
+//! environment variable `SSL_CERT_FILE=/path/ca.pem` (or `SSL_CERT_DIR`),
+//! which rustls-native-certs reads *instead of* the system store. Port 5671
+//! when the URL has none. No client certificate is sent.
+//!
+//! Every connection that lapin would recover first opens the transport once
+//! (TCP, and the TLS handshake for `amqps://`): lapin retries a failing
+//! connect forever once recovery is on, so without this probe a wrong port or
+//! an untrusted certificate would hang `open` and leave a retrying thread
+//! behind. With it the error names the cause, e.g. `TLS handshake with
+//! mq.example.com:5671 failed: invalid peer certificate: UnknownIssuer`, with
+//! a hint at `cacertfile`/`SSL_CERT_FILE`, and the URL's password redacted.
 //!
 //! # Topology (see `docs/wire-format.md`)
 //!
@@ -112,10 +132,12 @@
 //! queue bound to it, and consumes that queue (`no_ack`). Every ping (a
 //! message with `reply_to`) is answered with the poller's [`PollerReport`]
 //! as JSON, published to the default exchange with routing key `reply_to`.
-//! When the consumer ends or errors (connection loss), the task rebuilds
-//! connection, queue, binding and consumer with backoff (200 ms doubling to
-//! 10 s), while the broker is open; it stops once the broker is closed or
-//! dropped. A poller that dies takes its queue with its connection, so it
+//! When the consumer ends or errors (connection loss, or the broker cancels
+//! it because the queue was deleted), the task rebuilds connection, queue,
+//! binding and consumer at once, then with backoff while that fails (200 ms
+//! doubling to 10 s), while the broker is open; it logs the loss and, once
+//! rebuilt, `answering status requests again`. It stops once the broker is
+//! closed or dropped. A poller that dies takes its queue with its connection, so it
 //! drops out of the list by itself.
 //!
 //! [`Broker::pollers`] uses direct reply-to: on one channel of the publish
