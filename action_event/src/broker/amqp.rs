@@ -25,11 +25,11 @@
 //! which rustls-native-certs reads *instead of* the system store. Port 5671
 //! when the URL has none. No client certificate is sent.
 //!
-//! Every connection that lapin would recover first opens the transport once
-//! (TCP, and the TLS handshake for `amqps://`): lapin retries a failing
-//! connect forever once recovery is on, so without this probe a wrong port or
-//! an untrusted certificate would hang `open` and leave a retrying thread
-//! behind. With it the error names the cause, e.g. `TLS handshake with
+//! [`AmqpBroker::open`] first opens the transport once (TCP, and the TLS
+//! handshake for `amqps://`), and so does every later `amqps://` connection
+//! that lapin will recover: lapin retries a failing connect forever once
+//! recovery is on, so without this probe a wrong port or an untrusted
+//! certificate would hang `open` and leave a retrying thread behind. With it the error names the cause, e.g. `TLS handshake with
 //! mq.example.com:5671 failed: invalid peer certificate: UnknownIssuer`, with
 //! a hint at `cacertfile`/`SSL_CERT_FILE`, and the URL's password redacted.
 //!
@@ -609,16 +609,24 @@ fn is_fatal(e: &lapin::Error) -> bool {
         )
 }
 
+/// Why [`probe`] failed.
+struct ProbeError {
+    /// The TLS handshake failed (the socket connected): retrying will not help.
+    tls: bool,
+    message: String,
+}
+
 /// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
 /// and drops it. lapin retries a connect forever once recovery is on (a
 /// refused socket, an untrusted certificate), in an I/O thread that outlives
 /// any timeout put on the connect: probing first makes a wrong host or port,
 /// or a certificate that is not trusted, fail at once with its own error.
-async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), String> {
+async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), ProbeError> {
+    let fail = |tls: bool, message: String| ProbeError { tls, message };
     use lapin::tcp::AMQPUriTcpExt;
-    let uri: lapin::uri::AMQPUri = lapin_url.parse()?;
+    let uri: lapin::uri::AMQPUri = lapin_url.parse().map_err(|e| fail(false, e))?;
     let at = format!("{}:{}", uri.authority.host, uri.authority.port);
-    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| fail(false, e.to_string()))?;
     let stream = uri.connect_with_config_async(tls.as_ref(), &runtime);
     match tokio::time::timeout(PROBE_TIMEOUT, stream).await {
         Ok(Ok(_)) => Ok(()),
@@ -634,7 +642,7 @@ async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), String> {
                         | std::io::ErrorKind::NetworkUnreachable
                 );
             if !tls_failed {
-                return Err(format!("cannot connect to {at}: {e}"));
+                return Err(fail(false, format!("cannot connect to {at}: {e}")));
             }
             let hint = if e.to_string().contains("certificate") {
                 "; to trust a private CA, add `cacertfile=/path/to/ca.pem` to the URL \
@@ -642,10 +650,14 @@ async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), String> {
             } else {
                 ""
             };
-            Err(format!("TLS handshake with {at} failed: {e}{hint}"))
+            Err(fail(
+                true,
+                format!("TLS handshake with {at} failed: {e}{hint}"),
+            ))
         }
-        Err(_) => Err(format!(
-            "cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"
+        Err(_) => Err(fail(
+            false,
+            format!("cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"),
         )),
     }
 }
@@ -683,7 +695,7 @@ impl AmqpBroker {
         let cfg = parse_url(url)?;
         probe(&cfg.lapin_url, &cfg.tls)
             .await
-            .map_err(|e| Error::broker(&redact_url(url), e))?;
+            .map_err(|e| Error::broker(&redact_url(url), e.message))?;
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             lapin_url: cfg.lapin_url,
@@ -964,8 +976,15 @@ impl Inner {
                     .with_max_delay(Duration::from_secs(5))
             });
         }
-        if recover {
-            probe(&self.lapin_url, &self.tls).await?;
+        // A TLS failure would make lapin retry forever (see `probe`); a
+        // socket that does not connect yet is left to lapin's retries, as for
+        // `amqp://`.
+        if recover
+            && self.lapin_url.starts_with("amqps:")
+            && let Err(e) = probe(&self.lapin_url, &self.tls).await
+            && e.tls
+        {
+            return Err(e.message);
         }
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
         let connect =
