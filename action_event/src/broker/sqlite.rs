@@ -637,17 +637,30 @@ fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), 
         }
         Ok(())
     };
-    if let [row] = rows {
-        return insert(&state.conn, row);
+    each_in_one_tx(inner, state, "publish", rows, insert)
+}
+
+/// Runs `f` for every item in one write transaction, or in autocommit for
+/// a single item (`what` names the operation in errors).
+fn each_in_one_tx<T>(
+    inner: &Inner,
+    state: &mut State,
+    what: &str,
+    items: &[T],
+    f: impl Fn(&Connection, &T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if let [item] = items {
+        return f(&state.conn, item);
     }
     let tx = state
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| inner.err("publish: begin", e))?;
-    for row in rows {
-        insert(&tx, row)?;
+        .map_err(|e| inner.err(&format!("{what}: begin"), e))?;
+    for item in items {
+        f(&tx, item)?;
     }
-    tx.commit().map_err(|e| inner.err("publish: commit", e))
+    tx.commit()
+        .map_err(|e| inner.err(&format!("{what}: commit"), e))
 }
 
 /// Deletes the rows of acked deliveries in one transaction (an autocommit
@@ -667,17 +680,7 @@ fn ack_rows(inner: &Inner, state: &mut State, acks: &[Tag]) -> Result<(), Error>
         }
         Ok(())
     };
-    if let [a] = acks {
-        return delete(&state.conn, a);
-    }
-    let tx = state
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| inner.err("ack: begin", e))?;
-    for a in acks {
-        delete(&tx, a)?;
-    }
-    tx.commit().map_err(|e| inner.err("ack: commit", e))
+    each_in_one_tx(inner, state, "ack", acks, delete)
 }
 
 fn warn_lapsed(url: &str, event_id: &str, what: &str) {
