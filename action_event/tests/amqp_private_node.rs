@@ -1,6 +1,7 @@
 //! The RabbitMQ backend against a private broker node of its own
-//! (`support/rabbit_node.rs`): tests that restart the broker or change its
-//! configuration, without disturbing the shared broker on 5672.
+//! (`support/rabbit_node.rs`): tests that cut connections, restart the
+//! broker or change its configuration, without disturbing the shared broker
+//! on 5672 (nor each other: one node per test).
 //!
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
@@ -8,8 +9,9 @@
 #[path = "support/rabbit_node.rs"]
 mod rabbit_node;
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use action_event::Envelope;
 use action_event::broker::Broker;
@@ -72,4 +74,119 @@ async fn confirmed_events_survive_a_broker_restart() {
         "every confirmed event is back after the restart"
     );
     b.close().await;
+}
+
+fn env(queue: &str, n: usize) -> Envelope {
+    Envelope::new("test_event", queue, serde_json::json!({ "n": n }))
+}
+
+async fn publish_all(b: &AmqpBroker, envs: &[Envelope]) {
+    let futs = envs.iter().map(|e| b.publish(e));
+    for r in futures_util::future::join_all(futs).await {
+        r.expect("publish");
+    }
+}
+
+/// 16 tasks take and ack 2,000 events from one broker while `disrupt` runs
+/// (on a blocking thread) at 200 and at 900 events taken. Every event must
+/// be taken at least once within 120 s; duplicates (at-least-once: an event
+/// whose ack was lost with its connection) are counted and printed.
+async fn take_through(node: RabbitNode, what: &str, disrupt: fn(&RabbitNode)) -> RabbitNode {
+    let url = format!("{}?prefix=cut.", node.url());
+    let b = AmqpBroker::open(&url).await.expect("open");
+    let total = 2_000;
+    let envs: Vec<Envelope> = (0..total).map(|n| env("bulk", n)).collect();
+    let ids: HashSet<String> = envs.iter().map(|e| e.id.to_string()).collect();
+    for chunk in envs.chunks(500) {
+        publish_all(&b, chunk).await;
+    }
+    let b = Arc::new(b);
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (b, seen, ids_len) = (b.clone(), seen.clone(), ids.len());
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while seen.lock().expect("lock").len() < ids_len && Instant::now() < deadline {
+                if let Some(d) = b
+                    .take(&["bulk".to_string()], Duration::from_millis(300))
+                    .await
+                    .expect("take never fails for a connection loss")
+                {
+                    let id = Envelope::from_slice(&d.body).expect("envelope").id;
+                    *seen.lock().expect("lock").entry(id.to_string()).or_default() += 1;
+                    // Slow enough that the disruptions land while events flow.
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    b.ack(&d).await.expect("ack never fails for a connection loss");
+                }
+            }
+        }));
+    }
+    let mut node = node;
+    for at in [200, 900] {
+        while seen.lock().expect("lock").len() < at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node = tokio::task::spawn_blocking(move || {
+            disrupt(&node);
+            node
+        })
+        .await
+        .expect("disrupt");
+        let after = seen.lock().expect("lock").len();
+        eprintln!("{what} with {after} of {total} taken");
+        assert!(
+            after < total,
+            "the disruption landed after every event was taken: slow the handler down"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Redeliveries of events whose ack was lost may still be queued: take
+    // them too (they are duplicates), so the queue ends empty.
+    while let Some(d) = b
+        .take(&["bulk".to_string()], Duration::from_secs(2))
+        .await
+        .expect("take")
+    {
+        let id = Envelope::from_slice(&d.body).expect("envelope").id;
+        *seen.lock().expect("lock").entry(id.to_string()).or_default() += 1;
+        b.ack(&d).await.expect("ack");
+    }
+    let seen = seen.lock().expect("lock").clone();
+    let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+    let dups: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{what} (twice) while taking {total}: {missing} missing, duplicates: {dups} ({:?} in all)",
+        started.elapsed()
+    );
+    assert_eq!(missing, 0, "{what}: no event lost");
+    b.close().await;
+    let node = tokio::task::spawn_blocking(move || {
+        assert_eq!(node.ready("cut.bulk"), Some(0), "nothing left in the queue");
+        node
+    })
+    .await
+    .expect("ready");
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_while_taking_lose_nothing() {
+    let Some(node) = node("") else { return };
+    take_through(node, "close_all_connections", |n| n.close_all_connections()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_while_taking_loses_nothing() {
+    let Some(node) = node("") else { return };
+    take_through(node, "stop_app, 2 s, start_app", |n| {
+        n.stop_app();
+        std::thread::sleep(Duration::from_secs(2));
+        n.start_app();
+    })
+    .await;
 }
