@@ -66,7 +66,9 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
     let w = World::amqp_at(&node.url());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let n = 5000;
-    rt.block_on(w.queue_records(n, "medium", "e", 1));
+    // 50 ms each, 16 at a time: the run takes 15 s or more, so the
+    // disruption (rabbitmqctl takes seconds) lands in its middle.
+    rt.block_on(w.queue_records(n, "medium", "e", 50));
     let mut pollers: Vec<_> = (0..2)
         .map(|i| {
             w.spawn(
@@ -88,6 +90,12 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
             .collect::<HashMap<&str, ()>>()
             .len()
     };
+    let at = ended(&w.records());
+    eprintln!("{what}: done with {at} of {n} events ended");
+    assert!(
+        at < n,
+        "{what}: the disruption landed after every event had ended: slow the events down"
+    );
     let started = Instant::now();
     let limit = Duration::from_secs(240);
     loop {
@@ -196,7 +204,10 @@ fn a_poller_started_while_the_broker_is_down_waits_for_it() {
     node.stop_app();
     let down = Instant::now();
     while node.accepts() {
-        assert!(down.elapsed() < Duration::from_secs(30), "port never closed");
+        assert!(
+            down.elapsed() < Duration::from_secs(30),
+            "port never closed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut p = w.spawn("p.log", &["--queues", "medium"]);

@@ -88,10 +88,11 @@ async fn publish_all(b: &AmqpBroker, envs: &[Envelope]) {
 }
 
 /// 16 tasks take and ack 2,000 events from one broker while `disrupt` runs
-/// (on a blocking thread) at 200 and at 900 events taken. Every event must
+/// (on a blocking thread) once per number of events taken in `at`. It must
+/// be over before the last event is taken. Every event must
 /// be taken at least once within 120 s; duplicates (at-least-once: an event
 /// whose ack was lost with its connection) are counted and printed.
-async fn take_through(node: RabbitNode, what: &str, disrupt: fn(&RabbitNode)) -> RabbitNode {
+async fn take_through(node: RabbitNode, what: &str, at: &[usize], disrupt: fn(&RabbitNode)) {
     let url = format!("{}?prefix=cut.", node.url());
     let b = AmqpBroker::open(&url).await.expect("open");
     let total = 2_000;
@@ -115,16 +116,22 @@ async fn take_through(node: RabbitNode, what: &str, disrupt: fn(&RabbitNode)) ->
                     .expect("take never fails for a connection loss")
                 {
                     let id = Envelope::from_slice(&d.body).expect("envelope").id;
-                    *seen.lock().expect("lock").entry(id.to_string()).or_default() += 1;
+                    *seen
+                        .lock()
+                        .expect("lock")
+                        .entry(id.to_string())
+                        .or_default() += 1;
                     // Slow enough that the disruptions land while events flow.
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    b.ack(&d).await.expect("ack never fails for a connection loss");
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    b.ack(&d)
+                        .await
+                        .expect("ack never fails for a connection loss");
                 }
             }
         }));
     }
     let mut node = node;
-    for at in [200, 900] {
+    for &at in at {
         while seen.lock().expect("lock").len() < at {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -153,37 +160,45 @@ async fn take_through(node: RabbitNode, what: &str, disrupt: fn(&RabbitNode)) ->
         .expect("take")
     {
         let id = Envelope::from_slice(&d.body).expect("envelope").id;
-        *seen.lock().expect("lock").entry(id.to_string()).or_default() += 1;
+        *seen
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default() += 1;
         b.ack(&d).await.expect("ack");
     }
     let seen = seen.lock().expect("lock").clone();
     let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
     let dups: usize = seen.values().map(|n| n - 1).sum();
     eprintln!(
-        "{what} (twice) while taking {total}: {missing} missing, duplicates: {dups} ({:?} in all)",
+        "{what} ({} time(s)) while taking {total}: {missing} missing, duplicates: {dups} ({:?} in all)",
+        at.len(),
         started.elapsed()
     );
     assert_eq!(missing, 0, "{what}: no event lost");
     b.close().await;
-    let node = tokio::task::spawn_blocking(move || {
+    // Checked (and the node stopped) off the async threads: both block.
+    tokio::task::spawn_blocking(move || {
         assert_eq!(node.ready("cut.bulk"), Some(0), "nothing left in the queue");
-        node
     })
     .await
-    .expect("ready");
-    node
+    .expect("nothing left in the queue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_while_taking_lose_nothing() {
     let Some(node) = node("") else { return };
-    take_through(node, "close_all_connections", |n| n.close_all_connections()).await;
+    take_through(node, "close_all_connections", &[200, 900], |n| {
+        n.close_all_connections()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_while_taking_loses_nothing() {
     let Some(node) = node("") else { return };
-    take_through(node, "stop_app, 2 s, start_app", |n| {
+    // Once: a restart takes several seconds (longer on a busy machine).
+    take_through(node, "stop_app, 2 s, start_app", &[200], |n| {
         n.stop_app();
         std::thread::sleep(Duration::from_secs(2));
         n.start_app();
