@@ -205,3 +205,80 @@ async fn broker_restarted_while_taking_loses_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_during_outage_succeeds_after_reconnect() {
+    let Some(node) = node("") else { return };
+    let url = |extra: &str| format!("{}?prefix=outage.{extra}", node.url());
+    let b = AmqpBroker::open(&url("&publish_timeout=60s"))
+        .await
+        .expect("open");
+    let impatient = AmqpBroker::open(&url("&publish_timeout=1s"))
+        .await
+        .expect("open");
+    b.publish(&env("outage", 0)).await.expect("publish before");
+
+    // Connections cut: publishes wait for the reconnect.
+    let node = tokio::task::spawn_blocking(move || {
+        node.close_all_connections();
+        node
+    })
+    .await
+    .expect("cut");
+    publish_all(&b, &(1..21).map(|n| env("outage", n)).collect::<Vec<_>>()).await;
+
+    // The broker down for a few seconds.
+    let node = tokio::task::spawn_blocking(move || {
+        node.stop_app();
+        node
+    })
+    .await
+    .expect("stop");
+    let err = impatient
+        .publish(&env("outage", 99))
+        .await
+        .expect_err("gives up after 1 s");
+    eprintln!("{err}");
+    assert!(err.to_string().contains("publish_timeout"), "{err}");
+    assert!(!err.to_string().contains("guest:guest"), "{err}");
+    let b = Arc::new(b);
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let envs: Vec<Envelope> = (21..41).map(|n| env("outage", n)).collect();
+            publish_all(&b, &envs).await;
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = tokio::task::spawn_blocking(move || {
+        node.start_app();
+        node
+    })
+    .await
+    .expect("start");
+    waiting
+        .await
+        .expect("publishes made during the outage succeed");
+
+    let mut ids = HashSet::new();
+    while let Some(d) = b
+        .take(&["outage".to_string()], Duration::from_secs(2))
+        .await
+        .expect("take")
+    {
+        let n = Envelope::from_slice(&d.body).expect("envelope").params["n"]
+            .as_u64()
+            .expect("n");
+        ids.insert(n);
+        b.ack(&d).await.expect("ack");
+        if ids.len() == 41 {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), 41, "every confirmed publish is there");
+    impatient.close().await;
+    b.close().await;
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .expect("stop the node");
+}
