@@ -69,14 +69,16 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
     // 50 ms each, 16 at a time: the run takes 15 s or more, so the
     // disruption (rabbitmqctl takes seconds) lands in its middle.
     rt.block_on(w.queue_records(n, "medium", "e", 50));
-    let mut pollers: Vec<_> = (0..2)
-        .map(|i| {
-            w.spawn(
-                &format!("p{i}.log"),
-                &["--concurrency", "8", "--queues", "medium"],
-            )
-        })
-        .collect();
+    let mut pollers = Pollers(
+        (0..2)
+            .map(|i| {
+                w.spawn(
+                    &format!("p{i}.log"),
+                    &["--concurrency", "8", "--queues", "medium"],
+                )
+            })
+            .collect(),
+    );
     w.wait_records(
         Duration::from_secs(180),
         "a first share of the events",
@@ -139,9 +141,9 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
         );
     }
     // No busy loop left behind: idle pollers use next to no CPU.
-    let before: Vec<Duration> = pollers.iter().map(|p| cpu_time(p.id())).collect();
+    let before: Vec<Duration> = pollers.0.iter().map(|p| cpu_time(p.id())).collect();
     std::thread::sleep(Duration::from_secs(5));
-    for (i, p) in pollers.iter_mut().enumerate() {
+    for (i, p) in pollers.0.iter_mut().enumerate() {
         let used = cpu_time(p.id()).saturating_sub(before[i]);
         eprintln!("{what}: idle poller {i} used {used:?} of CPU in 5 s");
         assert!(
@@ -156,7 +158,7 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
         );
         send_signal(p, SIGTERM);
     }
-    for (i, p) in pollers.iter_mut().enumerate() {
+    for (i, p) in pollers.0.iter_mut().enumerate() {
         let status = wait_child(p, Duration::from_secs(60), "poller");
         assert!(
             status.success(),
@@ -165,6 +167,21 @@ fn disrupted_run(disrupt: impl FnOnce(&RabbitNode), what: &str) {
         );
     }
     check_all_done(&w, n, "e", what);
+}
+
+/// Poller processes, killed if still running when dropped: a failing test
+/// leaves none behind.
+struct Pollers(Vec<std::process::Child>);
+
+impl Drop for Pollers {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            if matches!(p.try_wait(), Ok(None)) {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+    }
 }
 
 fn prefix_of(url: &str) -> String {
@@ -210,7 +227,8 @@ fn a_poller_started_while_the_broker_is_down_waits_for_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut p = w.spawn("p.log", &["--queues", "medium"]);
+    let mut pollers = Pollers(vec![w.spawn("p.log", &["--queues", "medium"])]);
+    let p = &mut pollers.0[0];
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         p.try_wait().expect("try_wait").is_none(),
@@ -231,8 +249,8 @@ fn a_poller_started_while_the_broker_is_down_waits_for_it() {
         "the poller to process after the broker came up",
         |r| r.iter().filter(|r| r.what == "end").count() == 3,
     );
-    send_signal(&p, SIGTERM);
-    assert!(wait_child(&mut p, Duration::from_secs(30), "poller").success());
+    send_signal(p, SIGTERM);
+    assert!(wait_child(p, Duration::from_secs(30), "poller").success());
 }
 
 #[test]
