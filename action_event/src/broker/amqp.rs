@@ -116,12 +116,14 @@
 //! handed out from the old generation fail to ack and come back
 //! (`redelivered`). A consumer that errs or ends on a live connection (its
 //! channel closed, its queue deleted) is made again on a new channel of the
-//! same connection. Measured before this design, with lapin's
-//! `enable_auto_recover()` on this connection: recovery re-made consumers on
-//! channels of its own, beside the ones rebuilt here, and after a broker
-//! restart some deliveries sat unacked on a consumer no `take` read (32 of
-//! 2,000 events, one prefetch, never came back; pollers stalled at
-//! 4,952 of 5,000).
+//! same connection. Why not lapin's `enable_auto_recover()` here (measured
+//! with it, RabbitMQ 3.10.8): after a broker restart lapin re-opened the old
+//! channel with its consumer while this module had already made a new one;
+//! the broker then pushed a full prefetch to the old consumer, which no
+//! `take` read any more (`rabbitmqctl list_channels`: channel 1 with 32
+//! unacked, channel 2 with 0, on each poller's connection). Those events
+//! never came back: 32 of 2,000 missing at broker level, pollers stalled at
+//! 4,952 of 5,000. One owner of recovery rules that out.
 //!
 //! **Publish side: lapin recovery.** The publish connection keeps
 //! `enable_auto_recover()` with unlimited retries, plus a supervisor here: a
