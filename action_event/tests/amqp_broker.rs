@@ -3,11 +3,10 @@
 //!
 //! Each test uses its own random prefix and deletes its queues at the end.
 //! Without a reachable broker every test prints `SKIPPED: ...` and passes,
-//! unless `ACTION_EVENT_REQUIRE_AMQP=1`. Tests that cut connections
-//! (`rabbitmqctl`) hold a write lock that every other test holds for reading,
-//! so they never disturb one another.
+//! unless `ACTION_EVENT_REQUIRE_AMQP=1`. Tests that cut connections or stop
+//! the broker are in `amqp_private_node.rs`, on a broker node of their own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +15,6 @@ use action_event::Envelope;
 use action_event::broker::amqp::AmqpBroker;
 use action_event::broker::{Broker, DeadEvent, DeadFilter, Delivery};
 use action_event::envelope::now_ms;
-use tokio::sync::RwLock;
-
-static SERIAL: RwLock<()> = RwLock::const_new(());
 
 fn base_url() -> String {
     std::env::var("ACTION_EVENT_AMQP_URL")
@@ -65,19 +61,6 @@ fn parse(d: &Delivery) -> Envelope {
     Envelope::from_slice(&d.body).expect("an envelope")
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (as root, on the broker's machine)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn publish_all(b: &AmqpBroker, envs: &[Envelope]) {
     let futs = envs.iter().map(|e| b.publish(e));
     for r in futures_util::future::join_all(futs).await {
@@ -87,7 +70,6 @@ async fn publish_all(b: &AmqpBroker, envs: &[Envelope]) {
 
 #[tokio::test]
 async fn round_trip_publish_take_ack() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -175,7 +157,6 @@ fn assert_strict(order: &[String], levels: &[&str]) {
 
 #[tokio::test]
 async fn strict_priority_with_backlog() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -196,7 +177,6 @@ async fn strict_priority_with_backlog() {
 
 #[tokio::test]
 async fn strict_priority_two_brokers() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     // prefetch at or below the slots per poller: see the module docs.
     let Some(a) = open(&prefix, "&prefetch=8").await else {
@@ -228,7 +208,6 @@ async fn strict_priority_two_brokers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delays_do_not_block_each_other() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -264,7 +243,6 @@ async fn delays_do_not_block_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_goes_through_the_same_delay_twice() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -322,7 +300,6 @@ fn dead_of(d: &Delivery, reason: &str) -> DeadEvent {
 
 #[tokio::test]
 async fn dead_letters_list_retry_purge() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -459,7 +436,6 @@ async fn dead_letters_list_retry_purge() {
 
 #[tokio::test]
 async fn release_requeues_redelivered() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -486,7 +462,6 @@ async fn release_requeues_redelivered() {
 
 #[tokio::test]
 async fn unacked_delivery_returns_when_broker_dropped() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -517,7 +492,6 @@ async fn unacked_delivery_returns_when_broker_dropped() {
 
 #[tokio::test]
 async fn buffered_lower_events_are_returned_on_close() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(a) = open(&prefix, "").await else {
         return;
@@ -546,7 +520,6 @@ async fn buffered_lower_events_are_returned_on_close() {
 
 #[tokio::test]
 async fn queue_with_other_arguments_is_a_clear_error() {
-    let _s = SERIAL.read().await;
     let prefix = new_prefix();
     let Some(b) = open(&prefix, "").await else {
         return;
@@ -590,79 +563,4 @@ async fn queue_with_other_arguments_is_a_clear_error() {
     .expect("delete");
     let _ = conn.close(200, "OK".into()).await;
     b.delete_topology().await.expect("cleanup");
-}
-
-/// Restarts the broker's app when dropped, so a failing test never leaves it down.
-struct StartAppOnDrop;
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_during_outage_succeeds_after_reconnect() {
-    let _s = SERIAL.write().await;
-    let prefix = new_prefix();
-    let Some(b) = open(&prefix, "&publish_timeout=60s").await else {
-        return;
-    };
-    let Some(impatient) = open(&prefix, "&publish_timeout=1s").await else {
-        return;
-    };
-    b.publish(&env("outage", 0)).await.expect("publish before");
-
-    // Connections cut: publishes wait for the reconnect.
-    rabbitmqctl(&["close_all_connections", "test: connection cut"]);
-    publish_all(&b, &(1..21).map(|n| env("outage", n)).collect::<Vec<_>>()).await;
-
-    // The broker down for a few seconds.
-    let guard = StartAppOnDrop;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
-        .await
-        .expect("stop");
-    let err = impatient
-        .publish(&env("outage", 99))
-        .await
-        .expect_err("gives up after 1 s");
-    eprintln!("{err}");
-    assert!(err.to_string().contains("publish_timeout"), "{err}");
-    assert!(!err.to_string().contains("guest:guest"), "{err}");
-    let b = Arc::new(b);
-    let waiting = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let envs: Vec<Envelope> = (21..41).map(|n| env("outage", n)).collect();
-            publish_all(&b, &envs).await;
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
-        .await
-        .expect("start");
-    drop(guard);
-    waiting
-        .await
-        .expect("publishes made during the outage succeed");
-
-    let mut ids = HashSet::new();
-    while let Some(d) = b
-        .take(&["outage".to_string()], Duration::from_secs(2))
-        .await
-        .expect("take")
-    {
-        ids.insert(parse(&d).params["n"].as_u64().expect("n"));
-        b.ack(&d).await.expect("ack");
-        if ids.len() == 41 {
-            break;
-        }
-    }
-    assert_eq!(ids.len(), 41, "every confirmed publish is there");
-    // `impatient` may still be waiting out lapin's reconnect backoff: `b`
-    // declared everything this test used.
-    impatient.close().await;
-    b.delete_topology().await.expect("cleanup");
-    b.close().await;
 }

@@ -83,15 +83,18 @@ impl World {
         }
     }
 
-    /// A RabbitMQ world on another broker than the shared one (a private
-    /// node): `url` plus a fresh `prefix` option. (`publish_raw` still
-    /// talks to the shared broker.)
+    /// A RabbitMQ world on the broker at `url` (e.g. a private node's),
+    /// with a prefix of its own added to its query.
     pub fn amqp_at(url: &str) -> World {
-        let mut w = World::new(&Backend::Sqlite);
+        let mut w = World::new(&Backend::Amqp);
         let sep = if url.contains('?') { '&' } else { '?' };
         w.url = format!("{url}{sep}prefix=test.{}.", uuid_like());
-        w.backend = Backend::Amqp;
         w
+    }
+
+    /// The broker URL without its query (`prefix` and other options).
+    pub fn base_url(&self) -> &str {
+        self.url.split('?').next().unwrap_or(&self.url)
     }
 
     pub fn path(&self) -> &Path {
@@ -205,10 +208,12 @@ impl World {
                     .and_then(|p| p.split('&').next())
                     .expect("the test URL has a prefix")
                     .to_string();
-                let conn =
-                    lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-                        .await
-                        .expect("connect to RabbitMQ");
+                let conn = lapin::Connection::connect(
+                    self.base_url(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                .expect("connect to RabbitMQ");
                 let ch = conn.create_channel().await.expect("channel");
                 ch.confirm_select(ConfirmSelectOptions::default())
                     .await
@@ -433,6 +438,25 @@ pub fn send_signal(child: &Child, sig: i32) {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat` (Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) start at `state`:
+    // utime and stime are the 14th and 15th fields, so the 12th and 13th here.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 pub const SIGTERM: i32 = 15;

@@ -117,12 +117,39 @@
 //!
 //! # Connection loss
 //!
-//! Both connections use lapin's `enable_auto_recover()` with unlimited
-//! retries, plus a supervisor here: a connection that ended up closed is
-//! rebuilt, and after any reconnect the consumers are rebuilt on new
-//! channels and topology is declared again. `take` never fails for a
-//! transient loss: it waits and returns `Ok(None)` after `wait`. An ack that
-//! fails after a reconnect is logged: the broker redelivers that event.
+//! `take` never fails for a transient loss: it waits and returns `Ok(None)`
+//! after `wait`. An ack that fails after a loss is logged, not returned: the
+//! broker redelivers that event (at-least-once; it ran and will run again).
+//!
+//! **Consume side: no lapin recovery; generations rebuilt here.** The
+//! consume connection, its channels, consumers and the events they buffered
+//! form one *generation*, numbered; every consumer records the generation
+//! it was made in. Once the connection is not connected (closed by the
+//! broker, the socket lost, the broker stopped, a missed heartbeat) the whole
+//! generation is dropped at once: lapin errs and ends each of its consumers
+//! (`Err`, then the end of the stream), so a waiting `take` wakes up, and
+//! the next `take` forgets every consumer of that generation with its
+//! buffer (the broker has requeued those events), then connects anew, at
+//! most once per pause (200 ms doubling to 5 s, ±25 % jitter; reset on
+//! success) and never blocking on another task's attempt. Consumers are
+//! made again, lazily, by the `take`s that reach their levels. Events
+//! handed out from the old generation fail to ack and come back
+//! (`redelivered`). A consumer that errs or ends on a live connection (its
+//! channel closed, its queue deleted) is made again on a new channel of the
+//! same connection. Why not lapin's `enable_auto_recover()` here (measured
+//! with it, RabbitMQ 3.10.8): after a broker restart lapin re-opened the old
+//! channel with its consumer while this module had already made a new one;
+//! the broker then pushed a full prefetch to the old consumer, which no
+//! `take` read any more (`rabbitmqctl list_channels`: channel 1 with 32
+//! unacked, channel 2 with 0, on each poller's connection). Those events
+//! never came back: 32 of 2,000 missing at broker level, pollers stalled at
+//! 4,952 of 5,000. One owner of recovery rules that out.
+//!
+//! **Publish side: lapin recovery.** The publish connection keeps
+//! `enable_auto_recover()` with unlimited retries, plus a supervisor here: a
+//! connection that ended up closed is rebuilt, and topology is declared
+//! again after any reconnect (an epoch bumped from the connection's events).
+//! A publish whose confirm is lost in a reconnect is published again.
 //!
 //! # Poller status across machines
 //!
@@ -264,6 +291,10 @@ const SETTLE: Duration = Duration::from_millis(10);
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// An event this close to its `run_at` is held instead of re-delayed.
 const SHORT_WAIT_MS: u64 = 50;
+/// First pause between consume connection attempts; doubles up to [`CONS_RETRY_MAX`].
+const CONS_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest pause between consume connection attempts.
+const CONS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The RabbitMQ backend. See the module docs for the design.
 ///
@@ -295,13 +326,17 @@ struct Inner {
     /// Everything ever declared, for [`AmqpBroker::delete_topology`]: (is_exchange, name).
     all_declared: Mutex<BTreeSet<(bool, String)>>,
 
+    /// The current consume generation (see *Connection loss*).
     consumer: Mutex<Option<ConsConn>>,
     cons_build: tokio::sync::Mutex<()>,
-    /// Bumped whenever the consume connection reconnects or is rebuilt.
-    cons_epoch: Arc<AtomicU64>,
+    /// When the next consume connection attempt may start, and the pause after it.
+    cons_retry: Mutex<(Option<Instant>, Duration)>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     notify: Notify,
     pump: tokio::sync::Mutex<()>,
+    /// Woken (`notify_waiters`, no permit kept) when the pump is released.
+    pump_free: Notify,
+    /// Generation ids of consume connections.
     conn_seq: AtomicU64,
 }
 
@@ -311,6 +346,8 @@ struct PubConn {
     confirm: Channel,
 }
 
+/// One consume generation: a connection without lapin recovery, and its id,
+/// which every [`Sub`] made on it carries.
 #[derive(Clone)]
 struct ConsConn {
     conn: Arc<Connection>,
@@ -340,8 +377,8 @@ struct SlotState {
 struct Sub {
     channel: Channel,
     consumer: Consumer,
+    /// The generation ([`ConsConn::id`]) it was made in.
     conn_id: u64,
-    epoch: u64,
     unacked: Arc<AtomicUsize>,
 }
 
@@ -711,10 +748,11 @@ impl AmqpBroker {
             all_declared: Mutex::new(BTreeSet::new()),
             consumer: Mutex::new(None),
             cons_build: tokio::sync::Mutex::new(()),
-            cons_epoch: Arc::new(AtomicU64::new(0)),
+            cons_retry: Mutex::new((None, CONS_RETRY_MIN)),
             slots: Mutex::new(HashMap::new()),
             notify: Notify::new(),
             pump: tokio::sync::Mutex::new(()),
+            pump_free: Notify::new(),
             conn_seq: AtomicU64::new(0),
         });
         let conn = inner
@@ -725,7 +763,7 @@ impl AmqpBroker {
             .confirm_channel(&conn)
             .await
             .map_err(|e| inner.err(format!("cannot open a channel: {e}")))?;
-        inner.watch(&conn, inner.pub_epoch.clone());
+        inner.watch(&conn, Some(inner.pub_epoch.clone()));
         *lock(&inner.publisher) = Some(PubConn {
             conn: Arc::new(conn),
             confirm,
@@ -1060,7 +1098,7 @@ impl Inner {
                         Ok(conn) => match self.confirm_channel(&conn).await {
                             Ok(confirm) => {
                                 if fresh {
-                                    self.watch(&conn, self.pub_epoch.clone());
+                                    self.watch(&conn, Some(self.pub_epoch.clone()));
                                 }
                                 self.pub_epoch.fetch_add(1, Ordering::SeqCst);
                                 tracing::info!(url = %self.redacted, "publish connection (re)built");
@@ -1084,8 +1122,9 @@ impl Inner {
         }
     }
 
-    /// Bumps `epoch` whenever `conn` reconnects.
-    fn watch(&self, conn: &Connection, epoch: Arc<AtomicU64>) {
+    /// Logs `conn`'s errors and blocks; bumps `epoch` whenever `conn`
+    /// reconnects (lapin recovery).
+    fn watch(&self, conn: &Connection, epoch: Option<Arc<AtomicU64>>) {
         let mut events = conn.events_listener();
         tokio::spawn(async move {
             // The first `Connected` may be the initial connection's (it is
@@ -1095,7 +1134,7 @@ impl Inner {
             while let Some(ev) = events.next().await {
                 match ev {
                     lapin::Event::Connected => {
-                        if after_error {
+                        if after_error && let Some(epoch) = &epoch {
                             epoch.fetch_add(1, Ordering::SeqCst);
                         }
                         after_error = false;
@@ -1309,28 +1348,51 @@ impl Inner {
             .clone()
     }
 
-    /// The consume connection if it is up; `None` while it reconnects.
+    /// The consume connection if it is up; `None` while there is none.
+    ///
+    /// It has no lapin recovery: once it is not connected (closed by the
+    /// broker, the socket lost, a missed heartbeat), its whole generation is
+    /// dropped (every consumer made on it and the events they buffered; the
+    /// broker requeues them) and a new connection is made, at most one
+    /// attempt per pause (200 ms doubling to 5 s, ±25 %). Never blocks on
+    /// another task's attempt: returns `None` instead.
     async fn cons_conn(&self) -> Option<ConsConn> {
-        let cur = lock(&self.consumer).clone();
-        if let Some(c) = &cur {
-            let s = c.conn.status();
-            if s.connected() {
-                return Some(c.clone());
-            }
-            if s.reconnecting() || s.connecting() {
-                return None;
-            }
-        }
-        let _g = self.cons_build.lock().await;
-        if let Some(c) = lock(&self.consumer).clone()
+        if let Some(c) = lock(&self.consumer).as_ref()
             && c.conn.status().connected()
         {
-            return Some(c);
+            return Some(c.clone());
         }
-        match self.connect("consume").await {
+        let Ok(_g) = self.cons_build.try_lock() else {
+            return None;
+        };
+        let old = {
+            let mut cur = lock(&self.consumer);
+            if let Some(c) = cur.as_ref()
+                && c.conn.status().connected()
+            {
+                return Some(c.clone());
+            }
+            cur.take()
+        };
+        if let Some(old) = old {
+            tracing::warn!(
+                url = %self.redacted,
+                status = ?old.conn.status(),
+                "consume connection lost: reconnecting; events taken on it and not acked go back to their queues"
+            );
+            self.drop_generation(old.id);
+            *lock(&self.cons_retry) = (None, CONS_RETRY_MIN);
+        }
+        if lock(&self.cons_retry)
+            .0
+            .is_some_and(|next| Instant::now() < next)
+        {
+            return None;
+        }
+        match self.connect_with("consume", false).await {
             Ok(conn) => {
-                self.watch(&conn, self.cons_epoch.clone());
-                self.cons_epoch.fetch_add(1, Ordering::SeqCst);
+                *lock(&self.cons_retry) = (None, CONS_RETRY_MIN);
+                self.watch(&conn, None);
                 let id = self.conn_seq.fetch_add(1, Ordering::SeqCst) + 1;
                 let c = ConsConn {
                     conn: Arc::new(conn),
@@ -1341,19 +1403,41 @@ impl Inner {
                 Some(c)
             }
             Err(e) => {
-                tracing::warn!(url = %self.redacted, error = %e, "cannot connect to consume; retrying");
+                let mut retry = lock(&self.cons_retry);
+                let pause = retry.1.mul_f64(rand::random_range(0.75..=1.25));
+                *retry = (
+                    Some(Instant::now() + pause),
+                    (retry.1 * 2).min(CONS_RETRY_MAX),
+                );
+                tracing::warn!(url = %self.redacted, error = %e, "cannot connect to consume; retrying in {pause:?}");
                 None
             }
         }
     }
 
+    /// Forgets every consumer of generation `id` and the events it buffered.
+    /// Their connection is gone: the broker has requeued those events, and
+    /// nothing can be sent on their channels any more.
+    fn drop_generation(&self, id: u64) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            let mut st = lock(&slot.st);
+            if st.sub.as_ref().is_some_and(|s| s.conn_id == id) {
+                st.sub = None;
+                st.buf.clear();
+                st.clear = false;
+            }
+        }
+        // A task waiting on the dropped consumers looks again.
+        self.notify.notify_waiters();
+    }
+
     /// Makes sure `slot` has a live consumer on the current connection.
     async fn ensure_sub(&self, slot: &Arc<Slot>, cons: &ConsConn) -> Result<bool, Error> {
-        let epoch = self.cons_epoch.load(Ordering::SeqCst);
         let ok = |st: &SlotState| {
-            st.sub.as_ref().is_some_and(|s| {
-                s.conn_id == cons.id && s.epoch == epoch && s.channel.status().connected()
-            })
+            st.sub
+                .as_ref()
+                .is_some_and(|s| s.conn_id == cons.id && s.channel.status().connected())
         };
         if ok(&lock(&slot.st)) {
             return Ok(true);
@@ -1402,7 +1486,6 @@ impl Inner {
                 channel: ch,
                 consumer,
                 conn_id: cons.id,
-                epoch,
                 unacked: Arc::new(AtomicUsize::new(0)),
             })
         }
@@ -1434,7 +1517,12 @@ impl Inner {
                     st.arrivals += 1;
                 }
                 Some(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "consumer error");
+                    // lapin errs a consumer when its channel or connection
+                    // fails, then ends it: it is done either way.
+                    tracing::debug!(error = %e, "consumer error; subscribing again");
+                    st.sub = None;
+                    st.clear = false;
+                    return;
                 }
                 Some(None) => {
                     // Cancelled (queue deleted, channel closed): resubscribe later.
@@ -1590,8 +1678,15 @@ impl Inner {
         notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
         until: Instant,
     ) {
+        // Created before the pump is tried, so a release after a failed
+        // try is never missed.
+        let pump_free = self.pump_free.notified();
         let Ok(pump) = self.pump.try_lock() else {
-            let _ = tokio::time::timeout_at(until, notified).await;
+            tokio::select! {
+                _ = notified => {}
+                _ = pump_free => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
             return;
         };
         let mut watched: Vec<(Arc<Slot>, Consumer, ShortString)> = slots
@@ -1609,42 +1704,42 @@ impl Inner {
             let arrival = poll_fn(|cx| {
                 for (slot, consumer, tag) in watched.iter_mut() {
                     let mut st = lock(&slot.st);
-                    loop {
-                        match consumer.poll_next_unpin(cx) {
-                            Poll::Ready(Some(Ok(d))) => {
-                                match st.sub.as_ref().filter(|s| s.consumer.tag() == *tag) {
-                                    Some(sub) => {
-                                        sub.unacked.fetch_add(1, Ordering::SeqCst);
-                                        st.buf.push_back(d);
-                                        st.clear = false;
-                                        st.arrivals += 1;
-                                    }
-                                    None => {
-                                        tokio::spawn(async move {
-                                            let _ = d
-                                                .acker
-                                                .nack(BasicNackOptions {
-                                                    multiple: false,
-                                                    requeue: true,
-                                                })
-                                                .await;
-                                        });
-                                    }
-                                }
-                                return Poll::Ready(());
-                            }
-                            Poll::Ready(Some(Err(e))) => {
-                                tracing::debug!(error = %e, "consumer error");
-                            }
-                            Poll::Ready(None) => {
-                                if st.sub.as_ref().is_some_and(|s| s.consumer.tag() == *tag) {
-                                    st.sub = None;
+                    match consumer.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(d))) => {
+                            match st.sub.as_ref().filter(|s| s.consumer.tag() == *tag) {
+                                Some(sub) => {
+                                    sub.unacked.fetch_add(1, Ordering::SeqCst);
+                                    st.buf.push_back(d);
                                     st.clear = false;
+                                    st.arrivals += 1;
                                 }
-                                return Poll::Ready(());
+                                None => {
+                                    tokio::spawn(async move {
+                                        let _ = d
+                                            .acker
+                                            .nack(BasicNackOptions {
+                                                multiple: false,
+                                                requeue: true,
+                                            })
+                                            .await;
+                                    });
+                                }
                             }
-                            Poll::Pending => break,
+                            return Poll::Ready(());
                         }
+                        Poll::Ready(end) => {
+                            // An error or the end: the consumer is done
+                            // (see `drain`); the next `take` subscribes again.
+                            if let Some(Err(e)) = end {
+                                tracing::debug!(error = %e, "consumer error; subscribing again");
+                            }
+                            if st.sub.as_ref().is_some_and(|s| s.consumer.tag() == *tag) {
+                                st.sub = None;
+                                st.clear = false;
+                            }
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => {}
                     }
                 }
                 Poll::Pending
@@ -1656,8 +1751,12 @@ impl Inner {
             }
         }
         drop(pump);
-        // Someone else waits: let it take over watching the consumers.
-        self.notify.notify_one();
+        // Tasks that wait without the pump look again; one of them takes
+        // it over. `notify_waiters` keeps no permit: the `notify_one` that
+        // was here left one behind whenever no other task waited (a dropped
+        // `Notified` passes an unreceived `notify_one` on), so the next wait
+        // returned at once and left it again: waits that never waited.
+        self.pump_free.notify_waiters();
     }
 
     /// Turns a lapin delivery into ours, or sends it through the delay
