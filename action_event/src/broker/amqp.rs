@@ -5,8 +5,8 @@
 //! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`,
 //! or `amqps://user:pass@host:5671/vhost?cacertfile=/etc/myapp/ca.pem` over TLS.
 //! lapin's own query options (`heartbeat`, `frame_max`, `channel_max`, ...)
-//! pass through (heartbeat 30 s when none is given); ours are taken out
-//! before lapin sees the URL:
+//! pass through (heartbeat 30 s and `frame_max` 131072 when none is given);
+//! ours are taken out before lapin sees the URL:
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -32,6 +32,13 @@
 //! certificate would hang `open` and leave a retrying thread behind. With it the error names the cause, e.g. `TLS handshake with
 //! mq.example.com:5671 failed: invalid peer certificate: UnknownIssuer`, with
 //! a hint at `cacertfile`/`SSL_CERT_FILE`, and the URL's password redacted.
+//!
+//! `frame_max` is given explicitly because lapin sizes each connection's
+//! read and write buffers (32 frames each) from it: without it, lapin starts
+//! them at 32 x 4 KiB and, once the broker offers 128 KiB, grows them by
+//! writing 4 MiB of zeros each, 8 MiB of touched memory per connection (a
+//! poller has three) before the first event. Told up front, lapin allocates
+//! the same 4 MiB zeroed by the OS and only touches what traffic uses.
 //!
 //! # Topology (see `docs/wire-format.md`)
 //!
@@ -236,6 +243,9 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// assert_eq!(action_event::broker::amqp::DEFAULT_PREFETCH, 32);
 /// ```
 pub const DEFAULT_PREFETCH: u16 = 32;
+
+/// `frame_max` asked of the broker when the URL has none (RabbitMQ's default).
+const DEFAULT_FRAME_MAX: u32 = 131_072;
 
 /// Header: the event name.
 ///
@@ -456,6 +466,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     let mut tls = OwnedTLSConfig::default();
     let mut rest: Vec<(String, String)> = Vec::new();
     let mut has_heartbeat = false;
+    let mut has_frame_max = false;
     for (k, v) in u.query_pairs() {
         match k.as_ref() {
             "prefix" => prefix = v.into_owned(),
@@ -478,15 +489,18 @@ fn parse_url(url: &str) -> Result<Config, Error> {
                 tls.cert_chain = Some(read_ca_file(&v).map_err(bad)?);
             }
             other => {
-                if other == "heartbeat" {
-                    has_heartbeat = true;
-                }
+                has_heartbeat |= other == "heartbeat";
+                has_frame_max |= other == "frame_max";
                 rest.push((k.into_owned(), v.into_owned()));
             }
         }
     }
     if !has_heartbeat {
         rest.push(("heartbeat".into(), "30".into()));
+    }
+    if !has_frame_max {
+        // RabbitMQ's own default; see the module docs for why it is spelled out.
+        rest.push(("frame_max".into(), DEFAULT_FRAME_MAX.to_string()));
     }
     if prefix.len() > 200 {
         return Err(bad("`prefix` is longer than 200 bytes".into()));
@@ -1652,7 +1666,10 @@ impl Inner {
             };
             if let Some((d, counter)) = popped {
                 if more {
-                    self.notify.notify_one();
+                    // Wakes the takers that wait now (every `take` registers
+                    // before it looks); unlike `notify_one` it leaves no
+                    // permit behind for a later wait to trip over.
+                    self.notify.notify_waiters();
                 }
                 return Ok(Pick::Got(slot.clone(), Box::new(d), counter));
             }
@@ -2431,7 +2448,7 @@ mod tests {
             "amqp://u:p@h:5672/%2f?frame_max=8192&heartbeat=30"
         );
         let c = parse_url("amqp://h/%2f?heartbeat=5").expect("valid");
-        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=5");
+        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=5&frame_max=131072");
         assert_eq!(c.prefix, DEFAULT_PREFIX);
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
@@ -95,7 +95,8 @@ impl RetryPolicy {
 pub struct PollerConfig {
     /// Queues, highest priority first.
     pub queues: Vec<String>,
-    /// Events run at once.
+    /// Events run at once. A slot frees when an event's handler returns;
+    /// its ack then finishes in the background (a stop still waits for it).
     pub concurrency: usize,
     /// Exit once every queue is empty and nothing is in hand.
     pub exit_when_empty: bool,
@@ -473,9 +474,8 @@ impl Poller {
                     let hard = hard_rx.clone();
                     tasks.spawn(
                         async move {
-                            run_one(&shared, delivery, envelope, hard).await;
+                            run_one(&shared, delivery, envelope, hard, permit).await;
                             drop(running);
-                            drop(permit);
                         }
                         .instrument(span),
                     );
@@ -670,6 +670,7 @@ async fn run_one(
     delivery: Delivery,
     envelope: Result<Envelope, Error>,
     mut hard: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
 ) {
     let envelope = match envelope {
         Ok(e) => e,
@@ -724,6 +725,15 @@ async fn run_one(
         }
     };
     let elapsed = fmt_ms(started.elapsed());
+    // A finished event frees its slot before its ack is on the wire: the
+    // ack needs no handler, only a hop to the broker's I/O, and awaiting it
+    // with the slot held would idle the slot (at concurrency 1, the whole
+    // poller) for that hop. The task still ends after the ack, so a stop
+    // waits for it. A retry or a dead letter keeps the slot until its
+    // publish is confirmed, so failures do not pile up.
+    if matches!(outcome, Outcome::Completed | Outcome::Halted { .. }) {
+        drop(permit);
+    }
     match outcome {
         Outcome::Completed => {
             settle(shared, &delivery, Settle::Ack).await;
