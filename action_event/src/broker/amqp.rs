@@ -2464,7 +2464,7 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(c.tls.cert_chain.as_deref(), Some(pem));
-        assert_eq!(c.lapin_url, "amqps://u:p@h/%2f?heartbeat=30");
+        assert_eq!(c.lapin_url, "amqps://u:p@h/%2f?heartbeat=30&frame_max=131072");
         assert!(
             parse_url("amqps://u:p@h/%2f")
                 .expect("valid")
