@@ -157,3 +157,63 @@ async fn sigkill_while_an_event_is_held_runs_it_again_elsewhere() {
     assert_eq!(ends_by_tag(&w.records()).get("long-0"), Some(&1));
     eprintln!("the held event ended on the second poller {back:?} after the kill (8 s handler)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_survives_a_channel_the_broker_closes_anyway() {
+    let Some((node, mut w)) = world("ctm") else {
+        return;
+    };
+    // Misconfigured: the URL says 1 h, the broker enforces 3 s, so nothing
+    // is renewed and the broker closes the channel under the long event
+    // (again and again: each run is cut off after ~3 s and runs again).
+    w.url = w.url.replace("consumer_timeout=3s", "consumer_timeout=1h");
+    w.queue_records(1, "medium", "long", 8_000).await;
+    let mut p = w.spawn("p.log", &["--queues", "medium", "--concurrency", "4"]);
+    w.wait_records(Duration::from_secs(30), "the long event to start", |r| {
+        r.iter().any(|r| r.tag == "long-0")
+    });
+    w.queue_records(100, "medium", "early", 20).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("delivery acknowledgement on channel") {
+        assert!(
+            Instant::now() < until,
+            "the broker never closed the channel:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // After the close: the poller goes on with new events.
+    w.queue_records(100, "medium", "late", 20).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ends = ends_by_tag(&w.records());
+        if ends.get("long-0").is_some_and(|n| *n >= 2)
+            && (0..100).all(|i| {
+                ends.contains_key(&format!("early-{i}")) && ends.contains_key(&format!("late-{i}"))
+            })
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every event ended ({} ends):\n{}",
+            ends.len(),
+            w.log("p.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(alive(&mut p), "the poller stayed up:\n{}", w.log("p.log"));
+    stop(&mut p, "poller");
+    let log = w.log("p.log");
+    let long_id = w
+        .records()
+        .into_iter()
+        .find(|r| r.tag == "long-0")
+        .map(|r| r.id)
+        .expect("the long event's id");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("lost its RabbitMQ delivery") && l.contains(&long_id)),
+        "the loss is logged, naming the event:\n{log}"
+    );
+}

@@ -1010,8 +1010,32 @@ impl Drop for AmqpBroker {
     }
 }
 
+/// Consumers whose channel the broker closed (e.g. for `consumer_timeout`),
+/// kept instead of dropped. lapin 4.12.3 with recovery on leaves such a
+/// consumer active; dropping its last handle then asks lapin to cancel it on
+/// a channel that no longer exists, which lapin takes for a *connection*
+/// error: it reconnects, and the broker requeues every unacked delivery of
+/// the whole connection (measured: the consume connection then stalled).
+/// A few hundred bytes each; only the oldest beyond [`DEAD_CONSUMERS_MAX`]
+/// are dropped.
+static DEAD_CONSUMERS: Mutex<VecDeque<Consumer>> = Mutex::new(VecDeque::new());
+const DEAD_CONSUMERS_MAX: usize = 4096;
+
+/// Keeps the consumer of a channel closed under us (see [`DEAD_CONSUMERS`]).
+fn keep_dead_consumer(consumer: Consumer) {
+    let mut dead = lock(&DEAD_CONSUMERS);
+    dead.push_back(consumer);
+    while dead.len() > DEAD_CONSUMERS_MAX {
+        dead.pop_front();
+    }
+}
+
 /// Cancels a consumer, returns its buffered deliveries and closes its channel.
 async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
+    let closed_under_us = sub.as_ref().is_some_and(|s| {
+        let st = s.channel.status();
+        !st.connected() && !st.reconnecting() && !st.initializing()
+    });
     if let Some(sub) = &sub
         && sub.channel.status().connected()
     {
@@ -1048,6 +1072,9 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
                 .await;
         }
         let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
+        if closed_under_us {
+            keep_dead_consumer(sub.consumer);
+        }
     }
 }
 
