@@ -73,8 +73,10 @@
 //! - Buffered events that are not handed out are returned (`nack`,
 //!   `requeue: true`) by [`AmqpBroker::close`], when a level has not been
 //!   reached by any `take` for 5 s (its consumer is cancelled, so other
-//!   pollers can run them), and by the broker itself when the connection or
-//!   the broker is dropped.
+//!   pollers can run them; its channel stays open until the events handed
+//!   out from it are settled or renewed, since closing it would requeue
+//!   them too), and by the broker itself when the connection or the broker
+//!   is dropped.
 //!
 //! Guarantee: within one process, an event is handed out only if every
 //! higher queue was empty in the broker at a moment after the previous event
@@ -113,10 +115,12 @@
 //!    event's delivery, with a fresh broker clock;
 //! 4. ack the previous delivery (the consumer's, or the previous copy).
 //!
-//! A lock per delivery keeps renewals and `ack`/`retry`/`dead`/`release`
-//! apart. Settling a renewed event settles the copy, then deletes the hold
-//! queue and closes its channel; `release` first publishes the event to its
-//! work queue again (confirmed). If the poller dies, the broker requeues the
+//! Renewals repeat every third of `consumer_timeout` with the same queue
+//! and channel. A lock per delivery keeps renewals and
+//! `ack`/`retry`/`dead`/`release` apart. Settling a renewed event settles
+//! the copy, then deletes the hold queue and closes its channel; `release`
+//! rejects the copy without requeue, which dead-letters it to its work
+//! queue at once. If the poller dies, the broker requeues the
 //! unacked copy into the hold queue, where its TTL has run out (or runs out
 //! within 10 s), and dead-letters it back to `<prefix><queue>`: another
 //! poller runs it (at least once; it arrives with `redelivered = false` and
@@ -124,12 +128,20 @@
 //! copies: the event runs again, never is lost. `x-expires` only cleans up
 //! after crashes: RabbitMQ deletes an unused queue even while it holds an
 //! unacked message (measured), so it is kept well above the renewal period.
+//! Limits: renewals are timed from the hand-out, while the broker's clock
+//! starts when it pushed the delivery to the consumer (buffered deliveries
+//! wait at most a few seconds, see *Strict priority*); and the way back after
+//! a crash is RabbitMQ's own dead-lettering, which is not confirmed
+//! internally on classic queues (a broker crash at that moment could lose
+//! the event).
 //!
 //! If the broker closes a channel anyway (its `consumer_timeout` is lower
 //! than the URL's, or a renewal kept failing), the consume side resubscribes
 //! on a new channel and goes on; the renewer logs a warning naming each
 //! event whose delivery was lost that way (they run again), and the ack of
-//! the first run is reported as not sent.
+//! the first run is reported as not sent. The closed channel's consumer is
+//! kept, not dropped: with lapin 4.12.3 dropping it would make lapin
+//! reconnect the whole consume connection (see `DEAD_CONSUMERS`).
 //!
 //! # Dead letters
 //!
@@ -381,6 +393,10 @@ struct Sub {
     conn_id: u64,
     epoch: u64,
     unacked: Arc<AtomicUsize>,
+    /// Deliveries of this channel handed out and not settled nor renewed:
+    /// while there are any, the channel is not closed (that would requeue
+    /// them, and they would run twice).
+    in_hand: Arc<AtomicUsize>,
 }
 
 /// What a [`Delivery`] of this backend carries in its `tag`, as an
@@ -393,7 +409,9 @@ struct Tag {
     cur: tokio::sync::Mutex<Current>,
     /// The consumer's count of unacked deliveries (none for `basic.get`).
     unacked: Option<Arc<AtomicUsize>>,
-    /// Whether this delivery still counts in `unacked`.
+    /// The count of handed-out deliveries on its consumer's channel.
+    in_hand: Option<Arc<AtomicUsize>>,
+    /// Whether this delivery still counts in `unacked` and `in_hand`.
     counted: AtomicBool,
     done: AtomicBool,
     /// A renewal task is running for it.
@@ -420,12 +438,13 @@ struct Current {
 }
 
 impl Tag {
-    /// This delivery no longer counts against the consumer's prefetch.
+    /// This delivery left its consumer's channel (settled or renewed): it
+    /// no longer counts against the prefetch nor keeps the channel open.
     fn uncount(&self) {
-        if self.counted.swap(false, Ordering::SeqCst)
-            && let Some(u) = &self.unacked
-        {
-            let _ = u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+        if self.counted.swap(false, Ordering::SeqCst) {
+            for u in [&self.unacked, &self.in_hand].into_iter().flatten() {
+                let _ = u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+            }
         }
     }
 
@@ -450,7 +469,7 @@ impl Tag {
 
 enum Check {
     /// `basic.get` found an event of this level.
-    Got(Box<LapinDelivery>),
+    Got(Box<LapinDelivery>, Arc<AtomicUsize>),
     /// Something arrived in the buffer meanwhile: decide again.
     Retry,
     /// Nothing ready for this level: lower levels may be served.
@@ -460,8 +479,14 @@ enum Check {
 }
 
 enum Pick {
-    /// The delivery, and the counter of its consumer (none for `basic.get`).
-    Got(Arc<Slot>, Box<LapinDelivery>, Option<Arc<AtomicUsize>>),
+    /// The delivery, the counter of its consumer (none for `basic.get`)
+    /// and the in-hand counter of its channel.
+    Got(
+        Arc<Slot>,
+        Box<LapinDelivery>,
+        Option<Arc<AtomicUsize>>,
+        Option<Arc<AtomicUsize>>,
+    ),
     Retry,
     Wait {
         poll_soon: bool,
@@ -1059,8 +1084,7 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
         }
     }
     if let Some(sub) = sub {
-        // Drain what arrived between cancel and now, then close: the broker
-        // requeues whatever is still unacked on the channel.
+        // Return what arrived between cancel and now.
         let mut consumer = sub.consumer.clone();
         while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
             let _ = d
@@ -1071,10 +1095,30 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
                 })
                 .await;
         }
-        let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
-        if closed_under_us {
-            keep_dead_consumer(sub.consumer);
+        // Events handed out from this channel and still running keep it
+        // open: closing it would make the broker requeue them, and they
+        // would run twice (a poller whose slots are all busy with long
+        // events reaches no `take` for `HOLD`, and the reaper returns its
+        // buffered events). It is closed once they are settled or renewed.
+        if sub.channel.status().connected() && sub.in_hand.load(Ordering::SeqCst) > 0 {
+            tokio::spawn(async move {
+                while sub.channel.status().connected() && sub.in_hand.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                close_sub(sub, closed_under_us).await;
+            });
+            return;
         }
+        close_sub(sub, closed_under_us).await;
+    }
+}
+
+/// Closes an unsubscribed consumer's channel: the broker requeues whatever
+/// is still unacked on it.
+async fn close_sub(sub: Sub, closed_under_us: bool) {
+    let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
+    if closed_under_us {
+        keep_dead_consumer(sub.consumer);
     }
 }
 
@@ -1575,6 +1619,7 @@ impl Inner {
                 conn_id: cons.id,
                 epoch,
                 unacked: Arc::new(AtomicUsize::new(0)),
+                in_hand: Arc::new(AtomicUsize::new(0)),
             })
         }
         .await;
@@ -1658,7 +1703,7 @@ impl Inner {
             )
             .await
             {
-                Ok(Ok(Some(m))) => return Check::Got(Box::new(m.delivery)),
+                Ok(Ok(Some(m))) => return Check::Got(Box::new(m.delivery), sub.in_hand.clone()),
                 Ok(Ok(None)) => {}
                 _ => return Check::Unknown,
             }
@@ -1730,14 +1775,21 @@ impl Inner {
                 let mut st = lock(&slot.st);
                 Self::drain(&mut st);
                 st.last_reached = std::time::Instant::now();
-                let d = Self::pop(&mut st).map(|d| (d, st.sub.as_ref().map(|s| s.unacked.clone())));
+                let d = Self::pop(&mut st).map(|d| {
+                    let sub = st.sub.as_ref();
+                    (
+                        d,
+                        sub.map(|s| s.unacked.clone()),
+                        sub.map(|s| s.in_hand.clone()),
+                    )
+                });
                 (d, !st.buf.is_empty(), self.is_full(&st))
             };
-            if let Some((d, counter)) = popped {
+            if let Some((d, counter, in_hand)) = popped {
                 if more {
                     self.notify.notify_one();
                 }
-                return Ok(Pick::Got(slot.clone(), Box::new(d), counter));
+                return Ok(Pick::Got(slot.clone(), Box::new(d), counter, in_hand));
             }
             poll_soon |= full;
             let last = i + 1 == slots.len();
@@ -1745,7 +1797,9 @@ impl Inner {
                 break;
             }
             match self.check(slot).await {
-                Check::Got(d) => return Ok(Pick::Got(slot.clone(), d, None)),
+                Check::Got(d, in_hand) => {
+                    return Ok(Pick::Got(slot.clone(), d, None, Some(in_hand)));
+                }
                 Check::Retry => return Ok(Pick::Retry),
                 Check::Clear => {}
                 Check::Unknown => return Ok(Pick::Wait { poll_soon: true }),
@@ -1838,6 +1892,7 @@ impl Inner {
         slot: &Slot,
         d: LapinDelivery,
         counter: Option<Arc<AtomicUsize>>,
+        in_hand: Option<Arc<AtomicUsize>>,
     ) -> Option<Delivery> {
         let LapinDelivery {
             data,
@@ -1855,8 +1910,11 @@ impl Inner {
                 since: now,
                 renewals: 0,
             }),
-            counted: AtomicBool::new(counter.is_some()),
+            counted: AtomicBool::new(true),
             unacked: counter,
+            in_hand: in_hand.inspect(|n| {
+                n.fetch_add(1, Ordering::SeqCst);
+            }),
             done: AtomicBool::new(false),
             renewing: AtomicBool::new(false),
             lost: AtomicBool::new(false),
@@ -2118,8 +2176,8 @@ impl Inner {
                 && !slots.is_empty()
             {
                 match self.select(&slots, &cons).await? {
-                    Pick::Got(slot, d, counter) => {
-                        if let Some(del) = self.hand_out(&slot, *d, counter).await {
+                    Pick::Got(slot, d, counter, in_hand) => {
+                        if let Some(del) = self.hand_out(&slot, *d, counter, in_hand).await {
                             return Ok(Some(del));
                         }
                         continue;
@@ -2680,6 +2738,24 @@ mod tests {
         let c = parse_url("amqp://h/%2f?heartbeat=5").expect("valid");
         assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=5");
         assert_eq!(c.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn consumer_timeout_option() {
+        let c = parse_url("amqp://h/%2f?consumer_timeout=45m&prefix=x.").expect("valid");
+        assert_eq!(c.consumer_timeout, Duration::from_secs(45 * 60));
+        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=30");
+        assert_eq!(
+            parse_url("amqp://h/%2f").expect("valid").consumer_timeout,
+            DEFAULT_CONSUMER_TIMEOUT
+        );
+        for bad in ["soon", "0s", "500ms"] {
+            let e = parse_url(&format!("amqp://u:secret@h/%2f?consumer_timeout={bad}"))
+                .err()
+                .expect("error");
+            assert!(e.to_string().contains("consumer_timeout"), "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 
     #[test]
