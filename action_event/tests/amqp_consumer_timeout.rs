@@ -298,3 +298,78 @@ async fn a_held_event_comes_back_when_its_poller_dies() {
     eprintln!("a held event was back on its work queue {after:?} after its poller died");
     second.close().await;
 }
+
+/// Waits until `prefix`'s hold queue holds the event unacked.
+async fn wait_held(node: &Arc<RabbitNode>, prefix: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let holds = queues(node, prefix).await;
+        if let Some((name, _, _)) = holds.iter().find(|(_, r, u)| (*r, *u) == (0, 1)) {
+            return name.clone();
+        }
+        assert!(Instant::now() < until, "never held: {holds:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_event_is_released_and_retried_like_any_other() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("warn".into()))
+        .with_test_writer()
+        .try_init();
+    let Some(node) = node() else { return };
+    let url = format!("{}?prefix=cr.&consumer_timeout={TIMEOUT_MS}ms", node.url());
+    let b = AmqpBroker::open(&url).await.expect("open");
+    let queue = vec!["work".to_string()];
+    b.publish(&event(0)).await.expect("publish");
+
+    // Released while held: back on its work queue at once, hold queue gone.
+    let d = b
+        .take(&queue, Duration::from_secs(5))
+        .await
+        .expect("take")
+        .expect("the event");
+    wait_held(&node, "cr.hold.").await;
+    b.release(&d).await.expect("release");
+    let again = b
+        .take(&queue, Duration::from_secs(5))
+        .await
+        .expect("take")
+        .expect("the released event is back at once");
+    assert_eq!(n_of(&again), 0);
+    assert!(
+        queues(&node, "cr.hold.")
+            .await
+            .iter()
+            .all(|(_, r, _)| *r == 0),
+        "no copy left behind to come back"
+    );
+
+    // Retried while held (a second hand-out, a second hold queue): the next
+    // attempt comes, nothing else does, and no hold queue is left.
+    wait_held(&node, "cr.hold.").await;
+    let mut next = Envelope::from_slice(&again.body).expect("envelope");
+    next.attempt += 1;
+    b.retry(&again, &next, Duration::ZERO).await.expect("retry");
+    let third = b
+        .take(&queue, Duration::from_secs(5))
+        .await
+        .expect("take")
+        .expect("the retry");
+    assert_eq!(
+        Envelope::from_slice(&third.body).expect("envelope").attempt,
+        2
+    );
+    b.ack(&third).await.expect("ack");
+    assert!(
+        b.take(&queue, Duration::from_secs(2))
+            .await
+            .expect("take")
+            .is_none(),
+        "nothing else came back"
+    );
+    let left = queues(&node, "cr.hold.").await;
+    assert!(left.is_empty(), "every hold queue is gone: {left:?}");
+    b.close().await;
+}
