@@ -44,7 +44,7 @@ pub enum Error {
     },
     /// `cx.state::<T>()` for a type the poller was not given.
     #[error(
-        "state `{type_name}` was not provided: hand it to the poller with `Poller::builder().state(value)` (or `State::insert`)"
+        "state `{type_name}` was not provided: give it to the poller: `action_event::poller::main(State::new().with(value))` (or `Poller::new(broker, state, config)`)"
     )]
     MissingState {
         /// `std::any::type_name` of the missing type.

@@ -750,3 +750,60 @@ async fn hot_queries_search_the_index() {
         }
     }
 }
+
+/// Acks waiting for the connection together are committed in one
+/// transaction: every one of them lands, and a stale ack among them (its
+/// lease lapsed and another poller holds the event) changes nothing of that
+/// event and does not fail the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_are_committed_together_and_a_stale_one_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(open(&dir, "?lease=1s").await);
+    let b = open(&dir, "?poll=20ms").await;
+    a.publish(&Envelope::new("e", "stale", json!({})))
+        .await
+        .unwrap();
+    let stale = a.take(&qs(&["stale"]), NOW).await.unwrap().expect("taken");
+    // Its poller dies (the heartbeat stops with it); b takes the event once
+    // the lease lapsed, and a comes back with its stale delivery.
+    drop(a);
+    let a = Arc::new(open(&dir, "?lease=30s").await);
+    let held_by_b = b
+        .take(&qs(&["stale"]), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("redelivered to b");
+    for n in 0..300 {
+        a.publish(&Envelope::new("e", "many", json!({ "n": n })))
+            .await
+            .unwrap();
+    }
+    let mut taken = Vec::new();
+    while let Some(d) = a.take(&qs(&["many"]), NOW).await.unwrap() {
+        taken.push(d);
+    }
+    assert_eq!(taken.len(), 300);
+    taken.push(stale);
+    let tasks: Vec<_> = taken
+        .into_iter()
+        .map(|d| {
+            let a = a.clone();
+            tokio::spawn(async move { a.ack(&d).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every ack succeeds");
+    }
+    assert_eq!(rusqlite_count(&dir), 1, "only b's event is left");
+    // The stale ack did not delete b's claim: b can still settle it.
+    assert!(a.take(&qs(&["stale"]), NOW).await.unwrap().is_none());
+    b.ack(&held_by_b).await.unwrap();
+    assert_eq!(rusqlite_count(&dir), 0, "no rows left");
+}
+
+fn rusqlite_count(dir: &tempfile::TempDir) -> i64 {
+    let path = dir.path().join("events.db");
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .expect("count")
+}

@@ -329,9 +329,9 @@ fn notes(plan: &Plan) -> Vec<String> {
              the empty `high` first; the raw SQLite loop does the same."
         ),
         format!(
-            "Enqueue and processing rows run {} time(s), the baseline and action_event taking \
-         turns; each side's best run is shown (the box is shared, and a slow run is mostly \
-         other load).",
+            "Enqueue and processing rows (and the SQLite scale rows) run {} time(s), the baseline \
+         and action_event taking turns; each side's best run is shown (the box is shared, and a \
+         slow run is mostly other load).",
             plan.reps
         ),
         "Throughput rows: the ratio is action_event ÷ baseline events/s (higher is better); \

@@ -83,6 +83,17 @@ impl World {
         }
     }
 
+    /// A RabbitMQ world on another broker than the shared one (a private
+    /// node): `url` plus a fresh `prefix` option. (`publish_raw` still
+    /// talks to the shared broker.)
+    pub fn amqp_at(url: &str) -> World {
+        let mut w = World::new(&Backend::Sqlite);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        w.url = format!("{url}{sep}prefix=test.{}.", uuid_like());
+        w.backend = Backend::Amqp;
+        w
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

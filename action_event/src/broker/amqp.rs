@@ -2,7 +2,8 @@
 //!
 //! # URL
 //!
-//! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`.
+//! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`,
+//! or `amqps://user:pass@host:5671/vhost?cacertfile=/etc/myapp/ca.pem` over TLS.
 //! lapin's own query options (`heartbeat`, `frame_max`, `channel_max`, ...)
 //! pass through (heartbeat 30 s when none is given); ours are taken out
 //! before lapin sees the URL:
@@ -13,6 +14,25 @@
 //! | `publish_timeout` | `30s` | how long a `publish` waits for the broker during an outage before it fails |
 //! | `prefetch` | `32` | unacked deliveries per queue consumer (see *Strict priority*) |
 //! | `consumer_timeout` | `30m` | the broker's `consumer_timeout`: an event still running after a third of it is moved to a fresh delivery (see *Long events*) |
+//! | `cacertfile` | none | `amqps://` only: a PEM file of CA certificates trusted besides the system's |
+//!
+//! # TLS (`amqps://`)
+//!
+//! rustls (ring), with lapin's `rustls-native-certs` store: the server's
+//! certificate must chain to a CA the system trusts and name the URL's host.
+//! A private CA is trusted by `cacertfile=/path/ca.pem` (added to the system
+//! roots, passed to lapin as `OwnedTLSConfig::cert_chain`), or by the
+//! environment variable `SSL_CERT_FILE=/path/ca.pem` (or `SSL_CERT_DIR`),
+//! which rustls-native-certs reads *instead of* the system store. Port 5671
+//! when the URL has none. No client certificate is sent.
+//!
+//! [`AmqpBroker::open`] first opens the transport once (TCP, and the TLS
+//! handshake for `amqps://`), and so does every later `amqps://` connection
+//! that lapin will recover: lapin retries a failing connect forever once
+//! recovery is on, so without this probe a wrong port or an untrusted
+//! certificate would hang `open` and leave a retrying thread behind. With it the error names the cause, e.g. `TLS handshake with
+//! mq.example.com:5671 failed: invalid peer certificate: UnknownIssuer`, with
+//! a hint at `cacertfile`/`SSL_CERT_FILE`, and the URL's password redacted.
 //!
 //! # Topology (see `docs/wire-format.md`)
 //!
@@ -170,10 +190,12 @@
 //! queue bound to it, and consumes that queue (`no_ack`). Every ping (a
 //! message with `reply_to`) is answered with the poller's [`PollerReport`]
 //! as JSON, published to the default exchange with routing key `reply_to`.
-//! When the consumer ends or errors (connection loss), the task rebuilds
-//! connection, queue, binding and consumer with backoff (200 ms doubling to
-//! 10 s), while the broker is open; it stops once the broker is closed or
-//! dropped. A poller that dies takes its queue with its connection, so it
+//! When the consumer ends or errors (connection loss, or the broker cancels
+//! it because the queue was deleted), the task rebuilds connection, queue,
+//! binding and consumer at once, then with backoff while that fails (200 ms
+//! doubling to 10 s), while the broker is open; it logs the loss and, once
+//! rebuilt, `answering status requests again`. It stops once the broker is
+//! closed or dropped. A poller that dies takes its queue with its connection, so it
 //! drops out of the list by itself.
 //!
 //! [`Broker::pollers`] uses direct reply-to: on one channel of the publish
@@ -215,6 +237,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
@@ -295,6 +318,8 @@ const LEVELS_MS: &[u64] = &[
     100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 120_000, 300_000, 600_000,
     1_200_000, 3_600_000, 7_200_000, 14_400_000, 43_200_000, 86_400_000,
 ];
+/// How long [`probe`] waits for the socket (and the TLS handshake).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A single broker round trip that takes longer than this counts as lost.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Buffered events of a level no `take` reached for this long go back to the broker.
@@ -328,6 +353,7 @@ pub struct AmqpBroker {
 struct Inner {
     redacted: String,
     lapin_url: String,
+    tls: OwnedTLSConfig,
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
@@ -503,8 +529,8 @@ enum TopoErr {
 /// Parsed URL.
 struct Config {
     lapin_url: String,
-    /// host and port, to fail fast when nothing listens.
-    addr: (String, u16),
+    /// TLS settings for `amqps://` (extra trusted CAs from `cacertfile`).
+    tls: OwnedTLSConfig,
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
@@ -527,6 +553,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;
     let mut prefetch = DEFAULT_PREFETCH;
     let mut consumer_timeout = DEFAULT_CONSUMER_TIMEOUT;
+    let mut tls = OwnedTLSConfig::default();
     let mut rest: Vec<(String, String)> = Vec::new();
     let mut has_heartbeat = false;
     for (k, v) in u.query_pairs() {
@@ -551,6 +578,15 @@ fn parse_url(url: &str) -> Result<Config, Error> {
                         ))
                     })?;
             }
+            "cacertfile" => {
+                if u.scheme() != "amqps" {
+                    return Err(bad(format!(
+                        "`cacertfile` needs an `amqps://` URL, got `{}://`",
+                        u.scheme()
+                    )));
+                }
+                tls.cert_chain = Some(read_ca_file(&v).map_err(bad)?);
+            }
             other => {
                 if other == "heartbeat" {
                     has_heartbeat = true;
@@ -565,26 +601,29 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     if prefix.len() > 200 {
         return Err(bad("`prefix` is longer than 200 bytes".into()));
     }
-    let host = u
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .unwrap_or("localhost")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = u
-        .port()
-        .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
     u.set_query(None);
     u.query_pairs_mut().extend_pairs(rest);
     Ok(Config {
-        addr: (host, port),
         lapin_url: u.to_string(),
+        tls,
         prefix,
         publish_timeout,
         prefetch,
         consumer_timeout,
     })
+}
+
+/// The PEM text of a `cacertfile`, checked to hold at least one certificate
+/// (rustls would silently ignore a file without any).
+fn read_ca_file(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("`cacertfile={path}`: cannot read it: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "`cacertfile={path}`: no PEM certificate in it (expected `-----BEGIN CERTIFICATE-----`)"
+        ));
+    }
+    Ok(pem)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -821,6 +860,59 @@ fn is_fatal(e: &lapin::Error) -> bool {
         )
 }
 
+/// Why [`probe`] failed.
+struct ProbeError {
+    /// The TLS handshake failed (the socket connected): retrying will not help.
+    tls: bool,
+    message: String,
+}
+
+/// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
+/// and drops it. lapin retries a connect forever once recovery is on (a
+/// refused socket, an untrusted certificate), in an I/O thread that outlives
+/// any timeout put on the connect: probing first makes a wrong host or port,
+/// or a certificate that is not trusted, fail at once with its own error.
+async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), ProbeError> {
+    let fail = |tls: bool, message: String| ProbeError { tls, message };
+    use lapin::tcp::AMQPUriTcpExt;
+    let uri: lapin::uri::AMQPUri = lapin_url.parse().map_err(|e| fail(false, e))?;
+    let at = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let runtime = lapin::runtime::default_runtime().map_err(|e| fail(false, e.to_string()))?;
+    let stream = uri.connect_with_config_async(tls.as_ref(), &runtime);
+    match tokio::time::timeout(PROBE_TIMEOUT, stream).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            let tls_failed = uri.scheme == lapin::uri::AMQPScheme::AMQPS
+                && !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                );
+            if !tls_failed {
+                return Err(fail(false, format!("cannot connect to {at}: {e}")));
+            }
+            let hint = if e.to_string().contains("certificate") {
+                "; to trust a private CA, add `cacertfile=/path/to/ca.pem` to the URL \
+                 or set SSL_CERT_FILE"
+            } else {
+                ""
+            };
+            Err(fail(
+                true,
+                format!("TLS handshake with {at} failed: {e}{hint}"),
+            ))
+        }
+        Err(_) => Err(fail(
+            false,
+            format!("cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"),
+        )),
+    }
+}
+
 async fn op<T>(
     what: &str,
     fut: impl std::future::Future<Output = lapin::Result<T>>,
@@ -852,32 +944,13 @@ impl AmqpBroker {
     /// ```
     pub async fn open(url: &str) -> Result<AmqpBroker, Error> {
         let cfg = parse_url(url)?;
-        // lapin retries a first connect forever once recovery is on: probe
-        // the socket first so that a wrong host or port fails at once.
-        let (host, port) = &cfg.addr;
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect((host.as_str(), *port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Error::broker(
-                    &redact_url(url),
-                    format!("cannot connect to {host}:{port}: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Err(Error::broker(
-                    &redact_url(url),
-                    format!("cannot connect to {host}:{port}: no answer in 5s"),
-                ));
-            }
-        }
+        probe(&cfg.lapin_url, &cfg.tls)
+            .await
+            .map_err(|e| Error::broker(&redact_url(url), e.message))?;
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             lapin_url: cfg.lapin_url,
+            tls: cfg.tls,
             prefix: cfg.prefix,
             publish_timeout: cfg.publish_timeout,
             prefetch: cfg.prefetch,
@@ -1204,7 +1277,20 @@ impl Inner {
                     .with_max_delay(Duration::from_secs(5))
             });
         }
-        match tokio::time::timeout(OP_TIMEOUT, Connection::connect(&self.lapin_url, props)).await {
+        // A TLS failure would make lapin retry forever (see `probe`); a
+        // socket that does not connect yet is left to lapin's retries, as for
+        // `amqp://`.
+        if recover
+            && self.lapin_url.starts_with("amqps:")
+            && let Err(e) = probe(&self.lapin_url, &self.tls).await
+            && e.tls
+        {
+            return Err(e.message);
+        }
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let connect =
+            Connection::connect_with_config(&self.lapin_url, props, self.tls.clone(), runtime);
+        match tokio::time::timeout(OP_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(describe_amqp_error(&e)),
             Err(_) => Err(format!("no answer in {OP_TIMEOUT:?}")),
@@ -2647,6 +2733,8 @@ async fn presence_loop(
 ) {
     let mut first = Some(first);
     let mut pause = Duration::from_millis(200);
+    // Whether the subscription was lost (or never made): its rebuild is logged.
+    let mut lost = false;
     let alive = |inner: &Weak<Inner>| {
         inner
             .upgrade()
@@ -2662,11 +2750,16 @@ async fn presence_loop(
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
+                if lost {
+                    tracing::info!("answering status requests again");
+                    lost = false;
+                }
                 pause = Duration::from_millis(200);
                 sub
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to status requests; retrying in {pause:?}");
+                lost = true;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(e));
                 }
@@ -2685,9 +2778,18 @@ async fn presence_loop(
                     continue;
                 }
             };
-            let Some(Ok(ping)) = next else {
-                tracing::warn!("status subscription lost; resubscribing");
-                break;
+            let ping = match next {
+                Some(Ok(ping)) => ping,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "status subscription lost; resubscribing");
+                    lost = true;
+                    break;
+                }
+                None => {
+                    tracing::warn!("status subscription ended; resubscribing");
+                    lost = true;
+                    break;
+                }
             };
             let Some(reply_to) = ping.properties.reply_to().clone() else {
                 continue;
@@ -2756,6 +2858,28 @@ mod tests {
             assert!(e.to_string().contains("consumer_timeout"), "{e}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn cacertfile_is_read_and_taken_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(&ca, pem).expect("write");
+        let c = parse_url(&format!(
+            "amqps://u:p@h/%2f?cacertfile={}&prefix=x.",
+            ca.display()
+        ))
+        .expect("valid");
+        assert_eq!(c.tls.cert_chain.as_deref(), Some(pem));
+        assert_eq!(c.lapin_url, "amqps://u:p@h/%2f?heartbeat=30");
+        assert!(
+            parse_url("amqps://u:p@h/%2f")
+                .expect("valid")
+                .tls
+                .cert_chain
+                .is_none()
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@
 //!
 //! Publishes that wait for the connection at the same time are committed
 //! together, in one transaction (group commit); each still returns only once
-//! its row is committed.
+//! its row is committed. Acks are grouped the same way, so at high
+//! concurrency one write transaction settles many events.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -253,7 +254,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
 }
 
 /// What a [`Delivery`] from this broker carries: the row and the claim token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Tag {
     row: i64,
     claim: String,
@@ -292,6 +293,8 @@ struct Inner {
     state: Arc<tokio::sync::Mutex<State>>,
     /// Publishes waiting for the connection (see [`SqliteBroker::publish`]).
     publishes: std::sync::Mutex<Vec<Pending<NewRow>>>,
+    /// Acks waiting for the connection (see [`Broker::ack`]).
+    acks: std::sync::Mutex<Vec<Pending<Tag>>>,
 }
 
 /// A row [`Broker::publish`] stores.
@@ -460,6 +463,7 @@ impl SqliteBroker {
                 peek: true,
             })),
             publishes: std::sync::Mutex::new(Vec::new()),
+            acks: std::sync::Mutex::new(Vec::new()),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
         let heartbeat = runtime
@@ -633,17 +637,50 @@ fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), 
         }
         Ok(())
     };
-    if let [row] = rows {
-        return insert(&state.conn, row);
+    each_in_one_tx(inner, state, "publish", rows, insert)
+}
+
+/// Runs `f` for every item in one write transaction, or in autocommit for
+/// a single item (`what` names the operation in errors).
+fn each_in_one_tx<T>(
+    inner: &Inner,
+    state: &mut State,
+    what: &str,
+    items: &[T],
+    f: impl Fn(&Connection, &T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if let [item] = items {
+        return f(&state.conn, item);
     }
     let tx = state
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| inner.err("publish: begin", e))?;
-    for row in rows {
-        insert(&tx, row)?;
+        .map_err(|e| inner.err(&format!("{what}: begin"), e))?;
+    for item in items {
+        f(&tx, item)?;
     }
-    tx.commit().map_err(|e| inner.err("publish: commit", e))
+    tx.commit()
+        .map_err(|e| inner.err(&format!("{what}: commit"), e))
+}
+
+/// Deletes the rows of acked deliveries in one transaction (an autocommit
+/// delete for a single one). The deliveries are forgotten by the heartbeat
+/// first, even if the delete then fails (module docs, *Ownership*).
+fn ack_rows(inner: &Inner, state: &mut State, acks: &[Tag]) -> Result<(), Error> {
+    for a in acks {
+        state.held.remove(&(a.row, a.claim.clone()));
+    }
+    let delete = |conn: &Connection, a: &Tag| -> Result<(), Error> {
+        let n = conn
+            .prepare_cached(ACK)
+            .and_then(|mut s| s.execute(params![a.row, a.claim]))
+            .map_err(|e| inner.err("ack", e))?;
+        if n == 0 {
+            warn_lapsed(&inner.url, &a.event_id, "ack");
+        }
+        Ok(())
+    };
+    each_in_one_tx(inner, state, "ack", acks, delete)
 }
 
 fn warn_lapsed(url: &str, event_id: &str, what: &str) {
@@ -972,7 +1009,12 @@ impl Broker for SqliteBroker {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
-        self.settle(delivery, "ack", ACK, Vec::new()).await
+        // Acks that wait for the connection at the same time are committed
+        // together, like publishes: at high concurrency one write
+        // transaction settles many events.
+        let tag = self.tag(delivery)?;
+        self.group_commit(|inner| &inner.acks, tag.clone(), ack_rows)
+            .await
     }
 
     async fn retry(

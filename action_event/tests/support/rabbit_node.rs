@@ -8,6 +8,10 @@
 //! directory, and `rabbitmq.conf` lines of the test's choosing. Booting takes
 //! about 10 s. Dropping it stops the node and removes the directory.
 //!
+//! [`RabbitNode::start_tls`] also opens a TLS listener whose certificate (for
+//! `localhost` and `127.0.0.1`) is signed by a throwaway CA made at start with
+//! the `openssl` CLI ([`TlsFiles`]); clients trust it only when told to.
+//!
 //! Included with `#[path = "support/rabbit_node.rs"] mod rabbit_node;` by
 //! `action_event`'s tests and by the root package's tests (needs `tempfile`).
 
@@ -23,7 +27,97 @@ pub struct RabbitNode {
     dir: tempfile::TempDir,
     name: String,
     port: u16,
+    tls: Option<(u16, TlsFiles)>,
     child: Option<Child>,
+}
+
+/// A throwaway CA and a server certificate it signed, as PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA certificate: what a client must trust.
+    pub ca: PathBuf,
+    /// The server certificate (`CN=localhost`, SAN `DNS:localhost`, `IP:127.0.0.1`).
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `localhost`/`127.0.0.1` in `dir`
+/// with `/usr/bin/openssl` (or `$OPENSSL`); P-256 keys, valid two days.
+/// Panics with openssl's output when it fails.
+pub fn make_tls_files(dir: &Path) -> TlsFiles {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let openssl = std::env::var("OPENSSL").unwrap_or_else(|_| "/usr/bin/openssl".into());
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509", "-nodes", "-days", "2"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=action_event test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req", "-new", "-nodes"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
 }
 
 fn bin(tool: &str) -> PathBuf {
@@ -31,7 +125,8 @@ fn bin(tool: &str) -> PathBuf {
     Path::new(&dir).join(tool)
 }
 
-fn free_port() -> u16 {
+/// A local TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -48,6 +143,17 @@ impl RabbitNode {
     /// `consumer_timeout = 5000`) and waits until it accepts connections.
     /// Panics with the node's output when it does not come up in 60 s.
     pub fn start(conf: &str) -> RabbitNode {
+        RabbitNode::boot(conf, false)
+    }
+
+    /// Like [`RabbitNode::start`], plus a TLS listener ([`RabbitNode::tls_port`])
+    /// with a certificate signed by a throwaway CA ([`RabbitNode::tls_files`]).
+    /// No client certificate is asked for.
+    pub fn start_tls(conf: &str) -> RabbitNode {
+        RabbitNode::boot(conf, true)
+    }
+
+    fn boot(conf: &str, tls: bool) -> RabbitNode {
         assert!(
             available(),
             "rabbitmq-server is not installed at {} (set RABBITMQ_BIN)",
@@ -67,9 +173,24 @@ impl RabbitNode {
             port
         );
         let p = dir.path();
+        let tls = tls.then(|| (free_port(), make_tls_files(&p.join("tls"))));
+        let tls_conf = match &tls {
+            Some((tls_port, f)) => format!(
+                "listeners.ssl.default = {tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                f.ca.display(),
+                f.cert.display(),
+                f.key.display()
+            ),
+            None => String::new(),
+        };
         std::fs::write(
             p.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = {port}\nloopback_users = none\n{conf}\n"),
+            format!("listeners.tcp.default = {port}\nloopback_users = none\n{tls_conf}{conf}\n"),
         )
         .expect("write rabbitmq.conf");
         std::fs::write(p.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
@@ -78,6 +199,7 @@ impl RabbitNode {
         let mut node = RabbitNode {
             name,
             port,
+            tls,
             child: None,
             dir,
         };
@@ -92,7 +214,10 @@ impl RabbitNode {
         node.child = Some(child);
         let started = Instant::now();
         loop {
-            if node.accepts() {
+            let tls_up = node.tls.as_ref().is_none_or(|(tls_port, _)| {
+                std::net::TcpStream::connect(("127.0.0.1", *tls_port)).is_ok()
+            });
+            if node.accepts() && tls_up {
                 // The port opens before the boot finishes: wait for it.
                 let out = node.ctl(&["await_startup"]);
                 if out.status.success() {
@@ -137,6 +262,23 @@ impl RabbitNode {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`, no query.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The TLS port ([`RabbitNode::start_tls`] only).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|(port, _)| *port)
+    }
+
+    /// The CA and server certificate files ([`RabbitNode::start_tls`] only).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|(_, f)| f)
+    }
+
+    /// `amqps://guest:guest@localhost:<tls port>/%2f`, no query
+    /// ([`RabbitNode::start_tls`] only; panics otherwise).
+    pub fn amqps_url(&self) -> String {
+        let port = self.tls_port().expect("a node started with start_tls");
+        format!("amqps://guest:guest@localhost:{port}/%2f")
     }
 
     /// Runs `rabbitmqctl -n <node> args...` and returns its output.
