@@ -564,3 +564,45 @@ async fn queue_with_other_arguments_is_a_clear_error() {
     let _ = conn.close(200, "OK".into()).await;
     b.delete_topology().await.expect("cleanup");
 }
+
+/// A poller whose slots are all busy with long events takes nothing for a
+/// while: the events it buffered go back to the broker after 5 s, but the
+/// ones it is running stay its own (their channel stays open), so none of
+/// them is delivered again.
+#[tokio::test]
+async fn events_in_hand_stay_when_buffered_ones_go_back() {
+    let prefix = new_prefix();
+    let Some(b) = open(&prefix, "&prefetch=8").await else {
+        return;
+    };
+    let envs: Vec<Envelope> = (0..10).map(|n| env("busy", n)).collect();
+    publish_all(&b, &envs).await;
+    let q = vec!["busy".to_string()];
+    let mut in_hand = Vec::new();
+    for _ in 0..2 {
+        in_hand.push(
+            b.take(&q, Duration::from_secs(5))
+                .await
+                .expect("take")
+                .expect("event"),
+        );
+    }
+    // No take for 8 s: longer than the 5 s after which buffered events go back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut seen: HashMap<String, (usize, bool)> = HashMap::new();
+    for d in &in_hand {
+        seen.insert(parse(d).id.to_string(), (1, d.redelivered));
+        b.ack(d).await.expect("ack");
+    }
+    while let Some(d) = b.take(&q, Duration::from_secs(3)).await.expect("take") {
+        let e = seen.entry(parse(&d).id.to_string()).or_insert((0, false));
+        e.0 += 1;
+        b.ack(&d).await.expect("ack");
+    }
+    assert_eq!(seen.len(), 10, "every event came: {seen:?}");
+    assert!(
+        seen.values().all(|(n, _)| *n == 1),
+        "each exactly once (the two in hand not again): {seen:?}"
+    );
+    b.delete_topology().await.expect("cleanup");
+}

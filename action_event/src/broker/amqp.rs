@@ -13,6 +13,7 @@
 //! | `prefix` | `action_event.` | put before every queue and exchange name, so several apps share a vhost |
 //! | `publish_timeout` | `30s` | how long a `publish` waits for the broker during an outage before it fails |
 //! | `prefetch` | `32` | unacked deliveries per queue consumer (see *Strict priority*) |
+//! | `consumer_timeout` | `30m` | the broker's `consumer_timeout`: an event still running after a third of it is moved to a fresh delivery (see *Long events*) |
 //! | `cacertfile` | none | `amqps://` only: a PEM file of CA certificates trusted besides the system's |
 //!
 //! # TLS (`amqps://`)
@@ -99,8 +100,10 @@
 //! - Buffered events that are not handed out are returned (`nack`,
 //!   `requeue: true`) by [`AmqpBroker::close`], when a level has not been
 //!   reached by any `take` for 5 s (its consumer is cancelled, so other
-//!   pollers can run them), and by the broker itself when the connection or
-//!   the broker is dropped.
+//!   pollers can run them; its channel stays open until the events handed
+//!   out from it are settled or renewed, since closing it would requeue
+//!   them too), and by the broker itself when the connection or the broker
+//!   is dropped.
 //!
 //! Guarantee: within one process, an event is handed out only if every
 //! higher queue was empty in the broker at a moment after the previous event
@@ -111,6 +114,61 @@
 //! concurrency to keep that near zero. When the check sees other consumers on
 //! the higher queue, the switch down first waits 10 ms (at most once per
 //! second per queue) so that events other pollers already hold start first.
+//!
+//! # Long events: RabbitMQ's `consumer_timeout`
+//!
+//! RabbitMQ (3.8.15+) closes a channel with `PRECONDITION_FAILED` when one
+//! of its deliveries stays unacked longer than `consumer_timeout` (30 min by
+//! default; on 3.10 a global `rabbitmq.conf` setting) and requeues *every*
+//! unacked delivery of that channel, so the other events in flight on it
+//! would run again too. Measured on 3.10.8: `basic.get` deliveries count as
+//! well, and the check runs on the channel's tick (`channel_tick_interval`,
+//! 60 s by default), so the channel closes between `consumer_timeout` and
+//! `consumer_timeout` + 60 s after the delivery.
+//!
+//! So no delivery of this backend stays unacked that long: when a handed-out
+//! event is still running a third of the URL's `consumer_timeout` after it
+//! was handed out (or last renewed), a renewer task (ticking every
+//! `consumer_timeout / 12`, at most every second) *renews* it:
+//!
+//! 1. on a channel of the consume connection kept for this event, declare
+//!    the durable queue `<prefix>hold.<event id>.<nonce>` (`nonce`: random,
+//!    one per hand-out) with `x-message-ttl` = 10 s,
+//!    `x-dead-letter-exchange` = `""`, `x-dead-letter-routing-key` =
+//!    `<prefix><queue>` and `x-expires` = 2 x `consumer_timeout` + 60 s;
+//! 2. publish a copy of the message there (confirmed, on the publish
+//!    connection, `x-death` headers stripped);
+//! 3. `basic.get` it (unacked) on the event's channel: the copy is now the
+//!    event's delivery, with a fresh broker clock;
+//! 4. ack the previous delivery (the consumer's, or the previous copy).
+//!
+//! Renewals repeat every third of `consumer_timeout` with the same queue
+//! and channel. A lock per delivery keeps renewals and
+//! `ack`/`retry`/`dead`/`release` apart. Settling a renewed event settles
+//! the copy, then deletes the hold queue and closes its channel; `release`
+//! rejects the copy without requeue, which dead-letters it to its work
+//! queue at once. If the poller dies, the broker requeues the
+//! unacked copy into the hold queue, where its TTL has run out (or runs out
+//! within 10 s), and dead-letters it back to `<prefix><queue>`: another
+//! poller runs it (at least once; it arrives with `redelivered = false` and
+//! an `x-death` header). A crash in the middle of a renewal leaves two
+//! copies: the event runs again, never is lost. `x-expires` only cleans up
+//! after crashes: RabbitMQ deletes an unused queue even while it holds an
+//! unacked message (measured), so it is kept well above the renewal period.
+//! Limits: renewals are timed from the hand-out, while the broker's clock
+//! starts when it pushed the delivery to the consumer (buffered deliveries
+//! wait at most a few seconds, see *Strict priority*); and the way back after
+//! a crash is RabbitMQ's own dead-lettering, which is not confirmed
+//! internally on classic queues (a broker crash at that moment could lose
+//! the event).
+//!
+//! If the broker closes a channel anyway (its `consumer_timeout` is lower
+//! than the URL's, or a renewal kept failing), the consume side resubscribes
+//! on a new channel and goes on; the renewer logs a warning naming each
+//! event whose delivery was lost that way (they run again), and the ack of
+//! the first run is reported as not sent. The closed channel's consumer is
+//! kept, not dropped: with lapin 4.12.3 dropping it would make lapin
+//! reconnect the whole consume connection (see `DEAD_CONSUMERS`).
 //!
 //! # Dead letters
 //!
@@ -243,6 +301,14 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// assert_eq!(action_event::broker::amqp::DEFAULT_PREFETCH, 32);
 /// ```
 pub const DEFAULT_PREFETCH: u16 = 32;
+/// The broker's `consumer_timeout` assumed when the URL has none
+/// (RabbitMQ's default, 30 minutes). Events still running after a third of
+/// it are renewed (see the module docs).
+///
+/// ```
+/// assert_eq!(action_event::broker::amqp::DEFAULT_CONSUMER_TIMEOUT.as_secs(), 30 * 60);
+/// ```
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// `frame_max` asked of the broker when the URL has none (RabbitMQ's default).
 const DEFAULT_FRAME_MAX: u32 = 131_072;
@@ -305,6 +371,12 @@ const SHORT_WAIT_MS: u64 = 50;
 const CONS_RETRY_MIN: Duration = Duration::from_millis(200);
 /// Longest pause between consume connection attempts.
 const CONS_RETRY_MAX: Duration = Duration::from_secs(5);
+/// `x-message-ttl` of a hold queue: how long a renewal copy may wait to be
+/// fetched, and at most how long it stays there after its poller died.
+const HOLD_TTL: Duration = Duration::from_secs(10);
+/// RabbitMQ's default `channel_tick_interval`: it checks `consumer_timeout`
+/// that often.
+const BROKER_TICK: Duration = Duration::from_secs(60);
 
 /// The RabbitMQ backend. See the module docs for the design.
 ///
@@ -326,7 +398,11 @@ struct Inner {
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
+    consumer_timeout: Duration,
     closed: AtomicBool,
+    /// Handed-out deliveries not settled yet, for the renewer.
+    held: Mutex<HashMap<u64, Weak<Tag>>>,
+    held_seq: AtomicU64,
 
     publisher: Mutex<Option<PubConn>>,
     pub_build: tokio::sync::Mutex<()>,
@@ -390,30 +466,83 @@ struct Sub {
     /// The generation ([`ConsConn::id`]) it was made in.
     conn_id: u64,
     unacked: Arc<AtomicUsize>,
+    /// Deliveries of this channel handed out and not settled nor renewed:
+    /// while there are any, the channel is not closed (that would requeue
+    /// them, and they would run twice).
+    in_hand: Arc<AtomicUsize>,
 }
 
-/// What a [`Delivery`] of this backend carries in its `tag`.
+/// What a [`Delivery`] of this backend carries in its `tag`, as an
+/// `Arc<Tag>` shared with the renewer (see *Long events*).
 struct Tag {
-    acker: lapin::Acker,
+    /// Key in `Inner::held`; 0 when not registered.
+    seq: u64,
+    /// The broker delivery that stands for the event now. Renewals and
+    /// settles hold this lock, so they never interleave.
+    cur: tokio::sync::Mutex<Current>,
+    /// The consumer's count of unacked deliveries (none for `basic.get`).
     unacked: Option<Arc<AtomicUsize>>,
+    /// The count of handed-out deliveries on its consumer's channel.
+    in_hand: Option<Arc<AtomicUsize>>,
+    /// Whether this delivery still counts in `unacked` and `in_hand`.
+    counted: AtomicBool,
     done: AtomicBool,
+    /// A renewal task is running for it.
+    renewing: AtomicBool,
+    /// Its delivery was lost (channel closed) and that was logged.
+    lost: AtomicBool,
+    /// The logical queue.
+    queue: String,
     full_queue: String,
     properties: BasicProperties,
+    /// The message, for renewal copies.
+    body: Vec<u8>,
+    taken: std::time::Instant,
+}
+
+/// The delivery a [`Tag`] settles.
+struct Current {
+    acker: lapin::Acker,
+    /// Once renewed: the hold queue and the channel the copy is unacked on.
+    hold: Option<(String, Channel)>,
+    /// When this delivery was handed out or fetched.
+    since: std::time::Instant,
+    renewals: u32,
 }
 
 impl Tag {
-    fn finish(&self) {
-        if !self.done.swap(true, Ordering::SeqCst)
-            && let Some(u) = &self.unacked
-        {
-            let _ = u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+    /// This delivery left its consumer's channel (settled or renewed): it
+    /// no longer counts against the prefetch nor keeps the channel open.
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::SeqCst) {
+            for u in [&self.unacked, &self.in_hand].into_iter().flatten() {
+                let _ = u.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+            }
         }
+    }
+
+    /// The event id (the message id), for logs and the hold queue name.
+    fn event_id(&self) -> &str {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            .unwrap_or("?")
+    }
+
+    /// The event name (the message type), for logs.
+    fn event_name(&self) -> &str {
+        self.properties
+            .kind()
+            .as_ref()
+            .map(|s| s.as_str())
+            .unwrap_or("?")
     }
 }
 
 enum Check {
     /// `basic.get` found an event of this level.
-    Got(Box<LapinDelivery>),
+    Got(Box<LapinDelivery>, Arc<AtomicUsize>),
     /// Something arrived in the buffer meanwhile: decide again.
     Retry,
     /// Nothing ready for this level: lower levels may be served.
@@ -423,8 +552,14 @@ enum Check {
 }
 
 enum Pick {
-    /// The delivery, and the counter of its consumer (none for `basic.get`).
-    Got(Arc<Slot>, Box<LapinDelivery>, Option<Arc<AtomicUsize>>),
+    /// The delivery, the counter of its consumer (none for `basic.get`)
+    /// and the in-hand counter of its channel.
+    Got(
+        Arc<Slot>,
+        Box<LapinDelivery>,
+        Option<Arc<AtomicUsize>>,
+        Option<Arc<AtomicUsize>>,
+    ),
     Retry,
     Wait {
         poll_soon: bool,
@@ -446,6 +581,7 @@ struct Config {
     prefix: String,
     publish_timeout: Duration,
     prefetch: u16,
+    consumer_timeout: Duration,
 }
 
 fn parse_url(url: &str) -> Result<Config, Error> {
@@ -463,6 +599,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
     let mut prefix = DEFAULT_PREFIX.to_string();
     let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;
     let mut prefetch = DEFAULT_PREFETCH;
+    let mut consumer_timeout = DEFAULT_CONSUMER_TIMEOUT;
     let mut tls = OwnedTLSConfig::default();
     let mut rest: Vec<(String, String)> = Vec::new();
     let mut has_heartbeat = false;
@@ -478,6 +615,16 @@ fn parse_url(url: &str) -> Result<Config, Error> {
                 prefetch = v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
                     bad(format!("`prefetch={v}`: expected a number from 1 to 65535"))
                 })?;
+            }
+            "consumer_timeout" => {
+                consumer_timeout = humantime::parse_duration(&v)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`consumer_timeout={v}`: expected the broker's consumer_timeout, at least 1s (e.g. `30m`)"
+                        ))
+                    })?;
             }
             "cacertfile" => {
                 if u.scheme() != "amqps" {
@@ -513,6 +660,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
         prefix,
         publish_timeout,
         prefetch,
+        consumer_timeout,
     })
 }
 
@@ -619,6 +767,109 @@ fn republish_properties(props: &BasicProperties, run_at: u64) -> BasicProperties
     }
     headers.insert(HEADER_RUN_AT.into(), i64_of(run_at));
     props.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+/// A copy of a message's properties for a renewal copy: persistent, without
+/// the dead-lettering headers (see [`republish_properties`]).
+fn copy_properties(props: &BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            if k.as_str() == "x-death" || k.as_str().starts_with("x-first-death") {
+                continue;
+            }
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    props.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Deletes a settled event's hold queue (when `delete`) and closes its channel.
+async fn drop_hold(queue: String, ch: Channel, delete: bool) {
+    if delete
+        && let Err(e) = op(
+            "delete the hold queue",
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+    {
+        let m = match e {
+            TopoErr::Fatal(e) => e.to_string(),
+            TopoErr::Transient(m) => m,
+        };
+        tracing::debug!(hold = %queue, error = %m, "hold queue not deleted; it expires by itself");
+    }
+    let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+}
+
+/// Renews handed-out deliveries that run long, and reports those whose
+/// channel was lost meanwhile (see *Long events* in the module docs).
+async fn renewer(inner: Weak<Inner>) {
+    let (every, renew_after, timeout) = match inner.upgrade() {
+        Some(i) => (
+            (i.consumer_timeout / 12).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            i.consumer_timeout / 3,
+            i.consumer_timeout,
+        ),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let tags: Vec<Arc<Tag>> = {
+            let mut held = lock(&inner.held);
+            held.retain(|_, t| t.strong_count() > 0);
+            held.values().filter_map(Weak::upgrade).collect()
+        };
+        for tag in tags {
+            if tag.done.load(Ordering::SeqCst)
+                || tag.lost.load(Ordering::SeqCst)
+                || tag.renewing.load(Ordering::SeqCst)
+            {
+                continue;
+            }
+            let Ok(cur) = tag.cur.try_lock() else {
+                continue;
+            };
+            let (usable, age) = (cur.acker.usable(), cur.since.elapsed());
+            drop(cur);
+            if !usable {
+                if !tag.done.load(Ordering::SeqCst) && !tag.lost.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        event = %tag.event_id(), queue = %tag.queue,
+                        "event {} ({}) lost its RabbitMQ delivery while running ({:?} after it was taken, its delivery {age:?} old): \
+                         the channel closed and the broker requeued it, so it will run again. If the broker's log says \
+                         `delivery acknowledgement on channel N timed out`, its consumer_timeout is below the URL's \
+                         `consumer_timeout` ({timeout:?}): set that option to the broker's value",
+                        tag.event_id(), tag.event_name(), tag.taken.elapsed()
+                    );
+                }
+                continue;
+            }
+            if age < renew_after {
+                continue;
+            }
+            tag.renewing.store(true, Ordering::SeqCst);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inner.renew(&tag).await {
+                    tracing::warn!(
+                        event = %tag.event_id(), queue = %tag.queue, error = %e,
+                        "cannot renew the delivery of long event {} ({}) yet; trying again (RabbitMQ closes its channel once it is unacked for consumer_timeout)",
+                        tag.event_id(), tag.event_name()
+                    );
+                }
+                tag.renewing.store(false, Ordering::SeqCst);
+            });
+        }
+    }
 }
 
 /// Rewords a broker error; `PRECONDITION_FAILED - inequivalent arg` names
@@ -754,7 +1005,10 @@ impl AmqpBroker {
             prefix: cfg.prefix,
             publish_timeout: cfg.publish_timeout,
             prefetch: cfg.prefetch,
+            consumer_timeout: cfg.consumer_timeout,
             closed: AtomicBool::new(false),
+            held: Mutex::new(HashMap::new()),
+            held_seq: AtomicU64::new(0),
             publisher: Mutex::new(None),
             pub_build: tokio::sync::Mutex::new(()),
             pub_epoch: Arc::new(AtomicU64::new(0)),
@@ -783,6 +1037,7 @@ impl AmqpBroker {
             confirm,
         });
         tokio::spawn(reaper(Arc::downgrade(&inner)));
+        tokio::spawn(renewer(Arc::downgrade(&inner)));
         Ok(AmqpBroker { inner })
     }
 
@@ -905,8 +1160,32 @@ impl Drop for AmqpBroker {
     }
 }
 
+/// Consumers whose channel the broker closed (e.g. for `consumer_timeout`),
+/// kept instead of dropped. lapin 4.12.3 with recovery on leaves such a
+/// consumer active; dropping its last handle then asks lapin to cancel it on
+/// a channel that no longer exists, which lapin takes for a *connection*
+/// error: it reconnects, and the broker requeues every unacked delivery of
+/// the whole connection (measured: the consume connection then stalled).
+/// A few hundred bytes each; only the oldest beyond [`DEAD_CONSUMERS_MAX`]
+/// are dropped.
+static DEAD_CONSUMERS: Mutex<VecDeque<Consumer>> = Mutex::new(VecDeque::new());
+const DEAD_CONSUMERS_MAX: usize = 4096;
+
+/// Keeps the consumer of a channel closed under us (see [`DEAD_CONSUMERS`]).
+fn keep_dead_consumer(consumer: Consumer) {
+    let mut dead = lock(&DEAD_CONSUMERS);
+    dead.push_back(consumer);
+    while dead.len() > DEAD_CONSUMERS_MAX {
+        dead.pop_front();
+    }
+}
+
 /// Cancels a consumer, returns its buffered deliveries and closes its channel.
 async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
+    let closed_under_us = sub.as_ref().is_some_and(|s| {
+        let st = s.channel.status();
+        !st.connected() && !st.reconnecting() && !st.initializing()
+    });
     if let Some(sub) = &sub
         && sub.channel.status().connected()
     {
@@ -930,8 +1209,7 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
         }
     }
     if let Some(sub) = sub {
-        // Drain what arrived between cancel and now, then close: the broker
-        // requeues whatever is still unacked on the channel.
+        // Return what arrived between cancel and now.
         let mut consumer = sub.consumer.clone();
         while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
             let _ = d
@@ -942,7 +1220,30 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
                 })
                 .await;
         }
-        let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
+        // Events handed out from this channel and still running keep it
+        // open: closing it would make the broker requeue them, and they
+        // would run twice (a poller whose slots are all busy with long
+        // events reaches no `take` for `HOLD`, and the reaper returns its
+        // buffered events). It is closed once they are settled or renewed.
+        if sub.channel.status().connected() && sub.in_hand.load(Ordering::SeqCst) > 0 {
+            tokio::spawn(async move {
+                while sub.channel.status().connected() && sub.in_hand.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                close_sub(sub, closed_under_us).await;
+            });
+            return;
+        }
+        close_sub(sub, closed_under_us).await;
+    }
+}
+
+/// Closes an unsubscribed consumer's channel: the broker requeues whatever
+/// is still unacked on it.
+async fn close_sub(sub: Sub, closed_under_us: bool) {
+    let _ = tokio::time::timeout(OP_TIMEOUT, sub.channel.close(200, "OK".into())).await;
+    if closed_under_us {
+        keep_dead_consumer(sub.consumer);
     }
 }
 
@@ -1501,6 +1802,7 @@ impl Inner {
                 consumer,
                 conn_id: cons.id,
                 unacked: Arc::new(AtomicUsize::new(0)),
+                in_hand: Arc::new(AtomicUsize::new(0)),
             })
         }
         .await;
@@ -1589,7 +1891,7 @@ impl Inner {
             )
             .await
             {
-                Ok(Ok(Some(m))) => return Check::Got(Box::new(m.delivery)),
+                Ok(Ok(Some(m))) => return Check::Got(Box::new(m.delivery), sub.in_hand.clone()),
                 Ok(Ok(None)) => {}
                 _ => return Check::Unknown,
             }
@@ -1661,17 +1963,24 @@ impl Inner {
                 let mut st = lock(&slot.st);
                 Self::drain(&mut st);
                 st.last_reached = std::time::Instant::now();
-                let d = Self::pop(&mut st).map(|d| (d, st.sub.as_ref().map(|s| s.unacked.clone())));
+                let d = Self::pop(&mut st).map(|d| {
+                    let sub = st.sub.as_ref();
+                    (
+                        d,
+                        sub.map(|s| s.unacked.clone()),
+                        sub.map(|s| s.in_hand.clone()),
+                    )
+                });
                 (d, !st.buf.is_empty(), self.is_full(&st))
             };
-            if let Some((d, counter)) = popped {
+            if let Some((d, counter, in_hand)) = popped {
                 if more {
                     // Wakes the takers that wait now (every `take` registers
                     // before it looks); unlike `notify_one` it leaves no
                     // permit behind for a later wait to trip over.
                     self.notify.notify_waiters();
                 }
-                return Ok(Pick::Got(slot.clone(), Box::new(d), counter));
+                return Ok(Pick::Got(slot.clone(), Box::new(d), counter, in_hand));
             }
             poll_soon |= full;
             let last = i + 1 == slots.len();
@@ -1679,7 +1988,9 @@ impl Inner {
                 break;
             }
             match self.check(slot).await {
-                Check::Got(d) => return Ok(Pick::Got(slot.clone(), d, None)),
+                Check::Got(d, in_hand) => {
+                    return Ok(Pick::Got(slot.clone(), d, None, Some(in_hand)));
+                }
                 Check::Retry => return Ok(Pick::Retry),
                 Check::Clear => {}
                 Check::Unknown => return Ok(Pick::Wait { poll_soon: true }),
@@ -1783,6 +2094,7 @@ impl Inner {
         slot: &Slot,
         d: LapinDelivery,
         counter: Option<Arc<AtomicUsize>>,
+        in_hand: Option<Arc<AtomicUsize>>,
     ) -> Option<Delivery> {
         let LapinDelivery {
             data,
@@ -1791,12 +2103,28 @@ impl Inner {
             properties,
             ..
         } = d;
+        let now = std::time::Instant::now();
         let tag = Tag {
-            acker,
+            seq: 0,
+            cur: tokio::sync::Mutex::new(Current {
+                acker,
+                hold: None,
+                since: now,
+                renewals: 0,
+            }),
+            counted: AtomicBool::new(true),
             unacked: counter,
+            in_hand: in_hand.inspect(|n| {
+                n.fetch_add(1, Ordering::SeqCst);
+            }),
             done: AtomicBool::new(false),
+            renewing: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            queue: slot.name.clone(),
             full_queue: slot.full.clone(),
             properties,
+            body: Vec::new(),
+            taken: now,
         };
         if let Some(run_at) = run_at_of(&tag.properties, &data) {
             let now = now_ms();
@@ -1819,6 +2147,7 @@ impl Inner {
                 tokio::time::sleep(Duration::from_millis(run_at - now)).await;
             }
         }
+        let tag = self.register(tag, &data);
         Some(Delivery {
             queue: slot.name.clone(),
             body: data,
@@ -1828,33 +2157,209 @@ impl Inner {
     }
 
     async fn settle_ack(&self, tag: &Tag) {
-        tag.finish();
-        match tokio::time::timeout(OP_TIMEOUT, tag.acker.ack(BasicAckOptions::default())).await {
+        self.finish(tag);
+        let mut cur = tag.cur.lock().await;
+        let id = tag.event_id();
+        match tokio::time::timeout(OP_TIMEOUT, cur.acker.ack(BasicAckOptions::default())).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => tracing::warn!(
-                queue = %tag.full_queue,
-                "ack not sent (already settled, or the channel was lost): the broker will redeliver the event"
+                queue = %tag.full_queue, event = %id,
+                "ack not sent (already settled, or the channel was lost): the broker may deliver the event again"
             ),
             Ok(Err(e)) => tracing::warn!(
-                queue = %tag.full_queue, error = %e,
+                queue = %tag.full_queue, event = %id, error = %e,
                 "ack failed: the broker will redeliver the event"
             ),
-            Err(_) => tracing::warn!(queue = %tag.full_queue, "ack timed out"),
+            Err(_) => tracing::warn!(queue = %tag.full_queue, event = %id, "ack timed out"),
+        }
+        // The event is settled: a copy left in its hold queue (its channel
+        // was lost) must not come back, so the queue goes either way.
+        if let Some((queue, ch)) = cur.hold.take() {
+            drop_hold(queue, ch, true).await;
         }
     }
 
     async fn settle_nack(&self, tag: &Tag) {
-        tag.finish();
+        self.finish(tag);
+        let mut cur = tag.cur.lock().await;
+        // A renewed event: rejecting the copy dead-letters it to its work
+        // queue at once (the hold queue's dead-letter routing key).
+        let requeue = cur.hold.is_none();
         let res = tokio::time::timeout(
             OP_TIMEOUT,
-            tag.acker.nack(BasicNackOptions {
+            cur.acker.nack(BasicNackOptions {
                 multiple: false,
-                requeue: true,
+                requeue,
             }),
         )
         .await;
-        if !matches!(res, Ok(Ok(true))) {
-            tracing::warn!(queue = %tag.full_queue, "release not sent: the broker requeues the event when the channel closes");
+        let sent = matches!(res, Ok(Ok(true)));
+        if !sent {
+            tracing::warn!(queue = %tag.full_queue, event = %tag.event_id(), "release not sent: the broker requeues the event when the channel closes");
+        }
+        if let Some((queue, ch)) = cur.hold.take() {
+            // Not sent: the broker requeued the copy into its hold queue,
+            // which dead-letters it within `HOLD_TTL`: keep the queue.
+            drop_hold(queue, ch, sent).await;
+        }
+    }
+
+    /// Marks a delivery settled: it leaves the renewer and the prefetch count.
+    fn finish(&self, tag: &Tag) {
+        tag.done.store(true, Ordering::SeqCst);
+        tag.uncount();
+        if tag.seq != 0 {
+            lock(&self.held).remove(&tag.seq);
+        }
+    }
+
+    /// Registers a handed-out delivery with the renewer.
+    fn register(&self, mut tag: Tag, body: &[u8]) -> Arc<Tag> {
+        tag.seq = self.held_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        tag.body = body.to_vec();
+        let tag = Arc::new(tag);
+        lock(&self.held).insert(tag.seq, Arc::downgrade(&tag));
+        tag
+    }
+
+    /// Moves a long-running event to a fresh delivery (see *Long events* in
+    /// the module docs): a copy in its hold queue, fetched unacked on the
+    /// event's own channel, then the previous delivery is acked.
+    async fn renew(&self, tag: &Tag) -> Result<(), String> {
+        let mut cur = tag.cur.lock().await;
+        if tag.done.load(Ordering::SeqCst) || !cur.acker.usable() {
+            return Ok(());
+        }
+        let cons = self
+            .cons_conn()
+            .await
+            .ok_or_else(|| "the consume connection is down".to_string())?;
+        let text = |e: TopoErr| match e {
+            TopoErr::Fatal(e) => e.to_string(),
+            TopoErr::Transient(m) => m,
+        };
+        let (queue, ch) = match &cur.hold {
+            Some((q, c)) => (q.clone(), c.clone()),
+            None => {
+                let ch = op("open a hold channel", cons.conn.create_channel())
+                    .await
+                    .map_err(text)?;
+                (self.hold_name(tag), ch)
+            }
+        };
+        let fetched = async {
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), i64_of(ms(HOLD_TTL)));
+            args.insert("x-dead-letter-exchange".into(), long_str(""));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                long_str(&tag.full_queue),
+            );
+            args.insert(
+                "x-expires".into(),
+                i64_of(ms(self.consumer_timeout * 2 + BROKER_TICK)),
+            );
+            op(
+                "declare the hold queue",
+                ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args),
+            )
+            .await
+            .map_err(text)?;
+            self.publish_copy(&queue, &tag.body, copy_properties(&tag.properties))
+                .await?;
+            match op(
+                "fetch the copy",
+                ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }),
+            )
+            .await
+            .map_err(text)?
+            {
+                Some(m) => Ok(m.delivery.acker),
+                None => Err(format!(
+                    "the copy left `{queue}` before it could be fetched: it goes back to `{}` and the event runs again",
+                    tag.full_queue
+                )),
+            }
+        }
+        .await;
+        let acker = match fetched {
+            Ok(a) => a,
+            Err(e) => {
+                if cur.hold.is_none() {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+                }
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut cur.acker, acker);
+        let age = cur.since.elapsed();
+        cur.hold = Some((queue.clone(), ch));
+        cur.since = std::time::Instant::now();
+        cur.renewals += 1;
+        tag.uncount();
+        match tokio::time::timeout(OP_TIMEOUT, old.ack(BasicAckOptions::default())).await {
+            Ok(Ok(true)) => tracing::debug!(
+                event = %tag.event_id(), queue = %tag.queue, hold = %queue, renewals = cur.renewals,
+                "renewed a long event's delivery after {age:?} (consumer_timeout {:?})", self.consumer_timeout
+            ),
+            _ => tracing::warn!(
+                event = %tag.event_id(), queue = %tag.queue,
+                "renewed event {} ({}), but its previous delivery could not be acked: the event will run again",
+                tag.event_id(), tag.event_name()
+            ),
+        }
+        Ok(())
+    }
+
+    /// `<prefix>hold.<event id>.<nonce>`, within RabbitMQ's 255 bytes.
+    fn hold_name(&self, tag: &Tag) -> String {
+        let id: String = tag
+            .event_id()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(40)
+            .collect();
+        // The last hex digits of a v7 UUID are random.
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        format!("{}hold.{id}.{}", self.prefix, &nonce[24..])
+    }
+
+    /// Publishes a renewal copy straight to its hold queue, confirmed (one
+    /// attempt: the renewer tries again on its next tick).
+    async fn publish_copy(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + OP_TIMEOUT.min(self.publish_timeout);
+        let p = self.pub_conn(deadline).await.map_err(|e| e.to_string())?;
+        let confirmed = tokio::time::timeout(OP_TIMEOUT, async {
+            p.confirm
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    body,
+                    props,
+                )
+                .await?
+                .await
+        })
+        .await;
+        match confirmed {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                Err(format!("the copy to `{queue}` was returned as unroutable"))
+            }
+            Ok(Ok(_)) => Err(format!("the broker did not confirm the copy to `{queue}`")),
+            Ok(Err(e)) => Err(format!("publish the copy to `{queue}`: {e}")),
+            Err(_) => Err(format!(
+                "publish the copy to `{queue}`: no confirm in {OP_TIMEOUT:?}"
+            )),
         }
     }
 
@@ -1873,8 +2378,8 @@ impl Inner {
                 && !slots.is_empty()
             {
                 match self.select(&slots, &cons).await? {
-                    Pick::Got(slot, d, counter) => {
-                        if let Some(del) = self.hand_out(&slot, *d, counter).await {
+                    Pick::Got(slot, d, counter, in_hand) => {
+                        if let Some(del) = self.hand_out(&slot, *d, counter, in_hand).await {
                             return Ok(Some(del));
                         }
                         continue;
@@ -1899,7 +2404,8 @@ impl Inner {
     fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
         delivery
             .tag
-            .downcast_ref::<Tag>()
+            .downcast_ref::<Arc<Tag>>()
+            .map(|t| &**t)
             .ok_or_else(|| self.err("this delivery was not taken from this broker"))
     }
 
@@ -2453,6 +2959,24 @@ mod tests {
     }
 
     #[test]
+    fn consumer_timeout_option() {
+        let c = parse_url("amqp://h/%2f?consumer_timeout=45m&prefix=x.").expect("valid");
+        assert_eq!(c.consumer_timeout, Duration::from_secs(45 * 60));
+        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=30");
+        assert_eq!(
+            parse_url("amqp://h/%2f").expect("valid").consumer_timeout,
+            DEFAULT_CONSUMER_TIMEOUT
+        );
+        for bad in ["soon", "0s", "500ms"] {
+            let e = parse_url(&format!("amqp://u:secret@h/%2f?consumer_timeout={bad}"))
+                .err()
+                .expect("error");
+            assert!(e.to_string().contains("consumer_timeout"), "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
     fn cacertfile_is_read_and_taken_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca.pem");
@@ -2464,7 +2988,10 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(c.tls.cert_chain.as_deref(), Some(pem));
-        assert_eq!(c.lapin_url, "amqps://u:p@h/%2f?heartbeat=30&frame_max=131072");
+        assert_eq!(
+            c.lapin_url,
+            "amqps://u:p@h/%2f?heartbeat=30&frame_max=131072"
+        );
         assert!(
             parse_url("amqps://u:p@h/%2f")
                 .expect("valid")
