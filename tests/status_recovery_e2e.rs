@@ -17,11 +17,7 @@ use common::*;
 use rabbit_node::RabbitNode;
 
 fn private_node() -> Option<RabbitNode> {
-    if !rabbit_node::available() {
-        if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
-            panic!("rabbitmq-server is not installed but ACTION_EVENT_REQUIRE_AMQP=1");
-        }
-        eprintln!("SKIPPED: no RabbitMQ: rabbitmq-server is not installed, no private node");
+    if !rabbit_node::available_or_skip() {
         return None;
     }
     Some(RabbitNode::start(""))

@@ -16,11 +16,7 @@ use rabbit_node::RabbitNode;
 
 /// A private node with a TLS listener, or `None` after a loud message.
 fn tls_node() -> Option<RabbitNode> {
-    if !rabbit_node::available() {
-        if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
-            panic!("rabbitmq-server is not installed but ACTION_EVENT_REQUIRE_AMQP=1");
-        }
-        eprintln!("SKIPPED: no RabbitMQ: rabbitmq-server is not installed, no private node");
+    if !rabbit_node::available_or_skip() {
         return None;
     }
     Some(RabbitNode::start_tls(""))

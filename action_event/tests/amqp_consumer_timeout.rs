@@ -25,15 +25,7 @@ const TIMEOUT_MS: u64 = 3000;
 /// A private node with a 3 s `consumer_timeout`, or `None` after a loud
 /// message when none can be started and `ACTION_EVENT_REQUIRE_AMQP` is not `1`.
 fn node() -> Option<Arc<RabbitNode>> {
-    if !rabbit_node::available() {
-        if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
-            panic!("rabbitmq-server is not installed but ACTION_EVENT_REQUIRE_AMQP=1");
-        }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: no RabbitMQ: rabbitmq-server is not installed, no private node ***\n"
-        );
+    if !rabbit_node::available_or_skip() {
         return None;
     }
     let node = RabbitNode::start(&format!("consumer_timeout = {TIMEOUT_MS}"));

@@ -2962,7 +2962,7 @@ mod tests {
     fn consumer_timeout_option() {
         let c = parse_url("amqp://h/%2f?consumer_timeout=45m&prefix=x.").expect("valid");
         assert_eq!(c.consumer_timeout, Duration::from_secs(45 * 60));
-        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=30");
+        assert_eq!(c.lapin_url, "amqp://h/%2f?heartbeat=30&frame_max=131072");
         assert_eq!(
             parse_url("amqp://h/%2f").expect("valid").consumer_timeout,
             DEFAULT_CONSUMER_TIMEOUT

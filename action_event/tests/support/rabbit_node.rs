@@ -138,6 +138,24 @@ pub fn available() -> bool {
     bin("rabbitmq-server").exists()
 }
 
+/// [`available`], or else: a panic when `ACTION_EVENT_REQUIRE_AMQP=1`, and
+/// otherwise a loud `SKIPPED` line (straight to stderr, which the test
+/// harness does not capture) and `false`, so the calling test returns.
+pub fn available_or_skip() -> bool {
+    if available() {
+        return true;
+    }
+    if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
+        panic!("rabbitmq-server is not installed but ACTION_EVENT_REQUIRE_AMQP=1");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: no RabbitMQ: rabbitmq-server is not installed, no private node ***\n"
+    );
+    false
+}
+
 impl RabbitNode {
     /// Starts a node whose `rabbitmq.conf` also holds `conf` (lines such as
     /// `consumer_timeout = 5000`) and waits until it accepts connections.
