@@ -756,17 +756,10 @@ fn envelope_properties(env: &Envelope, run_at: Option<u64>) -> BasicProperties {
 /// dead-lettering headers (RabbitMQ 3.x drops a message whose `x-death`
 /// shows a cycle), with `run_at` set.
 fn republish_properties(props: &BasicProperties, run_at: u64) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Some(h) = props.headers() {
-        for (k, v) in h.inner() {
-            if k.as_str() == "x-death" || k.as_str().starts_with("x-first-death") {
-                continue;
-            }
-            headers.insert(k.clone(), v.clone());
-        }
-    }
+    let copy = copy_properties(props);
+    let mut headers = copy.headers().clone().unwrap_or_default();
     headers.insert(HEADER_RUN_AT.into(), i64_of(run_at));
-    props.clone().with_headers(headers).with_delivery_mode(2)
+    copy.with_headers(headers)
 }
 
 /// A copy of a message's properties for a renewal copy: persistent, without
