@@ -22,7 +22,9 @@ use crate::Plan;
 use crate::child::{self, ChildSpec};
 use crate::event::{self, clock_ns, percentiles};
 use crate::fw::{self, Until};
-use crate::report::{Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, thousands};
+use crate::report::{
+    Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, scale_target, thousands,
+};
 
 const B: &str = "rabbitmq";
 /// The raw consumer's prefetch.
@@ -753,24 +755,9 @@ async fn scale(r: &Rabbit<'_>, report: &mut Report) {
             Ok::<_, anyhow::Error>((row, Some(fw)))
         }
         .await
-        .map(|(mut row, fw)| {
-            if let Some(fw) = fw {
-                match first {
-                    None => first = Some(fw),
-                    Some(base) if idx == plan.scale_sizes.len() - 1 => {
-                        let growth = fw.as_secs_f64() / base.as_secs_f64();
-                        row = row.target(Target::Check {
-                            text: format!(
-                                "≤ 1.5x the {} row: {growth:.2}x",
-                                thousands(plan.scale_sizes[0])
-                            ),
-                            pass: growth <= 1.5,
-                        });
-                    }
-                    Some(_) => {}
-                }
-            }
-            row
+        .map(|(row, fw)| match fw {
+            Some(fw) => scale_target(&plan.scale_sizes, idx, &mut first, fw, row),
+            None => row,
         });
         report.push_result(B, &what, row);
     }

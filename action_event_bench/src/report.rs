@@ -278,3 +278,28 @@ pub fn header(amqp_url_reachable: bool) -> Vec<(String, String)> {
         ),
     ]
 }
+
+/// The scale rows' target: the last size's per-event cost `fw` within 1.5x
+/// of the first size's (remembered in `first`, set by the row `idx == 0`).
+pub fn scale_target(
+    sizes: &[u64],
+    idx: usize,
+    first: &mut Option<Duration>,
+    fw: Duration,
+    row: Row,
+) -> Row {
+    match *first {
+        None => {
+            *first = Some(fw);
+            row
+        }
+        Some(base) if idx + 1 == sizes.len() => {
+            let growth = fw.as_secs_f64() / base.as_secs_f64();
+            row.target(Target::Check {
+                text: format!("≤ 1.5x the {} row: {growth:.2}x", thousands(sizes[0])),
+                pass: growth <= 1.5,
+            })
+        }
+        Some(_) => row,
+    }
+}

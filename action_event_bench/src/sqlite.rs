@@ -15,7 +15,9 @@ use crate::Plan;
 use crate::child::{self, ChildSpec};
 use crate::event::{self, clock_ns, percentiles};
 use crate::fw::{self, Until};
-use crate::report::{Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, thousands};
+use crate::report::{
+    Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, scale_target, thousands,
+};
 
 const B: &str = "sqlite";
 /// The queues a poller serves, in priority order; every backlog is in `medium`.
@@ -545,25 +547,11 @@ async fn scale(plan: &Plan, dir: &Path, report: &mut Report) {
         }
         .await
         .map(|(fw, raw)| {
-            let mut row = Row::new(B, &what)
+            let row = Row::new(B, &what)
                 .framework(fmt_us(fw))
                 .baseline(format!("rusqlite claim+delete loop: {}", fmt_us(raw)))
                 .ratio(fw.as_secs_f64() / raw.as_secs_f64());
-            match first {
-                None => first = Some(fw),
-                Some(base) if idx == plan.scale_sizes.len() - 1 => {
-                    let growth = fw.as_secs_f64() / base.as_secs_f64();
-                    row = row.target(Target::Check {
-                        text: format!(
-                            "≤ 1.5x the {} row: {growth:.2}x",
-                            thousands(plan.scale_sizes[0])
-                        ),
-                        pass: growth <= 1.5,
-                    });
-                }
-                Some(_) => {}
-            }
-            row
+            scale_target(&plan.scale_sizes, idx, &mut first, fw, row)
         });
         report.push_result(B, &what, r);
     }

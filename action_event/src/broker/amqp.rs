@@ -365,6 +365,11 @@ const HOLD: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(10);
 /// At most one settle wait per queue in this interval.
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
+/// `nack` back to the queue (spelled out: lapin's default does not requeue).
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
 /// An event this close to its `run_at` is held instead of re-delayed.
 const SHORT_WAIT_MS: u64 = 50;
 /// First pause between consume connection attempts; doubles up to [`CONS_RETRY_MAX`].
@@ -457,6 +462,18 @@ struct SlotState {
     arrivals: u64,
     last_reached: std::time::Instant,
     last_settle: Option<std::time::Instant>,
+}
+
+impl SlotState {
+    /// A delivery of the current consumer: buffered and counted unacked.
+    fn arrived(&mut self, d: LapinDelivery) {
+        if let Some(sub) = &self.sub {
+            sub.unacked.fetch_add(1, Ordering::SeqCst);
+        }
+        self.buf.push_back(d);
+        self.clear = false;
+        self.arrivals += 1;
+    }
 }
 
 #[derive(Clone)]
@@ -1191,27 +1208,14 @@ async fn unsubscribe(sub: Option<Sub>, buf: VecDeque<LapinDelivery>) {
     }
     for d in buf {
         if d.acker.usable() {
-            let _ = tokio::time::timeout(
-                OP_TIMEOUT,
-                d.acker.nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                }),
-            )
-            .await;
+            let _ = tokio::time::timeout(OP_TIMEOUT, d.acker.nack(REQUEUE)).await;
         }
     }
     if let Some(sub) = sub {
         // Return what arrived between cancel and now.
         let mut consumer = sub.consumer.clone();
         while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await;
+            let _ = d.acker.nack(REQUEUE).await;
         }
         // Events handed out from this channel and still running keep it
         // open: closing it would make the broker requeue them, and they
@@ -1819,12 +1823,7 @@ impl Inner {
         loop {
             let Some(sub) = st.sub.as_mut() else { return };
             match sub.consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => {
-                    sub.unacked.fetch_add(1, Ordering::SeqCst);
-                    st.buf.push_back(d);
-                    st.clear = false;
-                    st.arrivals += 1;
-                }
+                Some(Some(Ok(d))) => st.arrived(d),
                 Some(Some(Err(e))) => {
                     // lapin errs a consumer when its channel or connection
                     // fails, then ends it: it is done either way.
@@ -2028,21 +2027,10 @@ impl Inner {
                     match consumer.poll_next_unpin(cx) {
                         Poll::Ready(Some(Ok(d))) => {
                             match st.sub.as_ref().filter(|s| s.consumer.tag() == *tag) {
-                                Some(sub) => {
-                                    sub.unacked.fetch_add(1, Ordering::SeqCst);
-                                    st.buf.push_back(d);
-                                    st.clear = false;
-                                    st.arrivals += 1;
-                                }
+                                Some(_) => st.arrived(d),
                                 None => {
                                     tokio::spawn(async move {
-                                        let _ = d
-                                            .acker
-                                            .nack(BasicNackOptions {
-                                                multiple: false,
-                                                requeue: true,
-                                            })
-                                            .await;
+                                        let _ = d.acker.nack(REQUEUE).await;
                                     });
                                 }
                             }
