@@ -271,6 +271,44 @@ impl Rabbit<'_> {
     }
 }
 
+/// The hidden `__fill --url` subcommand (for profiling a drain child):
+/// `events` no-op events into `medium` through the framework, or raw into
+/// `queue`.
+pub fn fill_main(url: &str, queue: Option<&str>, events: u64) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                match queue {
+                    Some(q) => {
+                        let conn = raw_connect(url, "bench-fill").await?;
+                        let ch = conn.create_channel().await?;
+                        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                        declare(&ch, q).await?;
+                        let bodies = (0..events).map(|i| event::body(i, None).map(|(_, b)| b));
+                        let bodies = bodies.collect::<anyhow::Result<Vec<_>>>()?;
+                        raw_publish(&ch, q, &bodies, WINDOW).await?;
+                        let _ = conn.close(200, "OK".into()).await;
+                    }
+                    None => {
+                        let client = Client::connect(url).await?;
+                        fw::fill(&client, events, FILL_WINDOW).await?;
+                    }
+                }
+                Ok(())
+            })
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("action_event_bench __fill: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn with_prefix(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}prefix={prefix}")
@@ -721,20 +759,29 @@ async fn scale(r: &Rabbit<'_>, report: &mut Report) {
             thousands(w),
             thousands(k)
         );
+        // Each side takes `k` events `reps` times from a queue holding
+        // `w + reps * k`, so at least `w` are waiting throughout; the best
+        // run counts (as in the SQLite rows: one sample swung widely).
+        let reps = plan.reps as u64;
         let row = async {
             let q = r.raw_queue("scale").await?;
             let raw = async {
                 // Filled in chunks: a million bodies need not sit in memory.
+                let total = w + reps * k;
                 let mut i = 0;
-                while i < w {
-                    let m = (w - i).min(100_000);
+                while i < total {
+                    let m = (total - i).min(100_000);
                     let bodies = (i..i + m)
                         .map(|j| event::body(j, None).map(|(_, b)| b.into_bytes()))
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     raw_publish(&r.pch, &q, &bodies, WINDOW).await?;
                     i += m;
                 }
-                Ok::<_, anyhow::Error>(raw_consume(&r.consume, &q, k, None).await? / k as u32)
+                let mut best = Duration::MAX;
+                for _ in 0..reps {
+                    best = best.min(raw_consume(&r.consume, &q, k, None).await? / k as u32);
+                }
+                Ok::<_, anyhow::Error>(best)
             }
             .await;
             r.drop_queue(&q).await;
@@ -743,11 +790,20 @@ async fn scale(r: &Rabbit<'_>, report: &mut Report) {
             if let Some(row) = r.skipped(&what, baseline.clone()) {
                 return Ok((row, None));
             }
-            let (broker, prefix) = fw_broker_filled(r, "scale", w).await?;
-            let run = fw::run_poller(broker.clone(), 8, Until::Events(k), plan.limit).await;
+            let (broker, prefix) = fw_broker_filled(r, "scale", w + reps * k).await?;
+            let fw = async {
+                let mut best = Duration::MAX;
+                for _ in 0..reps {
+                    let run =
+                        fw::run_poller(broker.clone(), 8, Until::Events(k), plan.limit).await?;
+                    best = best.min(run.to_nth.context("the poller stopped early")? / k as u32);
+                }
+                Ok::<_, anyhow::Error>(best)
+            }
+            .await;
             drop(broker);
             cleanup_prefix(&r.pch, &prefix).await;
-            let fw = run?.to_nth.context("the poller stopped early")? / k as u32;
+            let fw = fw?;
             let row = Row::new(B, &what)
                 .framework(fmt_us(fw))
                 .baseline(baseline)

@@ -72,12 +72,18 @@ enum Cmd {
     /// Internal: one measured process (memory rows, two pollers).
     #[command(name = "__child", hide = true)]
     Child(child::ChildArgs),
-    /// Internal, for profiling a child: creates a SQLite broker file and puts
-    /// `events` no-op events in `medium`.
+    /// Internal, for profiling a child: puts `events` no-op events in
+    /// `medium` of a new SQLite broker file (`--path`), of a RabbitMQ
+    /// framework URL (`--url`), or raw into one RabbitMQ queue (`--url`
+    /// and `--queue`).
     #[command(name = "__fill", hide = true)]
     Fill {
-        #[arg(long)]
-        path: PathBuf,
+        #[arg(long, conflicts_with = "url")]
+        path: Option<PathBuf>,
+        #[arg(long, required_unless_present = "path")]
+        url: Option<String>,
+        #[arg(long, requires = "url")]
+        queue: Option<String>,
         #[arg(long)]
         events: u64,
     },
@@ -115,7 +121,21 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.cmd {
         Some(Cmd::Child(c)) => return child::main(c),
-        Some(Cmd::Fill { path, events }) => return fill(&path, events),
+        Some(Cmd::Fill {
+            path: Some(path),
+            events,
+            ..
+        }) => return fill(&path, events),
+        Some(Cmd::Fill {
+            url: Some(url),
+            queue,
+            events,
+            ..
+        }) => return amqp::fill_main(&url, queue.as_deref(), events),
+        Some(Cmd::Fill { .. }) => {
+            eprintln!("action_event_bench __fill: give --path or --url");
+            return ExitCode::FAILURE;
+        }
         None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -329,7 +349,7 @@ fn notes(plan: &Plan) -> Vec<String> {
              the empty `high` first; the raw SQLite loop does the same."
         ),
         format!(
-            "Enqueue and processing rows (and the SQLite scale rows) run {} time(s), the baseline \
+            "Enqueue, processing and scale rows run {} time(s), the baseline \
          and action_event taking turns; each side's best run is shown (the box is shared, and a \
          slow run is mostly other load).",
             plan.reps
