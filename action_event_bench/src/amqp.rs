@@ -33,6 +33,12 @@ pub const PREFETCH: u16 = 100;
 pub const WINDOW: usize = 1000;
 /// Sends in flight when filling a backlog through the framework (untimed).
 const FILL_WINDOW: usize = 1000;
+/// The pause between filling a backlog and draining it, on both sides.
+/// RabbitMQ drains land in a fast or a slow mode from run to run (poller,
+/// 40,000 events: 22,800-23,400 ev/s or 11,700-13,500 ev/s); started right
+/// after the fill was confirmed, the poller's drain was slow in 4 of 4 runs,
+/// after a 2-5 s pause in 2 of 4. `--reps` (best run) evens out the rest.
+const FILL_SETTLE: Duration = Duration::from_secs(2);
 
 /// Whether the RabbitMQ rows can run.
 pub enum Availability {
@@ -259,6 +265,7 @@ impl Rabbit<'_> {
         let bodies = (0..n).map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()));
         let bodies = bodies.collect::<anyhow::Result<Vec<_>>>()?;
         raw_publish(&self.pch, q, &bodies, WINDOW).await?;
+        tokio::time::sleep(FILL_SETTLE).await;
         Ok(())
     }
 
@@ -551,6 +558,7 @@ async fn fw_broker_filled(
     let (url, prefix) = r.fw_url(tag);
     let broker = action_event::broker::connect(&url).await?;
     fw::fill(&Client::from_broker(broker.clone()), n, FILL_WINDOW).await?;
+    tokio::time::sleep(FILL_SETTLE).await;
     Ok((broker, prefix))
 }
 
@@ -777,6 +785,7 @@ async fn scale(r: &Rabbit<'_>, report: &mut Report) {
                     raw_publish(&r.pch, &q, &bodies, WINDOW).await?;
                     i += m;
                 }
+                tokio::time::sleep(FILL_SETTLE).await;
                 let mut best = Duration::MAX;
                 for _ in 0..reps {
                     best = best.min(raw_consume(&r.consume, &q, k, None).await? / k as u32);

@@ -351,7 +351,9 @@ fn notes(plan: &Plan) -> Vec<String> {
         format!(
             "Enqueue, processing and scale rows run {} time(s), the baseline \
          and action_event taking turns; each side's best run is shown (the box is shared, and a \
-         slow run is mostly other load).",
+         slow run is mostly other load; RabbitMQ drains also swing between a fast and a slow \
+         mode, about 2x apart, on both sides). RabbitMQ backlogs get a 2 s pause between \
+         filling and draining, on both sides.",
             plan.reps
         ),
         "Throughput rows: the ratio is action_event ÷ baseline events/s (higher is better); \
