@@ -1873,14 +1873,6 @@ impl Inner {
         }
     }
 
-    /// Whether `slot` has deliveries buffered (after moving in what its
-    /// consumer received).
-    fn has_buffered(slot: &Slot) -> bool {
-        let mut st = lock(&slot.st);
-        Self::drain(&mut st);
-        !st.buf.is_empty()
-    }
-
     fn pop(st: &mut SlotState) -> Option<LapinDelivery> {
         while let Some(d) = st.buf.pop_front() {
             if d.acker.usable() {
@@ -2032,15 +2024,21 @@ impl Inner {
             // `RECHECK`: the take waits for an arrival (or `poll_soon`)
             // instead. Checking on every empty buffer cost a drain of a
             // `medium` backlog over half its time (a check per ~25 events).
-            if !full && !slots[i + 1..].iter().any(|s| Self::has_buffered(s)) {
-                let unreached = slots[i + 1..].iter().any(|s| lock(&s.st).sub.is_none());
+            if !full {
+                let (mut buffered, mut unreached) = (false, false);
+                for lower in &slots[i + 1..] {
+                    let mut st = lock(&lower.st);
+                    Self::drain(&mut st);
+                    buffered |= !st.buf.is_empty();
+                    unreached |= st.sub.is_none();
+                }
+                if !buffered && !unreached {
+                    break;
+                }
                 let busy = lock(&slot.st)
                     .busy_until
                     .is_some_and(|t| std::time::Instant::now() < t);
-                if !unreached {
-                    break;
-                }
-                if busy {
+                if !buffered && busy {
                     poll_soon = true;
                     break;
                 }
@@ -3001,6 +2999,25 @@ async fn presence_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_messages_carry_no_header_but_run_at() {
+        let env = Envelope::new("hello_world", "high", serde_json::json!({}));
+        let plain = envelope_properties(&env, None);
+        assert!(plain.headers().is_none(), "{plain:?}");
+        assert_eq!(
+            plain.message_id().as_ref().map(|s| s.as_str()),
+            Some(env.id.to_string().as_str())
+        );
+        assert_eq!(
+            plain.kind().as_ref().map(|s| s.as_str()),
+            Some("hello_world")
+        );
+        let delayed = envelope_properties(&env, Some(7));
+        let headers = delayed.headers().as_ref().expect("headers");
+        assert_eq!(headers.inner().len(), 1);
+        assert_eq!(header_u64(&delayed, HEADER_RUN_AT), Some(7));
+    }
 
     #[test]
     fn run_at_from_the_header_else_the_body() {
