@@ -316,9 +316,12 @@ pub fn fill_main(url: &str, queue: Option<&str>, events: u64) -> std::process::E
     }
 }
 
+/// A framework URL on `url` with its own `prefix`, and the raw consumer's
+/// prefetch (the framework's default is 32: fewer events held back from
+/// other pollers; 100 drained 5-12 % faster here).
 fn with_prefix(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}prefix={prefix}")
+    format!("{url}{sep}prefix={prefix}&prefetch={PREFETCH}")
 }
 
 fn probe_prefix(plan: &Plan) -> String {

@@ -374,8 +374,9 @@ fn notes(plan: &Plan) -> Vec<String> {
         format!(
             "RabbitMQ baselines: separate publish and consume connections; publishing is \
              persistent with {} confirms in flight; the consumer has prefetch {} and acks in a \
-             spawned task.",
+             spawned task. The pollers' URLs set `prefetch={}` too (the default is 32).",
             amqp::WINDOW,
+            amqp::PREFETCH,
             amqp::PREFETCH
         ),
         format!(
