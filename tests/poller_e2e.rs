@@ -210,6 +210,34 @@ async fn sigterm_mid_event_finishes_it_and_exits() {
     }
 }
 
+/// The events a poller took ahead of its free slots (SQLite: claimed in
+/// one batch; RabbitMQ: prefetched) are free for another poller as soon as
+/// it stops, not when a lease lapses: the event in hand ends before the
+/// SQLite broker's 1 s give-back of events claimed ahead would act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_back_at_once_what_was_taken_ahead() {
+    for backend in backends() {
+        let w = World::new(&backend);
+        w.queue_records(1, "medium", "t", 300).await;
+        w.queue_records(5, "medium", "after", 0).await;
+        let mut p = w.spawn("p.log", &["--queues", "medium"]);
+        w.wait_records(Duration::from_secs(30), "the event to start", |r| {
+            r.iter().any(|r| r.tag == "t-0")
+        });
+        send_signal(&p, SIGTERM);
+        let status = wait_child(&mut p, Duration::from_secs(30), "poller");
+        let log = w.log("p.log");
+        assert!(status.success(), "{log}");
+        assert!(
+            w.records().iter().all(|r| !r.tag.starts_with("after-")),
+            "{log}"
+        );
+        let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
+        assert!(wait_child(&mut q, Duration::from_secs(10), "poller").success());
+        assert_exactly_once(&w.records(), 5, "after");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_shutdown_timeout_gives_the_event_back() {
     for backend in backends() {

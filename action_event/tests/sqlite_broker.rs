@@ -594,7 +594,8 @@ async fn duplicate_publish_is_stored_once() {
 #[tokio::test]
 async fn depth_counts_waiting_and_oldest_age() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "").await;
+    // One claim, one event: the other two stay waiting.
+    let b = open(&dir, "?batch=1").await;
     for _ in 0..3 {
         b.publish(&Envelope::new("e", "low", json!({})))
             .await
@@ -617,6 +618,8 @@ async fn bad_url_options_are_rejected_by_name() {
         ("?busy_timeout=-1", "busy_timeout"),
         ("?poll=0ms", "poll"),
         ("?synchronous=off", "synchronous"),
+        ("?batch=0", "batch"),
+        ("?batch=many", "batch"),
         ("?frobnicate=1", "frobnicate"),
     ] {
         let u = url(&dir, opts);
@@ -635,7 +638,7 @@ async fn bad_url_options_are_rejected_by_name() {
     // Good options are accepted.
     open(
         &dir,
-        "?lease=45s&synchronous=full&busy_timeout=2s&poll=250ms",
+        "?lease=45s&synchronous=full&busy_timeout=2s&poll=250ms&batch=100",
     )
     .await;
 }
@@ -806,4 +809,125 @@ fn rusqlite_count(dir: &tempfile::TempDir) -> i64 {
     let conn = rusqlite::Connection::open(path).expect("open");
     conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
         .expect("count")
+}
+
+/// Publishes `n` events to `queue`, numbered in `params.i`.
+async fn publish_numbered(b: &SqliteBroker, queue: &str, n: u64) {
+    for i in 0..n {
+        b.publish(&Envelope::new("e", queue, json!({ "i": i })))
+            .await
+            .unwrap();
+    }
+}
+
+fn number_of(d: &Delivery) -> u64 {
+    env_of(d).params["i"].as_u64().expect("numbered")
+}
+
+/// A claim takes up to `batch` events; the ones claimed ahead are taken
+/// from no other broker, counted neither waiting nor scheduled, handed out
+/// in order, and go back as they were when their broker is dropped.
+#[tokio::test]
+async fn events_claimed_ahead_are_held_then_given_back_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "?batch=4").await;
+    publish_numbered(&a, "low", 6).await;
+    let d0 = a.take(&qs(&["low"]), NOW).await.unwrap().expect("taken");
+    assert_eq!(number_of(&d0), 0);
+    let depth = a.depth("low").await.unwrap();
+    assert_eq!(
+        (depth.waiting, depth.scheduled),
+        (2, Some(0)),
+        "1 in hand and 3 claimed ahead are neither waiting nor scheduled"
+    );
+    let b = open(&dir, "?batch=1").await;
+    let e4 = b.take(&qs(&["low"]), NOW).await.unwrap().expect("taken");
+    assert_eq!(number_of(&e4), 4, "b does not get what a claimed ahead");
+    let d1 = a.take(&qs(&["low"]), NOW).await.unwrap().expect("taken");
+    assert_eq!(number_of(&d1), 1);
+    assert!(!d1.redelivered);
+    a.ack(&d0).await.unwrap();
+    a.ack(&d1).await.unwrap();
+    drop(a);
+    // 2 and 3 went back, ahead of 5 as before, not counted as delivered.
+    let mut rest = Vec::new();
+    while let Some(d) = b.take(&qs(&["low"]), NOW).await.unwrap() {
+        assert!(!d.redelivered, "{}", number_of(&d));
+        rest.push(number_of(&d));
+        b.ack(&d).await.unwrap();
+    }
+    assert_eq!(rest, vec![2, 3, 5]);
+    b.ack(&e4).await.unwrap();
+    assert_eq!(b.depth("low").await.unwrap().waiting, 0);
+}
+
+/// An event claimed ahead is handed out only while no queue listed before
+/// its own has a ready event.
+#[tokio::test]
+async fn strict_priority_holds_for_events_claimed_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "").await;
+    publish_numbered(&b, "medium", 4).await;
+    let queues = qs(&["high", "medium"]);
+    let m0 = b.take(&queues, NOW).await.unwrap().expect("taken");
+    assert_eq!((m0.queue.as_str(), number_of(&m0)), ("medium", 0));
+    publish_numbered(&b, "high", 2).await;
+    let mut order = Vec::new();
+    while let Some(d) = b.take(&queues, NOW).await.unwrap() {
+        order.push((d.queue.clone(), number_of(&d)));
+        b.ack(&d).await.unwrap();
+    }
+    let want: Vec<(String, u64)> = [
+        ("high", 0),
+        ("high", 1),
+        ("medium", 1),
+        ("medium", 2),
+        ("medium", 3),
+    ]
+    .iter()
+    .map(|(q, i)| (q.to_string(), *i))
+    .collect();
+    assert_eq!(order, want);
+    // A take that does not ask for a claimed-ahead event's queue never gets it.
+    publish_numbered(&b, "medium", 3).await;
+    let m = b.take(&queues, NOW).await.unwrap().expect("taken");
+    assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
+    b.ack(&m).await.unwrap();
+    // `give_back` frees the two claimed ahead for another broker at once.
+    let other = open(&dir, "?batch=1").await;
+    assert!(other.take(&queues, NOW).await.unwrap().is_none());
+    b.give_back().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(d) = other.take(&queues, NOW).await.unwrap() {
+        got.push(number_of(&d));
+        other.ack(&d).await.unwrap();
+    }
+    assert_eq!(got, vec![1, 2]);
+}
+
+/// An event claimed ahead and not started within a second goes back at the
+/// next heartbeat: a broker whose poller is busy keeps it from nobody.
+#[tokio::test]
+async fn events_claimed_ahead_and_not_started_go_back_at_the_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "?lease=300ms&batch=8").await;
+    publish_numbered(&a, "low", 5).await;
+    let d0 = a.take(&qs(&["low"]), NOW).await.unwrap().expect("taken");
+    let b = open(&dir, "?batch=1").await;
+    assert!(b.take(&qs(&["low"]), NOW).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = Vec::new();
+    while let Some(d) = b.take(&qs(&["low"]), NOW).await.unwrap() {
+        assert!(!d.redelivered);
+        got.push(number_of(&d));
+        b.ack(&d).await.unwrap();
+    }
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert!(
+        a.take(&qs(&["low"]), NOW).await.unwrap().is_none(),
+        "a no longer hands them out"
+    );
+    // The event in hand was kept by the heartbeat all along.
+    a.ack(&d0).await.unwrap();
+    assert_eq!(a.depth("low").await.unwrap().waiting, 0);
 }

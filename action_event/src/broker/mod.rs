@@ -313,6 +313,22 @@ pub trait Broker: Send + Sync + 'static {
     /// ```
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error>;
 
+    /// Gives back what this broker took from the queues ahead of
+    /// [`Broker::take`] and has not handed out, so that other pollers get
+    /// it now: the poller calls it once it takes no more. Deliveries handed
+    /// out stay owned. SQLite: the events a batch claim took ahead (see
+    /// `sqlite` module docs); RabbitMQ does the same by itself when the
+    /// connection closes. The default gives back nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// broker.give_back().await?;
+    /// # Ok(()) }
+    /// ```
+    async fn give_back(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// The event finished (completed or halted): remove it.
     ///
     /// ```no_run

@@ -11,6 +11,7 @@
 //! | `synchronous`  | `normal` | `normal` or `full` (see *Durability*)                           |
 //! | `busy_timeout` | `5s`     | how long to wait for another process's write lock              |
 //! | `poll`         | `100ms`  | longest sleep between two looks at an idle queue               |
+//! | `batch`        | `8`      | events one claim takes from a queue with a backlog (see *Claiming ahead*) |
 //!
 //! e.g. `sqlite://var/events.db?lease=2m&synchronous=full`. An unknown option
 //! or a bad value is an [`Error::BadUrl`] naming it. The parent directory is
@@ -55,6 +56,26 @@
 //! `lease`) and another poller took the event, the row is left alone and a
 //! warning says the event may run twice.
 //!
+//! # Claiming ahead
+//!
+//! A claim takes up to `batch` ready events of the first queue that has
+//! any, in one transaction: the first is handed out, the others wait in the
+//! broker, claimed (leased, kept alive by the heartbeat like events in
+//! hand), and are handed out by the next `take`s without another write,
+//! each only after a read finds no ready event in a queue listed before
+//! its own: strict priority holds at hand-out, not only at claim. Events
+//! claimed ahead count in [`Broker::depth`] neither as waiting nor as
+//! scheduled, like events in hand. They go back, with their place in the
+//! queue and their delivery count as they were, when the poller stops
+//! taking ([`Broker::give_back`]), when the broker is dropped, and once
+//! they waited more than 1 s (looked for every 0.5 s), so a poller
+//! busy with long events does not keep them from other pollers; if the
+//! process dies, they come back when their lease lapses, like events in
+//! hand. `batch=1` claims one at a time.
+//! Measured (bench, 100,000 events, concurrency 1): one claim per event
+//! ran at 0.71-0.75x the rusqlite loop's rate, the write transaction and
+//! the WAL commit of each claim being half the work.
+//!
 //! # Cost
 //!
 //! Claiming is one index range scan per queue looked at (index
@@ -76,13 +97,13 @@
 //! concurrency one write transaction settles many events.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::{Broker, DeadEvent, DeadFilter, Delivery, QueueDepth};
 use crate::envelope::{AttemptError, Envelope, now_ms};
@@ -95,6 +116,10 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_POLL: Duration = Duration::from_millis(100);
 const FIRST_POLL: Duration = Duration::from_millis(5);
+const DEFAULT_BATCH: u32 = 8;
+/// How long an event claimed ahead may wait in the broker before the
+/// heartbeat gives it back (see *Claiming ahead*).
+const AHEAD_MAX: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -126,6 +151,9 @@ CREATE INDEX IF NOT EXISTS dead_events_event_id ON dead_events (event_id);
 /// The first ready event of one queue: `?1` queue, `?2` now.
 const CLAIM_SELECT: &str = "SELECT id, event_id, body, deliveries FROM events \
      WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT 1";
+/// The first `?3` ready events of one queue: `?1` queue, `?2` now.
+const CLAIM_BATCH: &str = "SELECT id, event_id, body, deliveries, visible_at FROM events \
+     WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3";
 /// `?1` row id, `?2` new visible_at, `?3` claim token.
 const CLAIM_UPDATE: &str =
     "UPDATE events SET visible_at = ?2, claim = ?3, deliveries = deliveries + 1 WHERE id = ?1";
@@ -136,6 +164,10 @@ const ACK: &str = "DELETE FROM events WHERE id = ?1 AND claim = ?2";
 /// `?1` row id, `?2` claim token, `?3` body, `?4` visible_at.
 const RETRY: &str = "UPDATE events SET body = ?3, visible_at = ?4, claim = NULL, deliveries = 0 \
      WHERE id = ?1 AND claim = ?2";
+/// Gives back an event claimed ahead as it was: `?1` row id, `?2` claim
+/// token, `?3` its visible_at before the claim.
+const UNCLAIM: &str = "UPDATE events SET visible_at = ?3, claim = NULL, \
+     deliveries = deliveries - 1 WHERE id = ?1 AND claim = ?2";
 /// `?1` row id, `?2` claim token, `?3` now.
 const RELEASE: &str =
     "UPDATE events SET visible_at = ?3, claim = NULL WHERE id = ?1 AND claim = ?2";
@@ -160,6 +192,8 @@ const DEAD_WHERE: &str = "(?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR name = ?
 #[doc(hidden)]
 pub const HOT_QUERIES: &[(&str, &str)] = &[
     ("claim", CLAIM_SELECT),
+    ("claim_batch", CLAIM_BATCH),
+    ("unclaim", UNCLAIM),
     ("claim_update", CLAIM_UPDATE),
     ("extend", EXTEND),
     ("ack", ACK),
@@ -177,6 +211,7 @@ struct Config {
     full_sync: bool,
     busy_timeout: Duration,
     poll: Duration,
+    batch: u32,
 }
 
 fn parse_url(url: &str) -> Result<Config, Error> {
@@ -205,6 +240,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
         full_sync: false,
         busy_timeout: DEFAULT_BUSY_TIMEOUT,
         poll: DEFAULT_POLL,
+        batch: DEFAULT_BATCH,
     };
     let duration = |key: &str, value: &str| {
         humantime::parse_duration(value).map_err(|e| {
@@ -232,6 +268,17 @@ fn parse_url(url: &str) -> Result<Config, Error> {
                     ));
                 }
             }
+            "batch" => {
+                cfg.batch = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|b| (1..=1000).contains(b))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "option `batch`: `{value}` is not a number from 1 to 1000 (the default is {DEFAULT_BATCH})"
+                        ))
+                    })?;
+            }
             "synchronous" => {
                 cfg.full_sync = match value.to_ascii_lowercase().as_str() {
                     "normal" => false,
@@ -245,7 +292,7 @@ fn parse_url(url: &str) -> Result<Config, Error> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown option `{other}`: expected `lease`, `synchronous`, `busy_timeout` or `poll`"
+                    "unknown option `{other}`: expected `lease`, `synchronous`, `busy_timeout`, `poll` or `batch`"
                 )));
             }
         }
@@ -271,6 +318,31 @@ struct State {
     /// that found nothing (idle polling stays off the write lock), not after
     /// one that found an event (a backlog is claimed straight away).
     peek: bool,
+    /// Events claimed ahead and not handed out yet, in claim order (module
+    /// docs, *Claiming ahead*); each is also in `held`.
+    ahead: VecDeque<Ahead>,
+}
+
+/// An event claimed ahead.
+struct Ahead {
+    queue: String,
+    tag: Tag,
+    body: String,
+    redelivered: bool,
+    /// Its `visible_at` before the claim, restored if it goes back.
+    visible_at: i64,
+    since: Instant,
+}
+
+impl Ahead {
+    fn into_delivery(self) -> Delivery {
+        Delivery {
+            queue: self.queue,
+            body: self.body.into_bytes(),
+            redelivered: self.redelivered,
+            tag: Box::new(self.tag),
+        }
+    }
 }
 
 thread_local! {
@@ -422,6 +494,14 @@ impl Drop for SqliteBroker {
         // Without the heartbeat, the leases of deliveries still held lapse
         // and other pollers get those events again.
         self.heartbeat.abort();
+        // Events claimed ahead go back now, not when their lease lapses (a
+        // write: it may wait up to `busy_timeout` for another process).
+        let inner = &self.inner;
+        if let Ok(mut state) = inner.state.try_lock()
+            && let Err(e) = inner.waiting(&mut state, |state| unclaim_ahead(inner, state, |_| true))
+        {
+            tracing::warn!(broker = %inner.url, "events claimed ahead not given back (they come back when their lease lapses): {e}");
+        }
     }
 }
 
@@ -461,6 +541,7 @@ impl SqliteBroker {
                 conn,
                 held: HashMap::new(),
                 peek: true,
+                ahead: VecDeque::new(),
             })),
             publishes: std::sync::Mutex::new(Vec::new()),
             acks: std::sync::Mutex::new(Vec::new()),
@@ -692,21 +773,43 @@ fn warn_lapsed(url: &str, event_id: &str, what: &str) {
     );
 }
 
+/// Extends the leases of held deliveries every `every`, and gives back the
+/// events claimed ahead that waited more than [`AHEAD_MAX`] (looked for every
+/// half of it).
 async fn heartbeat(inner: Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+    let step = every.min(AHEAD_MAX / 2);
+    let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut extended = Instant::now();
+    let stale = |a: &Ahead| a.since.elapsed() > AHEAD_MAX;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        let extend = extended.elapsed() + step / 2 >= every;
+        if !extend && !inner.state.lock().await.ahead.iter().any(stale) {
+            continue;
+        }
+        if extend {
+            extended = Instant::now();
+        }
         let url = inner.url.clone();
-        let extend = move || {
+        let work = move || {
             let mut state = inner.state.blocking_lock();
-            inner.waiting(&mut state, |state| inner.extend_leases(state))
+            inner.waiting(&mut state, |state| {
+                let back = unclaim_ahead(&inner, state, stale)?;
+                if back > 0 {
+                    tracing::debug!(broker = %inner.url, "gave back {back} event(s) claimed ahead and not started within {AHEAD_MAX:?}");
+                }
+                if extend {
+                    inner.extend_leases(state)?;
+                }
+                Ok(())
+            })
         };
-        match tokio::task::spawn_blocking(extend).await {
+        match tokio::task::spawn_blocking(work).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(broker = %url, "lease heartbeat failed: {e}"),
             Err(e) => tracing::warn!(broker = %url, "lease heartbeat task failed: {e}"),
@@ -807,28 +910,34 @@ fn claim_once(
     queues: &[String],
 ) -> Result<Option<Delivery>, Error> {
     let now = now_i64();
+    // An event claimed ahead, of the first queue asked for that has one, if
+    // no queue listed before it has a ready event (then the claim below
+    // takes that one first). Nothing changes before the reads succeed: `run`
+    // may call this again.
+    let ahead = queues.iter().enumerate().find_map(|(i, q)| {
+        state
+            .ahead
+            .iter()
+            .position(|a| &a.queue == q)
+            .map(|pos| (i, pos))
+    });
+    if let Some((i, pos)) = ahead
+        && !any_ready(inner, state, &queues[..i], now)?
+    {
+        return Ok(state.ahead.remove(pos).map(Ahead::into_delivery));
+    }
+    // With an event claimed ahead, only the queues before its own are
+    // claimed from (one of them had a ready event just now).
+    let scan = match ahead {
+        Some((i, _)) => &queues[..i],
+        None => queues,
+    };
     // A plain read first when the last claim found nothing: an idle poll
     // never takes the write lock, so idle pollers in other processes do not
     // queue up behind each other or behind publishers. While a backlog is
     // being claimed, the read would only repeat what the claim looks at.
-    if state.peek {
-        let mut peek = state
-            .conn
-            .prepare_cached(CLAIM_SELECT)
-            .map_err(|e| inner.err("take", e))?;
-        let mut any = false;
-        for queue in queues {
-            if peek
-                .exists(params![queue, now])
-                .map_err(|e| inner.err("take", e))?
-            {
-                any = true;
-                break;
-            }
-        }
-        if !any {
-            return Ok(None);
-        }
+    if ahead.is_none() && state.peek && !any_ready(inner, state, queues, now)? {
+        return Ok(None);
     }
     // Something is ready: claim it under the write lock, looking again in
     // priority order (another poller may have taken it meanwhile).
@@ -836,52 +945,128 @@ fn claim_once(
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| inner.err("take: begin", e))?;
-    let mut found = None;
+    let mut found: Option<(&String, Vec<ClaimedRow>)> = None;
     {
         let mut select = tx
-            .prepare_cached(CLAIM_SELECT)
+            .prepare_cached(CLAIM_BATCH)
             .map_err(|e| inner.err("take", e))?;
-        for queue in queues {
-            let row = select
-                .query_row(params![queue, now], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
+        for queue in scan {
+            let rows = select
+                .query_map(params![queue, now, inner.cfg.batch], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
-                .optional()
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| inner.err("take", e))?;
-            if let Some(row) = row {
-                found = Some((queue.clone(), row));
+            if !rows.is_empty() {
+                found = Some((queue, rows));
                 break;
             }
         }
     }
-    let Some((queue, (row, event_id, body, deliveries))) = found else {
-        // Nothing ready: nothing written, the rollback is free.
+    let Some((queue, rows)) = found else {
+        // Nothing ready: nothing written, the rollback is free. The higher
+        // queues are empty now: the event claimed ahead goes.
         drop(tx);
+        if let Some((_, pos)) = ahead {
+            return Ok(state.ahead.remove(pos).map(Ahead::into_delivery));
+        }
         state.peek = true;
         return Ok(None);
     };
     let claim = format!("{:032x}", rand::random::<u128>());
-    tx.prepare_cached(CLAIM_UPDATE)
-        .and_then(|mut s| s.execute(params![row, now.saturating_add(inner.lease_ms()), claim]))
-        .map_err(|e| inner.err("take", e))?;
+    {
+        let until = now.saturating_add(inner.lease_ms());
+        let mut update = tx
+            .prepare_cached(CLAIM_UPDATE)
+            .map_err(|e| inner.err("take", e))?;
+        for (row, ..) in &rows {
+            update
+                .execute(params![row, until, claim])
+                .map_err(|e| inner.err("take", e))?;
+        }
+    }
     tx.commit().map_err(|e| inner.err("take: commit", e))?;
     state.peek = false;
-    state.held.insert((row, claim.clone()), event_id.clone());
-    Ok(Some(Delivery {
-        queue,
-        body: body.into_bytes(),
-        redelivered: deliveries + 1 > 1,
-        tag: Box::new(Tag {
-            row,
-            claim,
-            event_id,
-        }),
-    }))
+    let since = Instant::now();
+    let mut first = None;
+    for (row, event_id, body, deliveries, visible_at) in rows {
+        state.held.insert((row, claim.clone()), event_id.clone());
+        let a = Ahead {
+            queue: queue.clone(),
+            tag: Tag {
+                row,
+                claim: claim.clone(),
+                event_id,
+            },
+            body,
+            redelivered: deliveries + 1 > 1,
+            visible_at,
+            since,
+        };
+        match first {
+            None => first = Some(a),
+            Some(_) => state.ahead.push_back(a),
+        }
+    }
+    Ok(first.map(Ahead::into_delivery))
+}
+
+/// A row [`CLAIM_BATCH`] found: id, event id, body, deliveries, visible_at.
+type ClaimedRow = (i64, String, String, i64, i64);
+
+/// Whether any of `queues` has a ready event (a plain read).
+fn any_ready(inner: &Inner, state: &State, queues: &[String], now: i64) -> Result<bool, Error> {
+    if queues.is_empty() {
+        return Ok(false);
+    }
+    let mut peek = state
+        .conn
+        .prepare_cached(CLAIM_SELECT)
+        .map_err(|e| inner.err("take", e))?;
+    for queue in queues {
+        if peek
+            .exists(params![queue, now])
+            .map_err(|e| inner.err("take", e))?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Gives back the events claimed ahead that `go_back` picks, in one
+/// transaction, as they were before the claim (module docs, *Claiming
+/// ahead*). Returns how many went back.
+fn unclaim_ahead(
+    inner: &Inner,
+    state: &mut State,
+    go_back: impl Fn(&Ahead) -> bool,
+) -> Result<usize, Error> {
+    if !state.ahead.iter().any(&go_back) {
+        return Ok(0);
+    }
+    let tx = state
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| inner.err("give back: begin", e))?;
+    {
+        let mut stmt = tx
+            .prepare_cached(UNCLAIM)
+            .map_err(|e| inner.err("give back", e))?;
+        for a in state.ahead.iter().filter(|a| go_back(a)) {
+            stmt.execute(params![a.tag.row, a.tag.claim, a.visible_at])
+                .map_err(|e| inner.err("give back", e))?;
+        }
+    }
+    tx.commit().map_err(|e| inner.err("give back: commit", e))?;
+    let (back, keep): (VecDeque<Ahead>, VecDeque<Ahead>) = std::mem::take(&mut state.ahead)
+        .into_iter()
+        .partition(|a| go_back(a));
+    state.ahead = keep;
+    for a in &back {
+        state.held.remove(&(a.tag.row, a.tag.claim.clone()));
+    }
+    Ok(back.len())
 }
 
 /// A dead row as stored.
@@ -1006,6 +1191,11 @@ impl Broker for SqliteBroker {
             tokio::time::sleep(sleep.min(wait - elapsed)).await;
             sleep = (sleep * 2).min(self.inner.cfg.poll);
         }
+    }
+
+    async fn give_back(&self) -> Result<(), Error> {
+        self.run(|inner, state| unclaim_ahead(inner, state, |_| true).map(|_| ()))
+            .await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {

@@ -520,6 +520,12 @@ impl Poller {
             }
         };
 
+        // Taking no more: what the broker took ahead goes to other pollers now.
+        if let Err(e) = shared.broker.give_back().await {
+            tracing::warn!(
+                "Events taken ahead were not given back (they come back by themselves: SQLite when their lease lapses): {e}"
+            );
+        }
         match &exit {
             ExitReason::Empty => tracing::info!("All queues are empty; exiting"),
             ExitReason::Stopped => {}
