@@ -183,59 +183,48 @@ async fn a_new_poller_with_the_same_id_takes_over_without_interrupting_the_old_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_event_finishes_it_and_exits() {
     for backend in backends() {
-        let w = World::new(&backend);
-        w.queue_records(1, "medium", "t", 1500).await;
-        w.queue_records(5, "medium", "after", 0).await;
-        let mut p = w.spawn("p.log", &["--queues", "medium"]);
-        w.wait_records(Duration::from_secs(30), "the event to start", |r| {
-            r.iter().any(|r| r.tag == "t-0")
-        });
-        send_signal(&p, SIGTERM);
-        let status = wait_child(&mut p, Duration::from_secs(30), "poller");
-        let log = w.log("p.log");
-        assert!(status.success(), "{log}");
-        assert!(log.contains("SIGTERM: taking no new events"), "{log}");
-        let records = w.records();
-        assert_eq!(ends_by_tag(&records).get("t-0"), Some(&1), "{log}");
-        // Nothing new was taken after the signal.
-        assert!(
-            records.iter().all(|r| !r.tag.starts_with("after-")),
-            "{records:?}"
-        );
-        // What was not taken is still there: another poller runs it.
-        let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
-        assert!(wait_child(&mut q, Duration::from_secs(30), "poller").success());
-        assert_exactly_once(&w.records(), 5, "after");
-        assert_exactly_once(&w.records(), 1, "t");
+        sigterm_mid_event(&backend, 1500).await;
     }
 }
 
-/// The events a poller took ahead of its free slots (SQLite: claimed in
-/// one batch; RabbitMQ: prefetched) are free for another poller as soon as
-/// it stops, not when a lease lapses: the event in hand ends before the
-/// SQLite broker's 1 s give-back of events claimed ahead would act.
+/// The event in hand ends before the SQLite broker's own 1 s give-back of
+/// events claimed ahead could act: they must go back when the poller stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_back_at_once_what_was_taken_ahead() {
     for backend in backends() {
-        let w = World::new(&backend);
-        w.queue_records(1, "medium", "t", 300).await;
-        w.queue_records(5, "medium", "after", 0).await;
-        let mut p = w.spawn("p.log", &["--queues", "medium"]);
-        w.wait_records(Duration::from_secs(30), "the event to start", |r| {
-            r.iter().any(|r| r.tag == "t-0")
-        });
-        send_signal(&p, SIGTERM);
-        let status = wait_child(&mut p, Duration::from_secs(30), "poller");
-        let log = w.log("p.log");
-        assert!(status.success(), "{log}");
-        assert!(
-            w.records().iter().all(|r| !r.tag.starts_with("after-")),
-            "{log}"
-        );
-        let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
-        assert!(wait_child(&mut q, Duration::from_secs(10), "poller").success());
-        assert_exactly_once(&w.records(), 5, "after");
+        sigterm_mid_event(&backend, 300).await;
     }
+}
+
+/// SIGTERM while an event of `ms` runs: it finishes, nothing new starts,
+/// and the 5 events queued behind it run exactly once on the next poller,
+/// within 10 s (well under a lease): what the first poller took ahead of
+/// its free slots (SQLite: claimed in one batch; RabbitMQ: prefetched) went
+/// back when it stopped.
+async fn sigterm_mid_event(backend: &Backend, ms: u64) {
+    let w = World::new(backend);
+    w.queue_records(1, "medium", "t", ms).await;
+    w.queue_records(5, "medium", "after", 0).await;
+    let mut p = w.spawn("p.log", &["--queues", "medium"]);
+    w.wait_records(Duration::from_secs(30), "the event to start", |r| {
+        r.iter().any(|r| r.tag == "t-0")
+    });
+    send_signal(&p, SIGTERM);
+    let status = wait_child(&mut p, Duration::from_secs(30), "poller");
+    let log = w.log("p.log");
+    assert!(status.success(), "{log}");
+    assert!(log.contains("SIGTERM: taking no new events"), "{log}");
+    let records = w.records();
+    assert_eq!(ends_by_tag(&records).get("t-0"), Some(&1), "{log}");
+    // Nothing new was taken after the signal.
+    assert!(
+        records.iter().all(|r| !r.tag.starts_with("after-")),
+        "{records:?}"
+    );
+    let mut q = w.spawn("q.log", &["--queues", "medium", "--exit-when-empty"]);
+    assert!(wait_child(&mut q, Duration::from_secs(10), "poller").success());
+    assert_exactly_once(&w.records(), 5, "after");
+    assert_exactly_once(&w.records(), 1, "t");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -824,6 +824,22 @@ fn number_of(d: &Delivery) -> u64 {
     env_of(d).params["i"].as_u64().expect("numbered")
 }
 
+/// Takes and acks until nothing is ready: (queue, number) in take order.
+/// None of them may be a redelivery.
+async fn drain_numbered(b: &SqliteBroker, queues: &[String]) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    while let Some(d) = b.take(queues, NOW).await.unwrap() {
+        assert!(!d.redelivered, "{}", number_of(&d));
+        got.push((d.queue.clone(), number_of(&d)));
+        b.ack(&d).await.unwrap();
+    }
+    got
+}
+
+fn numbered(queue: &str, numbers: &[u64]) -> Vec<(String, u64)> {
+    numbers.iter().map(|i| (queue.to_string(), *i)).collect()
+}
+
 /// A claim takes up to `batch` events; the ones claimed ahead are taken
 /// from no other broker, counted neither waiting nor scheduled, handed out
 /// in order, and go back as they were when their broker is dropped.
@@ -850,13 +866,10 @@ async fn events_claimed_ahead_are_held_then_given_back_on_drop() {
     a.ack(&d1).await.unwrap();
     drop(a);
     // 2 and 3 went back, ahead of 5 as before, not counted as delivered.
-    let mut rest = Vec::new();
-    while let Some(d) = b.take(&qs(&["low"]), NOW).await.unwrap() {
-        assert!(!d.redelivered, "{}", number_of(&d));
-        rest.push(number_of(&d));
-        b.ack(&d).await.unwrap();
-    }
-    assert_eq!(rest, vec![2, 3, 5]);
+    assert_eq!(
+        drain_numbered(&b, &qs(&["low"])).await,
+        numbered("low", &[2, 3, 5])
+    );
     b.ack(&e4).await.unwrap();
     assert_eq!(b.depth("low").await.unwrap().waiting, 0);
 }
@@ -872,22 +885,9 @@ async fn strict_priority_holds_for_events_claimed_ahead() {
     let m0 = b.take(&queues, NOW).await.unwrap().expect("taken");
     assert_eq!((m0.queue.as_str(), number_of(&m0)), ("medium", 0));
     publish_numbered(&b, "high", 2).await;
-    let mut order = Vec::new();
-    while let Some(d) = b.take(&queues, NOW).await.unwrap() {
-        order.push((d.queue.clone(), number_of(&d)));
-        b.ack(&d).await.unwrap();
-    }
-    let want: Vec<(String, u64)> = [
-        ("high", 0),
-        ("high", 1),
-        ("medium", 1),
-        ("medium", 2),
-        ("medium", 3),
-    ]
-    .iter()
-    .map(|(q, i)| (q.to_string(), *i))
-    .collect();
-    assert_eq!(order, want);
+    let mut want = numbered("high", &[0, 1]);
+    want.extend(numbered("medium", &[1, 2, 3]));
+    assert_eq!(drain_numbered(&b, &queues).await, want);
     // A take that does not ask for a claimed-ahead event's queue never gets it.
     publish_numbered(&b, "medium", 3).await;
     let m = b.take(&queues, NOW).await.unwrap().expect("taken");
@@ -897,12 +897,10 @@ async fn strict_priority_holds_for_events_claimed_ahead() {
     let other = open(&dir, "?batch=1").await;
     assert!(other.take(&queues, NOW).await.unwrap().is_none());
     b.give_back().await.unwrap();
-    let mut got = Vec::new();
-    while let Some(d) = other.take(&queues, NOW).await.unwrap() {
-        got.push(number_of(&d));
-        other.ack(&d).await.unwrap();
-    }
-    assert_eq!(got, vec![1, 2]);
+    assert_eq!(
+        drain_numbered(&other, &queues).await,
+        numbered("medium", &[1, 2])
+    );
 }
 
 /// An event claimed ahead and not started within a second goes back at the
@@ -916,13 +914,10 @@ async fn events_claimed_ahead_and_not_started_go_back_at_the_heartbeat() {
     let b = open(&dir, "?batch=1").await;
     assert!(b.take(&qs(&["low"]), NOW).await.unwrap().is_none());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut got = Vec::new();
-    while let Some(d) = b.take(&qs(&["low"]), NOW).await.unwrap() {
-        assert!(!d.redelivered);
-        got.push(number_of(&d));
-        b.ack(&d).await.unwrap();
-    }
-    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(
+        drain_numbered(&b, &qs(&["low"])).await,
+        numbered("low", &[1, 2, 3, 4])
+    );
     assert!(
         a.take(&qs(&["low"]), NOW).await.unwrap().is_none(),
         "a no longer hands them out"
