@@ -1043,7 +1043,11 @@ fn unclaim_ahead(
     state: &mut State,
     go_back: impl Fn(&Ahead) -> bool,
 ) -> Result<usize, Error> {
-    if !state.ahead.iter().any(&go_back) {
+    // Picked once: a time-based pick could change between the update and
+    // the bookkeeping, and leave an event claimed that nobody holds.
+    let pick: Vec<bool> = state.ahead.iter().map(&go_back).collect();
+    let n = pick.iter().filter(|p| **p).count();
+    if n == 0 {
         return Ok(0);
     }
     let tx = state
@@ -1054,20 +1058,22 @@ fn unclaim_ahead(
         let mut stmt = tx
             .prepare_cached(UNCLAIM)
             .map_err(|e| inner.err("give back", e))?;
-        for a in state.ahead.iter().filter(|a| go_back(a)) {
+        for (a, _) in state.ahead.iter().zip(&pick).filter(|(_, p)| **p) {
             stmt.execute(params![a.tag.row, a.tag.claim, a.visible_at])
                 .map_err(|e| inner.err("give back", e))?;
         }
     }
     tx.commit().map_err(|e| inner.err("give back: commit", e))?;
-    let (back, keep): (VecDeque<Ahead>, VecDeque<Ahead>) = std::mem::take(&mut state.ahead)
-        .into_iter()
-        .partition(|a| go_back(a));
-    state.ahead = keep;
-    for a in &back {
-        state.held.remove(&(a.tag.row, a.tag.claim.clone()));
+    let mut keep = VecDeque::with_capacity(state.ahead.len() - n);
+    for (a, back) in std::mem::take(&mut state.ahead).into_iter().zip(pick) {
+        if back {
+            state.held.remove(&(a.tag.row, a.tag.claim));
+        } else {
+            keep.push_back(a);
+        }
     }
-    Ok(back.len())
+    state.ahead = keep;
+    Ok(n)
 }
 
 /// A dead row as stored.
