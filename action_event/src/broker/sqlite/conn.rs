@@ -1,0 +1,250 @@
+//! The connection and how operations run on it.
+//!
+//! # Cost
+//!
+//! An operation takes tens of microseconds, less than handing it to another
+//! thread and back, so it runs on the calling task's thread while SQLite
+//! need not wait: a busy handler refuses to wait for another connection's
+//! write lock, and only then is the operation run again on Tokio's blocking
+//! pool, where it waits up to `busy_timeout`. (Such a refusal happens when
+//! the lock is taken, before the operation changed anything.) SQLite's
+//! automatic WAL checkpoint, every 1000 pages, also runs on the calling
+//! thread, for about a millisecond.
+//!
+//! Publishes that wait for the connection at the same time are committed
+//! together, in one transaction (group commit); each still returns only once
+//! its row is committed. Acks are grouped the same way, so at high
+//! concurrency one write transaction settles many events.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::SqliteBroker;
+use super::ahead::Ahead;
+use super::claim::Tag;
+use super::options::Options;
+use super::publish::NewRow;
+use crate::Error;
+
+/// The connection and the deliveries this broker holds (row id, claim token)
+/// → event id. Both live behind one mutex so the heartbeat never extends a
+/// delivery that is being acked.
+pub(super) struct State {
+    pub(super) conn: Connection,
+    /// Deliveries handed out or claimed ahead, kept alive by the heartbeat
+    /// ([`super::lease`]) until settled ([`super::settle`]).
+    pub(super) held: HashMap<(i64, String), String>,
+    /// Whether the next claim looks with a plain read first: after a claim
+    /// that found nothing (idle polling stays off the write lock), not after
+    /// one that found an event (a backlog is claimed straight away).
+    pub(super) peek: bool,
+    /// Events claimed ahead and not handed out yet, in claim order
+    /// ([`super::ahead`]); each is also in `held`.
+    pub(super) ahead: VecDeque<Ahead>,
+}
+
+impl State {
+    pub(super) fn new(conn: Connection) -> State {
+        State {
+            conn,
+            held: HashMap::new(),
+            peek: true,
+            ahead: VecDeque::new(),
+        }
+    }
+}
+
+thread_local! {
+    /// Set by [`refuse_to_wait`] when SQLite would have waited for a lock.
+    static WOULD_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The busy handler while an operation runs on the caller's thread: never
+/// wait, note that SQLite wanted to.
+pub(super) fn refuse_to_wait(_attempts: i32) -> bool {
+    WOULD_WAIT.with(|w| w.set(true));
+    false
+}
+
+/// What the broker shares with its heartbeat task: the URL, the options, the
+/// connection and the writes waiting for it.
+pub(super) struct Inner {
+    pub(super) url: String,
+    pub(super) cfg: Options,
+    /// An async mutex: a task waiting for the connection yields its thread,
+    /// and the guard can move to the blocking pool with the operation.
+    pub(super) state: Arc<tokio::sync::Mutex<State>>,
+    /// Publishes waiting for the connection (see [`super::publish`]).
+    pub(super) publishes: std::sync::Mutex<Vec<Pending<NewRow>>>,
+    /// Acks waiting for the connection (see [`super::settle`]).
+    pub(super) acks: std::sync::Mutex<Vec<Pending<Tag>>>,
+}
+
+/// A write waiting to be committed with others, and where its result goes.
+pub(super) struct Pending<T> {
+    item: T,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+}
+
+impl Inner {
+    pub(super) fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::broker(
+            &self.url,
+            format!("{what} (`{}`): {e}", self.cfg.path.display()),
+        )
+    }
+
+    /// Runs `f` allowed to wait up to `busy_timeout` for another
+    /// connection's lock (on a thread that may block).
+    pub(super) fn waiting<T>(
+        &self,
+        state: &mut State,
+        f: impl FnOnce(&mut State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        state
+            .conn
+            .busy_timeout(self.cfg.busy_timeout)
+            .map_err(|e| self.err("busy timeout", e))?;
+        let result = f(state);
+        let restored = state
+            .conn
+            .busy_handler(Some(refuse_to_wait))
+            .map_err(|e| self.err("busy handler", e));
+        let value = result?;
+        restored?;
+        Ok(value)
+    }
+}
+
+impl SqliteBroker {
+    /// Runs `f` on the connection: here, unless SQLite would have to wait
+    /// for another connection's lock; then again on the blocking pool, where
+    /// it may wait (see the module docs, *Cost*). `f` must change nothing
+    /// before the point where SQLite refuses: every operation starts with
+    /// the statement or `BEGIN IMMEDIATE` that takes the lock.
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Fn(&Inner, &mut State) -> Result<T, Error> + Send + 'static,
+    {
+        let mut guard = Arc::clone(&self.inner.state).lock_owned().await;
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = f(&self.inner, &mut guard);
+        if first.is_ok() || !WOULD_WAIT.with(|w| w.get()) {
+            return first;
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.waiting(&mut guard, |state| f(&inner, state)))
+            .await
+            .map_err(|e| Error::broker(&self.inner.url, format!("database task failed: {e}")))?
+    }
+
+    /// Group commit: `item` joins the writes `pending` holds, and whoever
+    /// gets the connection first commits all of them with `commit` in one
+    /// transaction (one write lock, one WAL commit). Each caller returns only
+    /// once the transaction holding its write committed. The writes are
+    /// committed even if the caller stops waiting.
+    pub(super) async fn group_commit<T: Send + 'static>(
+        &self,
+        pending: fn(&Inner) -> &std::sync::Mutex<Vec<Pending<T>>>,
+        item: T,
+        commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let take_all = || std::mem::take(&mut *lock_vec(pending(&self.inner)));
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        lock_vec(pending(&self.inner)).push(Pending { item, done });
+        let mut guard = tokio::select! {
+            biased;
+            r = &mut result => return self.committed(r),
+            guard = Arc::clone(&self.inner.state).lock_owned() => guard,
+        };
+        let (items, senders): (Vec<T>, Vec<_>) =
+            take_all().into_iter().map(|p| (p.item, p.done)).unzip();
+        if items.is_empty() {
+            // Committed by whoever had the connection before us.
+            drop(guard);
+            return self.committed(result.await);
+        }
+        WOULD_WAIT.with(|w| w.set(false));
+        let first = commit(&self.inner, &mut guard, &items);
+        if first.is_err() && WOULD_WAIT.with(|w| w.get()) {
+            // Another connection holds the write lock: wait for it on the
+            // blocking pool, which also hands out the results.
+            let inner = Arc::clone(&self.inner);
+            drop(tokio::task::spawn_blocking(move || {
+                let r = inner.waiting(&mut guard, |state| commit(&inner, state, &items));
+                drop(guard);
+                hand_out(&inner.url, senders, r);
+            }));
+        } else {
+            drop(guard);
+            hand_out(&self.inner.url, senders, first);
+        }
+        self.committed(result.await)
+    }
+
+    fn committed(
+        &self,
+        r: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), Error> {
+        r.unwrap_or_else(|_| {
+            Err(Error::broker(
+                &self.inner.url,
+                "the task committing this write stopped before it finished",
+            ))
+        })
+    }
+}
+
+/// A Vec of pending writes: pushing to it or taking it cannot leave it
+/// half-changed, so a poisoned lock is still usable.
+fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends a group commit's outcome to each of its writers.
+fn hand_out(
+    url: &str,
+    senders: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    r: Result<(), Error>,
+) {
+    match r {
+        Ok(()) => {
+            for s in senders {
+                let _ = s.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for s in senders {
+                let _ = s.send(Err(Error::broker(url, message.clone())));
+            }
+        }
+    }
+}
+
+/// Runs `f` for every item in one write transaction, or in autocommit for
+/// a single item (`what` names the operation in errors).
+pub(super) fn each_in_one_tx<T>(
+    inner: &Inner,
+    state: &mut State,
+    what: &str,
+    items: &[T],
+    f: impl Fn(&Connection, &T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if let [item] = items {
+        return f(&state.conn, item);
+    }
+    let tx = state
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| inner.err(&format!("{what}: begin"), e))?;
+    for item in items {
+        f(&tx, item)?;
+    }
+    tx.commit()
+        .map_err(|e| inner.err(&format!("{what}: commit"), e))
+}

@@ -1,0 +1,41 @@
+//! Counting a queue: [`Broker::depth`](crate::broker::Broker::depth).
+
+use std::time::Duration;
+
+use rusqlite::params;
+
+use super::{SqliteBroker, now_i64};
+use crate::Error;
+use crate::broker::QueueDepth;
+
+/// `?1` queue, `?2` now.
+pub(super) const DEPTH: &str = "SELECT COALESCE(SUM(visible_at <= ?2), 0), \
+     COALESCE(SUM(visible_at > ?2 AND claim IS NULL), 0), \
+     MIN(CASE WHEN visible_at <= ?2 THEN queued_at END) FROM events WHERE queue = ?1";
+
+/// Ready and scheduled events of `queue`; events in hand or claimed ahead
+/// count as neither.
+pub(super) async fn depth(broker: &SqliteBroker, queue: &str) -> Result<QueueDepth, Error> {
+    let queue = queue.to_string();
+    broker
+        .run(move |inner, state| {
+            let now = now_i64();
+            let (waiting, scheduled, oldest): (i64, i64, Option<i64>) = state
+                .conn
+                .prepare_cached(DEPTH)
+                .and_then(|mut s| {
+                    s.query_row(params![queue, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                })
+                .map_err(|e| inner.err("depth", e))?;
+            Ok(QueueDepth {
+                waiting: u64::try_from(waiting).unwrap_or(0),
+                scheduled: Some(u64::try_from(scheduled).unwrap_or(0)),
+                oldest_age: oldest.map(|q| {
+                    Duration::from_millis(u64::try_from(now.saturating_sub(q)).unwrap_or(0))
+                }),
+            })
+        })
+        .await
+}

@@ -1,0 +1,67 @@
+//! Publishing: one row per event, concurrent publishes committed together.
+
+use rusqlite::{Connection, params};
+
+use super::conn::{Inner, State, each_in_one_tx};
+use super::{SqliteBroker, ms_i64, now_i64, text};
+use crate::Error;
+use crate::envelope::Envelope;
+
+/// `?1` event id, `?2` queue, `?3` name, `?4` body, `?5` visible_at, `?6` queued_at.
+pub(super) const INSERT: &str = "INSERT INTO events (event_id, queue, name, body, visible_at, queued_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (event_id) DO NOTHING";
+
+/// A row a publish stores.
+pub(super) struct NewRow {
+    event_id: String,
+    queue: String,
+    name: String,
+    body: String,
+    visible_at: i64,
+    queued_at: i64,
+}
+
+/// Stores `envelope` (see [`Broker::publish`](crate::broker::Broker::publish)).
+/// Concurrent publishes are committed together (group commit): each
+/// returns once the transaction holding its row committed.
+pub(super) async fn publish(broker: &SqliteBroker, envelope: &Envelope) -> Result<(), Error> {
+    let now = now_i64();
+    let row = NewRow {
+        event_id: envelope.id.to_string(),
+        queue: envelope.queue.clone(),
+        name: envelope.name.clone(),
+        body: text(envelope.to_bytes()),
+        visible_at: envelope.run_at_ms.map(ms_i64).unwrap_or(now),
+        queued_at: match envelope.queued_at_ms {
+            0 => now,
+            ms => ms_i64(ms),
+        },
+    };
+    broker
+        .group_commit(|inner| &inner.publishes, row, insert_rows)
+        .await
+}
+
+/// Stores `rows` in one transaction (one autocommit insert for a single row).
+fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), Error> {
+    let insert = |conn: &Connection, row: &NewRow| -> Result<(), Error> {
+        let n = conn
+            .prepare_cached(INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.event_id,
+                    row.queue,
+                    row.name,
+                    row.body,
+                    row.visible_at,
+                    row.queued_at
+                ])
+            })
+            .map_err(|e| inner.err("publish", e))?;
+        if n == 0 {
+            tracing::debug!(broker = %inner.url, event_id = %row.event_id, "event {} is already queued: not stored twice", row.event_id);
+        }
+        Ok(())
+    };
+    each_in_one_tx(inner, state, "publish", rows, insert)
+}

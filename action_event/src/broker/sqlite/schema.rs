@@ -1,0 +1,128 @@
+//! The file: opening it, its pragmas and its schema.
+//!
+//! # Sharing
+//!
+//! One file is shared by any number of brokers in any number of processes on
+//! one machine: the database runs in WAL mode, every write transaction starts
+//! with `BEGIN IMMEDIATE`, and a writer that finds the file locked waits up to
+//! `busy_timeout`. (WAL needs shared memory: do not put the file on a network
+//! file system.)
+//!
+//! # Durability
+//!
+//! [`Broker::publish`](crate::broker::Broker::publish) and every state change
+//! return after their transaction committed. With the default
+//! `synchronous=normal`, a committed transaction survives any crash of any
+//! process (including `kill -9` of the poller in the middle of a write); only
+//! an operating-system crash or a power loss may lose the last transactions
+//! before the WAL is synced. `synchronous=full` syncs the WAL on every commit
+//! and also survives an OS crash or power loss, at the cost of one `fsync`
+//! per write.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::conn::refuse_to_wait;
+use super::options::Options;
+use crate::Error;
+
+/// The schema version this build writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    event_id    TEXT NOT NULL UNIQUE,
+    queue       TEXT NOT NULL,
+    name        TEXT,
+    body        TEXT NOT NULL,
+    visible_at  INTEGER NOT NULL,
+    claim       TEXT,
+    deliveries  INTEGER NOT NULL DEFAULT 0,
+    queued_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ready ON events (queue, visible_at, id);
+CREATE TABLE IF NOT EXISTS dead_events (
+    id        INTEGER PRIMARY KEY,
+    event_id  TEXT,
+    name      TEXT,
+    queue     TEXT,
+    body      TEXT,
+    attempts  INTEGER,
+    errors    TEXT,
+    reason    TEXT,
+    died_at   INTEGER
+);
+CREATE INDEX IF NOT EXISTS dead_events_event_id ON dead_events (event_id);
+";
+
+pub(super) fn open_connection(url: &str, cfg: &Options) -> Result<Connection, Error> {
+    let path = &cfg.path;
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::broker(
+            url,
+            format!("cannot open database `{}`: {e}", path.display()),
+        )
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Error::io(
+                format!(
+                    "broker `{url}`: cannot create directory `{}` for database `{}`",
+                    parent.display(),
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    let mut conn = Connection::open(path).map_err(|e| fail(&e))?;
+    conn.busy_timeout(cfg.busy_timeout).map_err(|e| fail(&e))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(|e| fail(&e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(broker = %url, "journal_mode is `{mode}`, not WAL: sharing this file between processes will be slow");
+    }
+    let sync = if cfg.full_sync { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(|e| fail(&e))?;
+    init_schema(&mut conn, url, path)?;
+    // From here on an operation waits for a lock only on the blocking pool
+    // (`Inner::waiting`); elsewhere SQLite returns at once (`SqliteBroker::run`).
+    conn.busy_handler(Some(refuse_to_wait))
+        .map_err(|e| fail(&e))?;
+    Ok(conn)
+}
+
+fn init_schema(conn: &mut Connection, url: &str, path: &Path) -> Result<(), Error> {
+    let fail = |e: rusqlite::Error| {
+        Error::broker(
+            url,
+            format!("cannot set up the schema of `{}`: {e}", path.display()),
+        )
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(fail)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::broker(
+            url,
+            format!(
+                "database `{}` has schema version {version}, newer than this build supports \
+                 ({SCHEMA_VERSION}): it was written by a newer action_event; upgrade this program",
+                path.display()
+            ),
+        ));
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA).map_err(fail)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(fail)?;
+    }
+    tx.commit().map_err(fail)
+}
