@@ -5,6 +5,7 @@
 use proc_macro::TokenStream;
 
 mod duration;
+mod errors;
 mod event;
 mod filters;
 mod queue;
@@ -19,13 +20,13 @@ pub fn action_event(args: TokenStream, item: TokenStream) -> TokenStream {
 // Documented in the `action_event` crate.
 #[proc_macro_attribute]
 pub fn before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
-    filters::expand_stray("before_filter", args.into(), item.into()).into()
+    filters::expand_stray(filters::Kind::Before, args.into(), item.into()).into()
 }
 
 // Documented in the `action_event` crate.
 #[proc_macro_attribute]
 pub fn skip_before_filter(args: TokenStream, item: TokenStream) -> TokenStream {
-    filters::expand_stray("skip_before_filter", args.into(), item.into()).into()
+    filters::expand_stray(filters::Kind::Skip, args.into(), item.into()).into()
 }
 
 // Documented in the `action_event` crate.
