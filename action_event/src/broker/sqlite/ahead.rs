@@ -39,7 +39,7 @@ pub(super) const AHEAD_MAX: Duration = Duration::from_secs(1);
 
 /// Gives back an event claimed ahead as it was: `?1` row id, `?2` claim
 /// token, `?3` its visible_at before the claim.
-pub(super) const UNCLAIM: &str = "UPDATE events SET visible_at = ?3, claim = NULL, \
+pub(super) const UNCLAIM: &str = "UPDATE events SET visible_at = ?3, claim = NULL, owner = NULL, \
      deliveries = deliveries - 1 WHERE id = ?1 AND claim = ?2";
 
 /// An event claimed ahead.
