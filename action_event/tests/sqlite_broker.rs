@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use action_event::broker::sqlite::{HOT_QUERIES, SqliteBroker};
+use action_event::broker::sqlite::{HOT_QUERIES, SCHEMA_VERSION, SqliteBroker};
 use action_event::broker::{Broker, DeadEvent, DeadFilter, Delivery};
 use action_event::envelope::{AttemptError, now_ms};
 use action_event::{Envelope, Error};
@@ -644,10 +644,21 @@ async fn bad_url_options_are_rejected_by_name() {
 }
 
 #[tokio::test]
-async fn creates_the_parent_directory_and_names_a_bad_path() {
+async fn names_a_missing_directory_and_a_bad_path() {
     let dir = tempfile::tempdir().unwrap();
+    // A missing directory is not created: the error names it and the fix.
     let nested = dir.path().join("a/b/c/events.db");
     let u = format!("sqlite://{}", nested.display());
+    let err = SqliteBroker::open(&u)
+        .await
+        .expect_err("a missing directory");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.path().join("a/b/c").display().to_string()) && msg.contains("create it"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("a").exists());
+    std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
     SqliteBroker::open(&u).await.expect("open nested");
     assert!(nested.exists());
 
@@ -679,7 +690,7 @@ async fn schema_version_is_checked() {
         let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, SCHEMA_VERSION);
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
@@ -697,13 +708,17 @@ async fn schema_version_is_checked() {
 
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
     }
     let err = SqliteBroker::open(&url(&dir, ""))
         .await
         .expect_err("newer schema");
     let msg = err.to_string();
-    assert!(msg.contains("schema version 2"), "{msg}");
+    assert!(
+        msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+        "{msg}"
+    );
     assert!(msg.contains("newer"), "{msg}");
 }
 

@@ -9,7 +9,9 @@
 //! a fresh random claim token and counts the delivery. The heartbeat
 //! ([`super::lease`]) keeps the lease of every delivery the broker holds;
 //! the events of a poller that died become ready again once their lease
-//! lapses, and are handed out with `redelivered = true`.
+//! lapses, and are handed out with `redelivered = true`. Each claim also
+//! records its owner, this broker's process ([`super::owner`]), so that the
+//! events of a poller that died come back at once instead.
 //!
 //! # Cost
 //!
@@ -24,7 +26,7 @@ use rusqlite::{TransactionBehavior, params};
 use super::SqliteBroker;
 use super::ahead::Ahead;
 use super::conn::{Inner, State};
-use super::now_i64;
+use super::{now_i64, owner};
 use crate::Error;
 use crate::broker::Delivery;
 
@@ -39,9 +41,9 @@ pub(super) const CLAIM_SELECT: &str = "SELECT id, event_id, body, deliveries FRO
 pub(super) const CLAIM_BATCH: &str = "SELECT id, event_id, body, deliveries, visible_at FROM events \
      WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3";
 
-/// `?1` row id, `?2` new visible_at, `?3` claim token.
-pub(super) const CLAIM_UPDATE: &str =
-    "UPDATE events SET visible_at = ?2, claim = ?3, deliveries = deliveries + 1 WHERE id = ?1";
+/// `?1` row id, `?2` new visible_at, `?3` claim token, `?4` owner.
+pub(super) const CLAIM_UPDATE: &str = "UPDATE events SET visible_at = ?2, claim = ?3, owner = ?4, \
+     deliveries = deliveries + 1 WHERE id = ?1";
 
 /// What a [`Delivery`] from this broker carries: the row and the claim token.
 #[derive(Debug, Clone)]
@@ -84,6 +86,7 @@ fn claim_once(
     queues: &[String],
 ) -> Result<Option<Delivery>, Error> {
     let now = now_i64();
+    state.taking = true;
     // An event claimed ahead, of the first queue asked for that has one, if
     // no queue listed before it has a ready event (then the claim below
     // takes that one first). Nothing changes before the reads succeed: `run`
@@ -147,7 +150,17 @@ fn claim_once(
         state.peek = true;
         return Ok(None);
     };
-    let claim = format!("{:032x}", rand::random::<u128>());
+    // The first claim registers this broker as an owner, in the same
+    // transaction: `state.owner` is set only once it committed.
+    let owner = match state.owner {
+        Some(id) => Some(id),
+        None => owner::register(&tx, now).map_err(|e| inner.err("take: owner", e))?,
+    };
+    let random = rand::random::<u128>();
+    let claim = match owner {
+        Some(id) => format!("{}{random:032x}", owner::claim_prefix(id)),
+        None => format!("{random:032x}"),
+    };
     {
         let until = now.saturating_add(inner.lease_ms());
         let mut update = tx
@@ -155,11 +168,12 @@ fn claim_once(
             .map_err(|e| inner.err("take", e))?;
         for (row, ..) in &rows {
             update
-                .execute(params![row, until, claim])
+                .execute(params![row, until, claim, owner])
                 .map_err(|e| inner.err("take", e))?;
         }
     }
     tx.commit().map_err(|e| inner.err("take: commit", e))?;
+    state.owner = owner;
     state.peek = false;
     let since = Instant::now();
     let mut first = None;

@@ -44,6 +44,13 @@ pub(super) struct State {
     /// Events claimed ahead and not handed out yet, in claim order
     /// ([`super::ahead`]); each is also in `held`.
     pub(super) ahead: VecDeque<Ahead>,
+    /// This broker's row in `owners`, registered by its first claim
+    /// ([`super::owner`]); `None` before, or where the process cannot be
+    /// described (its claims then carry no owner).
+    pub(super) owner: Option<i64>,
+    /// Whether this broker takes events (a poller): then its heartbeat
+    /// looks for owners that are gone.
+    pub(super) taking: bool,
 }
 
 impl State {
@@ -53,6 +60,8 @@ impl State {
             held: HashMap::new(),
             peek: true,
             ahead: VecDeque::new(),
+            owner: None,
+            taking: false,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rusqlite::params;
 
-use super::{SqliteBroker, now_i64};
+use super::{SqliteBroker, now_i64, owner};
 use crate::Error;
 use crate::broker::QueueDepth;
 
@@ -14,12 +14,16 @@ pub(super) const DEPTH: &str = "SELECT COALESCE(SUM(visible_at <= ?2), 0), \
      MIN(CASE WHEN visible_at <= ?2 THEN queued_at END) FROM events WHERE queue = ?1";
 
 /// Ready and scheduled events of `queue`; events in hand or claimed ahead
-/// count as neither.
+/// count as neither, except those of a poller that is gone: they are made
+/// ready first ([`super::owner`]) and count as waiting.
 pub(super) async fn depth(broker: &SqliteBroker, queue: &str) -> Result<QueueDepth, Error> {
     let queue = queue.to_string();
     broker
         .run(move |inner, state| {
             let now = now_i64();
+            // Events held by a poller that is gone are waiting: they come
+            // back now (`--exit-when-empty` must not exit while they are owed).
+            owner::reclaim_gone(&mut state.conn, now, &inner.url, &inner.cfg.path)?;
             let (waiting, scheduled, oldest): (i64, i64, Option<i64>) = state
                 .conn
                 .prepare_cached(DEPTH)

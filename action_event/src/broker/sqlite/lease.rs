@@ -13,7 +13,7 @@ use rusqlite::{TransactionBehavior, params};
 
 use super::ahead::{AHEAD_MAX, Ahead, unclaim_ahead};
 use super::conn::{Inner, State};
-use super::{dur_ms, now_i64};
+use super::{dur_ms, now_i64, owner};
 use crate::Error;
 
 /// `?1` row id, `?2` claim token, `?3` new visible_at.
@@ -64,15 +64,21 @@ impl Inner {
     }
 }
 
-/// Extends the leases of held deliveries every `every`, and gives back the
-/// events claimed ahead that waited more than [`AHEAD_MAX`] (looked for every
-/// half of it).
+/// How often a broker that takes events looks for owners that are gone
+/// ([`super::owner`]): their events are back within this plus a claim.
+pub(super) const OWNER_CHECK: Duration = Duration::from_millis(250);
+
+/// Extends the leases of held deliveries every `every`, gives back the
+/// events claimed ahead that waited more than [`AHEAD_MAX`], and, once the
+/// broker takes events, makes ready the events of owners that are gone
+/// (both looked for every [`OWNER_CHECK`]).
 pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
-    let step = every.min(AHEAD_MAX / 2);
+    let step = every.min(OWNER_CHECK);
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut extended = Instant::now();
+    let mut checked = Instant::now();
     let stale = |a: &Ahead| a.since.elapsed() > AHEAD_MAX;
     loop {
         tick.tick().await;
@@ -80,16 +86,24 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             return;
         };
         let extend = extended.elapsed() + step / 2 >= every;
-        if !extend && !inner.state.lock().await.ahead.iter().any(stale) {
+        let (any_stale, taking) = {
+            let state = inner.state.lock().await;
+            (state.ahead.iter().any(stale), state.taking)
+        };
+        let owners = taking && checked.elapsed() + step / 2 >= OWNER_CHECK;
+        if !extend && !any_stale && !owners {
             continue;
         }
         if extend {
             extended = Instant::now();
         }
+        if owners {
+            checked = Instant::now();
+        }
         let url = inner.url.clone();
         let work = move || {
             let mut state = inner.state.blocking_lock();
-            inner.waiting(&mut state, |state| {
+            let beat = inner.waiting(&mut state, |state| {
                 let back = unclaim_ahead(&inner, state, stale)?;
                 if back > 0 {
                     tracing::debug!(broker = %inner.url, "gave back {back} event(s) claimed ahead and not started within {AHEAD_MAX:?}");
@@ -98,7 +112,15 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
                     inner.extend_leases(state)?;
                 }
                 Ok(())
-            })
+            });
+            if owners
+                && let Err(e) = inner.waiting(&mut state, |state| {
+                    owner::reclaim_gone(&mut state.conn, now_i64(), &inner.url, &inner.cfg.path)
+                })
+            {
+                tracing::warn!(broker = %inner.url, "{e}");
+            }
+            beat
         };
         match tokio::task::spawn_blocking(work).await {
             Ok(Ok(())) => {}

@@ -21,6 +21,7 @@
 //! | [`claim`]   | taking events: strict priority, the lease (*Ownership*)              |
 //! | [`ahead`]   | events claimed ahead by a batch claim, and giving them back          |
 //! | [`lease`]   | the heartbeat that keeps leases alive                                |
+//! | [`owner`]   | who holds a claim: a poller that died gives its events back at once  |
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
@@ -49,6 +50,7 @@ pub mod dead;
 pub mod depth;
 pub mod lease;
 pub mod options;
+pub mod owner;
 pub mod publish;
 pub mod schema;
 pub mod settle;
@@ -79,6 +81,7 @@ pub const HOT_QUERIES: &[(&str, &str)] = &[
     ("release", settle::RELEASE),
     ("insert", publish::INSERT),
     ("depth", depth::DEPTH),
+    ("reclaim", owner::RECLAIM),
 ];
 
 /// The embedded broker: queues, scheduled events and dead letters in one
@@ -120,12 +123,23 @@ impl Drop for SqliteBroker {
         // Events claimed ahead go back now, not when their lease lapses (a
         // write: it may wait up to `busy_timeout` for another process).
         let inner = &self.inner;
-        if let Ok(mut state) = inner.state.try_lock()
+        let Ok(mut state) = inner.state.try_lock() else {
+            return;
+        };
+        if let Err(e) = inner.waiting(&mut state, |state| {
+            ahead::unclaim_ahead(inner, state, |_| true)
+        }) {
+            tracing::warn!(broker = %inner.url, "events claimed ahead not given back (they come back when their lease lapses): {e}");
+        }
+        // With nothing held, this broker's row in `owners` goes (with
+        // something held, it stays: the process lives, the lease decides).
+        if let Some(id) = state.owner
+            && state.held.is_empty()
             && let Err(e) = inner.waiting(&mut state, |state| {
-                ahead::unclaim_ahead(inner, state, |_| true)
+                owner::unregister(&state.conn, id).map_err(|e| inner.err("owner", e))
             })
         {
-            tracing::warn!(broker = %inner.url, "events claimed ahead not given back (they come back when their lease lapses): {e}");
+            tracing::debug!(broker = %inner.url, "owner #{id} not removed: {e}");
         }
     }
 }

@@ -12,8 +12,10 @@
 //! | `batch`        | `8`      | events one claim takes from a queue with a backlog (see [`super::ahead`]) |
 //!
 //! e.g. `sqlite://var/events.db?lease=2m&synchronous=full`. An unknown option
-//! or a bad value is an [`Error::BadUrl`] naming it. The parent directory is
-//! created when missing.
+//! or a bad value is an [`Error::BadUrl`] naming it. The file is created
+//! when missing, its directory is not: a directory that does not exist is
+//! an [`Error::BadUrl`] naming it (see *Where the file is* in
+//! [`super::schema`]).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -18,17 +18,39 @@
 //! before the WAL is synced. `synchronous=full` syncs the WAL on every commit
 //! and also survives an OS crash or power loss, at the cost of one `fsync`
 //! per write.
+//!
+//! # Schema versions
+//!
+//! `PRAGMA user_version` says which schema the file has; opening a file
+//! brings it up to [`SCHEMA_VERSION`] in one transaction, and a file newer
+//! than this build is refused (upgrade the program). Version 1: `events`
+//! and `dead_events`. Version 2 adds who holds a claim ([`super::owner`]):
+//! the table `owners` and the column `events.owner`, NULL in the rows of
+//! version 1, which keep working as before (their lease decides). Adding a
+//! column with no default rewrites nothing: the migration is instant
+//! whatever the file's size.
+//!
+//! # Where the file is
+//!
+//! A relative path is relative to the working directory of each process:
+//! an app and a poller started in different directories use different
+//! files. The absolute path is logged (INFO) the first time a process opens
+//! the file. A directory that does not exist is an error naming it: it is
+//! not created (a mistyped path would silently start an empty queue).
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::conn::refuse_to_wait;
 use super::options::Options;
+use super::{now_i64, owner};
 use crate::Error;
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -57,6 +79,21 @@ CREATE TABLE IF NOT EXISTS dead_events (
 CREATE INDEX IF NOT EXISTS dead_events_event_id ON dead_events (event_id);
 ";
 
+/// Version 2: who holds a claim (see [`super::owner`]). Ids are never
+/// reused (`AUTOINCREMENT`): an id names one broker of one process forever.
+const OWNERS: &str = "
+ALTER TABLE events ADD COLUMN owner INTEGER;
+CREATE INDEX IF NOT EXISTS events_owner ON events (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS owners (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid     INTEGER NOT NULL,
+    started INTEGER NOT NULL,
+    boot    TEXT NOT NULL,
+    pid_ns  TEXT NOT NULL,
+    since   INTEGER NOT NULL
+);
+";
+
 pub(super) fn open_connection(url: &str, cfg: &Options) -> Result<Connection, Error> {
     let path = &cfg.path;
     let fail = |e: &dyn std::fmt::Display| {
@@ -65,17 +102,20 @@ pub(super) fn open_connection(url: &str, cfg: &Options) -> Result<Connection, Er
             format!("cannot open database `{}`: {e}", path.display()),
         )
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            Error::io(
-                format!(
-                    "broker `{url}`: cannot create directory `{}` for database `{}`",
-                    parent.display(),
-                    path.display()
-                ),
-                e,
-            )
-        })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        let dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        return Err(Error::BadUrl {
+            url: url.to_string(),
+            message: format!(
+                "the directory `{}` of database `{}` does not exist: create it \
+                 (`mkdir -p {}`) or fix the path",
+                dir.display(),
+                path.display(),
+                dir.display()
+            ),
+        });
     }
     let mut conn = Connection::open(path).map_err(|e| fail(&e))?;
     conn.busy_timeout(cfg.busy_timeout).map_err(|e| fail(&e))?;
@@ -89,6 +129,11 @@ pub(super) fn open_connection(url: &str, cfg: &Options) -> Result<Connection, Er
     conn.pragma_update(None, "synchronous", sync)
         .map_err(|e| fail(&e))?;
     init_schema(&mut conn, url, path)?;
+    log_path_once(url, path);
+    // The events of pollers that died come back now, not after their lease.
+    if let Err(e) = owner::reclaim_gone(&mut conn, now_i64(), url, path) {
+        tracing::warn!(broker = %url, "{e}");
+    }
     // From here on an operation waits for a lock only on the blocking pool
     // (`Inner::waiting`); elsewhere SQLite returns at once (`SqliteBroker::run`).
     conn.busy_handler(Some(refuse_to_wait))
@@ -119,10 +164,27 @@ fn init_schema(conn: &mut Connection, url: &str, path: &Path) -> Result<(), Erro
             ),
         ));
     }
-    if version < SCHEMA_VERSION {
+    if version < 1 {
         tx.execute_batch(SCHEMA).map_err(fail)?;
+    }
+    if version < 2 {
+        tx.execute_batch(OWNERS).map_err(fail)?;
+    }
+    if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;
     }
     tx.commit().map_err(fail)
+}
+
+/// Logs the absolute path of the file, the first time this process opens it.
+fn log_path_once(url: &str, path: &Path) {
+    static LOGGED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let abs = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    if logged.get_or_insert_with(HashSet::new).insert(abs.clone()) {
+        tracing::info!(broker = %url, "SQLite database: {}", abs.display());
+    }
 }

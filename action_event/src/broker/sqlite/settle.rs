@@ -30,12 +30,12 @@ use crate::envelope::Envelope;
 pub(super) const ACK: &str = "DELETE FROM events WHERE id = ?1 AND claim = ?2";
 
 /// `?1` row id, `?2` claim token, `?3` body, `?4` visible_at.
-pub(super) const RETRY: &str = "UPDATE events SET body = ?3, visible_at = ?4, claim = NULL, deliveries = 0 \
+pub(super) const RETRY: &str = "UPDATE events SET body = ?3, visible_at = ?4, claim = NULL, owner = NULL, deliveries = 0 \
      WHERE id = ?1 AND claim = ?2";
 
 /// `?1` row id, `?2` claim token, `?3` now.
 pub(super) const RELEASE: &str =
-    "UPDATE events SET visible_at = ?3, claim = NULL WHERE id = ?1 AND claim = ?2";
+    "UPDATE events SET visible_at = ?3, claim = NULL, owner = NULL WHERE id = ?1 AND claim = ?2";
 
 /// The event finished: its row goes. Acks that wait for the connection at
 /// the same time are committed together, like publishes: at high
