@@ -1417,6 +1417,21 @@ impl Broker for SqliteBroker {
         })
         .await
     }
+
+    async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
+        self.run(|inner, state| {
+            let mut stmt = state
+                .conn
+                .prepare_cached("SELECT DISTINCT queue FROM events ORDER BY queue")
+                .map_err(|e| inner.err("list queues", e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| inner.err("list queues", e))?;
+            Ok(Some(rows))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! [`shutdown`](super::shutdown) says.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,26 @@ pub(super) struct Shared {
     pub(super) tally: Tally,
     pub(super) metrics: Arc<Metrics>,
     in_flight: InFlightMap,
+    /// Handlers running now: events whose dispatch has not returned (a
+    /// finished event still settling with the broker is not counted).
+    handlers: Arc<AtomicUsize>,
+}
+
+/// Counts one handler as running until it drops: when its dispatch
+/// returns, or its task ends (a panic, an abort).
+pub(super) struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The events running now, by a sequence number.
@@ -170,6 +190,7 @@ impl Poller {
                 tally: Tally::default(),
                 metrics: Arc::new(Metrics::new()),
                 in_flight: InFlightMap::default(),
+                handlers: Arc::default(),
             }),
             config: PollerConfig {
                 concurrency: config.concurrency.max(1),
@@ -295,11 +316,12 @@ impl Poller {
                         queue: delivery.queue.clone(),
                         started_at_ms: now_ms(),
                     });
+                    let handler = Running::enter(&shared.handlers);
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
                     tasks.spawn(
                         async move {
-                            run_one(&shared, delivery, envelope, hard, permit).await;
+                            run_one(&shared, delivery, envelope, hard, permit, handler).await;
                             drop(running);
                         }
                         .instrument(span),
@@ -351,9 +373,13 @@ impl Poller {
                 "Events taken ahead were not given back (they come back by themselves: SQLite when their lease lapses): {e}"
             );
         }
+        if exit == ExitReason::Empty {
+            log_empty(&*shared.broker, shared.registry, &config.queues).await;
+        }
         finish_in_hand(
             &mut tasks,
             &exit,
+            &shared.handlers,
             config.shutdown_timeout,
             &mut stop_rx,
             &hard_tx,
@@ -369,6 +395,61 @@ impl Poller {
             exit: Some(exit),
         })
     }
+}
+
+/// Says why an `exit_when_empty` poller exits: every queue is empty, or
+/// (a WARN) the queues it serves are, while events wait on queues it does
+/// not serve, which it names with their counts.
+async fn log_empty(broker: &dyn Broker, registry: &Registry, served: &[String]) {
+    let unserved = unserved_with_events(broker, registry, served).await;
+    if unserved.is_empty() {
+        tracing::info!("All queues are empty; exiting");
+        return;
+    }
+    let total: u64 = unserved.iter().map(|(_, n)| n).sum();
+    let counts: Vec<String> = unserved.iter().map(|(q, n)| format!("{q} ({n})")).collect();
+    let mut order: Vec<&str> = served.iter().map(String::as_str).collect();
+    order.extend(unserved.iter().map(|(q, _)| q.as_str()));
+    tracing::warn!(
+        "The queues this poller serves ({}) are empty; exiting, but {total} event(s) wait on queues it does not serve: {}. A poller whose queues name them serves them, e.g. --queues \"{}\"",
+        served.join(","),
+        counts.join(", "),
+        order.join(" ")
+    );
+}
+
+/// The queues this poller does not serve that hold events (ready or
+/// scheduled), with their counts: the queues this binary's events name,
+/// and those the broker lists
+/// ([`Broker::queues_with_events`]: SQLite knows every queue that has rows).
+async fn unserved_with_events(
+    broker: &dyn Broker,
+    registry: &Registry,
+    served: &[String],
+) -> Vec<(String, u64)> {
+    // Not `high medium low` as such: counting a queue may create it
+    // (RabbitMQ declares it), and one no event names holds events only if
+    // the broker lists it.
+    let mut queues: std::collections::BTreeSet<String> =
+        registry.events().map(|e| e.queue.to_string()).collect();
+    match broker.queues_with_events().await {
+        Ok(Some(listed)) => queues.extend(listed),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("Cannot list the queues that hold events: {e}"),
+    }
+    let mut out = Vec::new();
+    for q in queues.into_iter().filter(|q| !served.contains(q)) {
+        match broker.depth(&q).await {
+            Ok(d) => {
+                let n = d.waiting + d.scheduled.unwrap_or(0);
+                if n > 0 {
+                    out.push((q, n));
+                }
+            }
+            Err(e) => tracing::warn!("Cannot count the events of queue `{q}`: {e}"),
+        }
+    }
+    out
 }
 
 /// Whether the broker counts no ready event in any of `queues` (for

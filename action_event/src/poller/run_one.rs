@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::Observed;
 use super::decide::{self, DeadWhy, Policy, Settle};
-use super::run_loop::Shared;
+use super::run_loop::{Running, Shared};
 use crate::Error;
 use crate::broker::{DeadEvent, Delivery};
 use crate::envelope::{AttemptError, Envelope, now_ms};
@@ -27,6 +27,7 @@ pub(super) async fn run_one(
     envelope: Result<Envelope, Error>,
     mut hard: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
+    handler: Running,
 ) {
     let envelope = match envelope {
         Ok(e) => e,
@@ -80,6 +81,7 @@ pub(super) async fn run_one(
             return;
         }
     };
+    drop(handler); // what follows settles a finished event
     let elapsed = fmt_ms(started.elapsed());
     // A finished event frees its slot before its ack is on the wire: the
     // ack needs no handler, only a hop to the broker's I/O, and awaiting it

@@ -151,6 +151,68 @@ fn default_queues<'a>(event_queues: Option<impl Iterator<Item = &'a str>>) -> Ve
     qs
 }
 
+/// What a poller says at start about its queues, from the (event, queue)
+/// pairs of its binary and the queues it serves: a warning when the
+/// default order placed custom queues after `low`, naming the order and
+/// how to place them; a note when `--queues` leaves out queues its events
+/// name.
+fn queue_notes(
+    events: &[(&str, &str)],
+    served: &[String],
+    explicit: bool,
+) -> (Option<String>, Option<String>) {
+    // queue -> its events, in name order.
+    let mut by_queue: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (event, queue) in events {
+        by_queue.entry(queue).or_default().push(event);
+    }
+    let describe = |queues: &[&str]| -> String {
+        queues
+            .iter()
+            .map(|q| {
+                let mut names = by_queue.get(q).cloned().unwrap_or_default();
+                names.sort_unstable();
+                let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                format!("`{q}` (event {})", names.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !explicit {
+        let custom: Vec<&str> = by_queue
+            .keys()
+            .copied()
+            .filter(|q| !DEFAULT_QUEUES.contains(q))
+            .collect();
+        if custom.is_empty() {
+            return (None, None);
+        }
+        let mut suggested = custom.clone();
+        suggested.extend(DEFAULT_QUEUES);
+        let warn = format!(
+            "Custom queue(s) {} come after `low`: this poller serves {}, highest first. To place them, give the whole order, e.g. --queues \"{}\"",
+            describe(&custom),
+            served.join(","),
+            suggested.join(" ")
+        );
+        return (Some(warn), None);
+    }
+    let unserved: Vec<&str> = by_queue
+        .keys()
+        .copied()
+        .filter(|q| !served.iter().any(|s| s == q))
+        .collect();
+    if unserved.is_empty() {
+        return (None, None);
+    }
+    let info = format!(
+        "Not serving {}: --queues \"{}\" leaves them to other pollers",
+        describe(&unserved),
+        served.join(" ")
+    );
+    (None, Some(info))
+}
+
 /// Runs `start`: spawns the daemon, or sets up the log and runs the poller
 /// in this process until it stops.
 pub(super) fn main(cli: RunArgs, args: &[OsString], state: State) -> ExitCode {
@@ -332,6 +394,14 @@ async fn start(cli: &RunArgs, queues: Vec<String>, state: State) -> Result<(), E
     for line in registry.describe().lines() {
         tracing::info!("  {line}");
     }
+    let events: Vec<(&str, &str)> = registry.events().map(|e| (e.name, e.queue)).collect();
+    let (warn, note) = queue_notes(&events, &queues, cli.queues.is_some());
+    if let Some(line) = warn {
+        tracing::warn!("{line}");
+    }
+    if let Some(line) = note {
+        tracing::info!("{line}");
+    }
     if id.is_some() {
         pidfile::claim(&cli.pid_dir, &info)?;
     }
@@ -445,7 +515,54 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_queues;
+    use super::{default_queues, queue_notes};
+
+    fn owned(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn custom_queues_in_the_default_order_are_a_warning_naming_the_order_and_the_fix() {
+        let events = [
+            ("hello_world", "high"),
+            ("page_oncall", "urgent"),
+            ("wake_up", "urgent"),
+        ];
+        let served = default_queues(Some(events.iter().map(|(_, q)| *q)));
+        let (warn, info) = queue_notes(&events, &served, false);
+        assert_eq!(
+            warn.as_deref(),
+            Some(
+                "Custom queue(s) `urgent` (event `page_oncall`, `wake_up`) come after `low`: this poller serves high,medium,low,urgent, highest first. To place them, give the whole order, e.g. --queues \"urgent high medium low\""
+            )
+        );
+        assert_eq!(info, None);
+        // Only the standard queues: nothing to say.
+        let events = [("hello_world", "high"), ("tick", "low")];
+        assert_eq!(
+            queue_notes(&events, &owned(&["high", "medium", "low"]), false),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn queues_left_out_by_queues_are_named() {
+        let events = [
+            ("hello_world", "high"),
+            ("page_oncall", "urgent"),
+            ("tick", "medium"),
+        ];
+        let (warn, info) = queue_notes(&events, &owned(&["urgent", "medium"]), true);
+        assert_eq!(warn, None);
+        assert_eq!(
+            info.as_deref(),
+            Some(
+                "Not serving `high` (event `hello_world`): --queues \"urgent medium\" leaves them to other pollers"
+            )
+        );
+        let served = owned(&["urgent", "high", "medium", "low"]);
+        assert_eq!(queue_notes(&events, &served, true), (None, None));
+    }
 
     #[test]
     fn default_order_is_high_medium_low_then_other_queues_by_name() {
