@@ -200,7 +200,7 @@ impl Poller {
     }
 
     /// The metrics this poller keeps as it runs; serve them with
-    /// [`MetricsEndpoint`] (the CLI's `--metrics ADDR` does).
+    /// [`MetricsEndpoint`](super::MetricsEndpoint) (the CLI's `--metrics ADDR` does).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), action_event::Error> {

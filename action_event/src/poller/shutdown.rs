@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::pidfile;
 
-/// Asks a running [`Poller`] to stop.
+/// Asks a running [`Poller`](super::Poller) to stop.
 ///
 /// ```
 /// let stop = action_event::poller::Shutdown::new();
