@@ -488,6 +488,62 @@ mod tests {
             "500ms",
         ]);
         parses(&["poller", "--id", "1", "--shutdown-timeout", "5s", "stop"]);
+        // The run lines of tests/ (amqp_e2e, observability, tls_e2e, ...).
+        for line in [
+            &[
+                "poller",
+                "--concurrency",
+                "4",
+                "--queues",
+                "high medium low",
+                "--exit-when-empty",
+            ][..],
+            &[
+                "poller",
+                "--queues",
+                "medium",
+                "--metrics",
+                "127.0.0.1:9187",
+                "--retry-base",
+                "100ms",
+            ],
+            &[
+                "poller",
+                "--retry-base",
+                "50ms",
+                "--queues",
+                "medium",
+                "--log-format",
+                "json",
+            ],
+            &[
+                "poller",
+                "--unknown-retries",
+                "2",
+                "--retry-max",
+                "1s",
+                "--queues",
+                "medium",
+            ],
+            &[
+                "poller",
+                "--broker",
+                "redis://user:pw@localhost/0",
+                "--exit-when-empty",
+            ],
+            &["poller", "--id", "tls", "--queues", "medium", "start"],
+            &[
+                "poller",
+                "--pid-dir",
+                "pids",
+                "--log-file",
+                "p.log",
+                "-d",
+                "start",
+            ],
+        ] {
+            parses(line);
+        }
     }
 
     #[test]
