@@ -425,6 +425,22 @@ pub trait Broker: Send + Sync + 'static {
     /// ```
     async fn depth(&self, queue: &str) -> Result<QueueDepth, Error>;
 
+    /// Every queue that holds an event now (ready, delayed or taken), when
+    /// the backend can list them; `None` when it cannot (the default;
+    /// RabbitMQ). `--exit-when-empty` uses it to name the queues a poller
+    /// does not serve where events wait.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// if let Some(queues) = broker.queues_with_events().await? {
+    ///     println!("events wait on {}", queues.join(", "));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
+        Ok(None)
+    }
+
     /// Makes a running poller visible to [`Broker::pollers`] of any machine,
     /// for as long as this broker is open. A backend that offers a
     /// cross-machine view (RabbitMQ) starts answering status requests with
