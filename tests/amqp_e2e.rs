@@ -1,6 +1,6 @@
 //! RabbitMQ only, end to end, with real poller processes: strict priority
 //! across two pollers (on the shared broker), and, each on a private broker
-//! node of its own (`action_event/tests/support/rabbit_node.rs`), pollers
+//! node of its own (`action_event_test_support::rabbit_node`), pollers
 //! that outlive a cut of every connection or a broker restart in the middle
 //! of a run, and a poller started while the broker is down.
 //!
@@ -8,8 +8,7 @@
 //! print `SKIPPED: ...` and pass, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
 mod common;
-#[path = "../action_event/tests/support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

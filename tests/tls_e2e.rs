@@ -6,8 +6,7 @@
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
 mod common;
-#[path = "../action_event/tests/support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::time::{Duration, Instant};
 

@@ -20,5 +20,12 @@ mod test_support;
 
 mod contract;
 
-mod amqp_broker;
+// SQLite only.
 mod sqlite_broker;
+
+// RabbitMQ only: on the shared broker, then on private nodes
+// (`action_event_test_support::rabbit_node`).
+mod amqp_broker;
+mod amqp_consumer_timeout;
+mod amqp_private_node;
+mod amqp_tls;
