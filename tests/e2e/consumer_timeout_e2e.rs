@@ -6,12 +6,11 @@
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-mod common;
 use action_event_test_support::rabbit_node;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rabbit_node::RabbitNode;
 
 /// A private node with a 3 s `consumer_timeout` and a world whose pollers

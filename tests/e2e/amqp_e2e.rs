@@ -7,13 +7,12 @@
 //! The private-node tests need `rabbitmq-server` installed; without it they
 //! print `SKIPPED: ...` and pass, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-mod common;
 use action_event_test_support::rabbit_node;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rabbit_node::RabbitNode;
 
 /// A private node, or `None` after a loud message when none can be started
