@@ -396,6 +396,7 @@ async fn retry_with_delay<F: Backend>(f: F) {
     // The backends differ in one field: RabbitMQ writes the time the retry
     // is due into `run_at_ms`, SQLite keeps the envelope as given (`None`).
     let mut got = env_of(&d2);
+    assert_eq!(got.run_at_ms.is_some(), F::RETRY_SETS_RUN_AT, "{got:?}");
     if let Some(at) = got.run_at_ms {
         let due = retried_at + 800;
         assert!(at >= due && at < due + 1_000, "run_at_ms {at}, due {due}");

@@ -22,6 +22,9 @@ pub trait Backend: Sized {
     /// Whether `depth` counts scheduled (delayed) events: `Some(n)` if so,
     /// else `None`.
     const SCHEDULED_COUNTED: bool;
+    /// Whether an event `retry` delays comes back with the time it was due
+    /// in `run_at_ms` (RabbitMQ) or as the envelope was given (SQLite).
+    const RETRY_SETS_RUN_AT: bool;
     /// A fresh place, or `None` (after a loud message) when the backend is
     /// not there and not required.
     async fn new() -> Option<Self>;
@@ -58,6 +61,7 @@ impl Backend for Sqlite {
     type Broker = SqliteBroker;
     const NOTHING: Duration = Duration::ZERO;
     const SCHEDULED_COUNTED: bool = true;
+    const RETRY_SETS_RUN_AT: bool = false;
 
     async fn new() -> Option<Self> {
         Some(Sqlite {
@@ -98,6 +102,7 @@ impl Backend for Amqp {
     type Broker = AmqpBroker;
     const NOTHING: Duration = Duration::from_millis(500);
     const SCHEDULED_COUNTED: bool = false;
+    const RETRY_SETS_RUN_AT: bool = true;
 
     async fn new() -> Option<Self> {
         let f = Amqp {
