@@ -4,21 +4,15 @@
 //! (tests/support/e2e_poller.rs) on a real broker; every test runs against
 //! every backend this machine offers (see `common::backends`).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use action_event::broker::DeadEvent;
 use action_event::envelope::now_ms;
 use action_event::prelude::*;
 use action_event::{Envelope, QueueRequest};
-use common::*;
 use serde_json::json;
-
-/// Tests that measure latency, and the 10,000-event one that loads both
-/// cores, never run at the same time.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The poller's `record` event, typed, so this test binary can queue it with
 /// `queue!` (params checked) and `QueueExt::queue_in/queue_at`. It only

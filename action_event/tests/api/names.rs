@@ -68,8 +68,20 @@ fn name_overrides() {
 
 #[test]
 fn the_registry_uses_the_same_names() {
+    // The events of this module (the binary has others: see `main.rs`).
+    let ours: Vec<String> = registry()
+        .names()
+        .into_iter()
+        .filter(|n| {
+            registry()
+                .get(n)
+                .unwrap()
+                .type_name
+                .starts_with("api::names::")
+        })
+        .collect();
     assert_eq!(
-        registry().names(),
+        ours,
         [
             "billing.invoice_paid",
             "event",
@@ -81,7 +93,7 @@ fn the_registry_uses_the_same_names() {
     );
     assert_eq!(
         registry().get("hello_world").unwrap().type_name,
-        "names::HelloWorldEvent"
+        "api::names::HelloWorldEvent"
     );
     assert_eq!(
         registry().get_type::<InvoicePaidEvent>().unwrap().name,

@@ -7,8 +7,7 @@
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-#[path = "support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

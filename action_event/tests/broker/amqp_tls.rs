@@ -1,12 +1,11 @@
 //! `amqps://`: the RabbitMQ backend over TLS (rustls), against a private
 //! node with a TLS listener whose certificate a throwaway CA signed
-//! (`support/rabbit_node.rs`, `RabbitNode::start_tls`).
+//! (`action_event_test_support::rabbit_node`, `RabbitNode::start_tls`).
 //!
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-#[path = "support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -6,13 +6,11 @@
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-mod common;
-#[path = "../action_event/tests/support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rabbit_node::RabbitNode;
 
 /// A private node with a 3 s `consumer_timeout` and a world whose pollers

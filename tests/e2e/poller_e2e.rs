@@ -2,12 +2,10 @@
 //! broker, killed with real signals. Every test runs against every backend
 //! this machine offers (SQLite always, RabbitMQ when it answers).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn assert_exactly_once(records: &[Record], n: usize, tag: &str) {
     let ends = ends_by_tag(records);
@@ -23,6 +21,7 @@ fn assert_exactly_once(records: &[Record], n: usize, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_pollers_with_concurrency_4_share_5000_events_exactly_once() {
+    let _heavy = HEAVY.lock().await;
     for backend in backends() {
         let w = World::new(&backend);
         let n = 5000;

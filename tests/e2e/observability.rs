@@ -3,14 +3,12 @@
 //! `RUST_LOG`, the registry at start, and `--metrics` scraped over HTTP
 //! while the poller runs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use action_event::QueueRequest;
-use common::*;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,10 +12,8 @@
 //! `localhost` and `127.0.0.1`) is signed by a throwaway CA made at start with
 //! the `openssl` CLI ([`TlsFiles`]); clients trust it only when told to.
 //!
-//! Included with `#[path = "support/rabbit_node.rs"] mod rabbit_node;` by
-//! `action_event`'s tests and by the root package's tests (needs `tempfile`).
-
-#![allow(dead_code)]
+//! Used by `action_event`'s tests and by the root package's tests, as
+//! `action_event_test_support::rabbit_node`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -160,13 +160,16 @@ fn event_info_lists_the_chain_and_ancestors() {
     assert_eq!(
         ids,
         [
-            "chain::root_c",
-            "chain::root_a",
-            "chain::leaf_filters::leaf_a"
+            "api::chain::root_c",
+            "api::chain::root_a",
+            "api::chain::leaf_filters::leaf_a"
         ]
     );
-    assert_eq!(leaf.ancestors, ["chain::MidEvent", "chain::RootEvent"]);
-    assert_eq!(leaf.type_name, "chain::LeafEvent");
+    assert_eq!(
+        leaf.ancestors,
+        ["api::chain::MidEvent", "api::chain::RootEvent"]
+    );
+    assert_eq!(leaf.type_name, "api::chain::LeafEvent");
     assert!(leaf.is::<LeafEvent>());
     assert_eq!(registry().get_type::<LeafEvent>().unwrap().name, "leaf");
 
@@ -181,7 +184,7 @@ fn event_info_lists_the_chain_and_ancestors() {
 
     let table = registry().describe();
     assert!(
-        table.contains("leaf (chain::LeafEvent) queue=high retries=2 timeout=2s chain=[root_c, root_a, leaf_filters::leaf_a]"),
+        table.contains("leaf (api::chain::LeafEvent) queue=high retries=2 timeout=2s chain=[root_c, root_a, leaf_filters::leaf_a]"),
         "{table}"
     );
 }
@@ -318,7 +321,7 @@ async fn missing_state_names_the_type() {
     assert!(
         failure
             .message
-            .contains("state `chain::Db` was not provided"),
+            .contains("state `api::chain::Db` was not provided"),
         "{}",
         failure.message
     );
@@ -338,5 +341,5 @@ async fn missing_state_names_the_type() {
 fn missing_state_outside_dispatch_names_the_type() {
     let cx = Context::for_test("welcome", json!({}));
     let err = cx.state::<Db>().err().expect("no Db was given").to_string();
-    assert!(err.contains("`chain::Db`"), "{err}");
+    assert!(err.contains("`api::chain::Db`"), "{err}");
 }

@@ -1,111 +1,40 @@
-//! The SQLite broker against a real database file in a temporary directory.
+//! What only the SQLite broker does, against a real database file in a
+//! temporary directory: leases and their heartbeat, batch claims (events
+//! claimed ahead), group commit, write locks held elsewhere, URL options,
+//! the schema and its query plans. What every backend does is in
+//! `contract` (`contract::sqlite::*`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use action_event::broker::sqlite::{HOT_QUERIES, SCHEMA_VERSION, SqliteBroker};
-use action_event::broker::{Broker, DeadEvent, DeadFilter, Delivery};
-use action_event::envelope::{AttemptError, now_ms};
+use action_event::broker::{Broker, DeadFilter};
 use action_event::{Envelope, Error};
 use serde_json::json;
 
-const NOW: Duration = Duration::ZERO;
+use crate::test_support::{
+    dead_of, env_of, number_of, numbered, publish_numbered, qs, sqlite_url as url,
+};
 
-fn url(dir: &tempfile::TempDir, opts: &str) -> String {
-    let path = dir.path().join("events.db");
-    format!("sqlite://{}{opts}", path.display())
-}
+const NOW: Duration = Duration::ZERO;
 
 async fn open(dir: &tempfile::TempDir, opts: &str) -> SqliteBroker {
     SqliteBroker::open(&url(dir, opts)).await.expect("open")
 }
 
-fn qs(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+/// Takes and acks until nothing is ready: (queue, number) in take order.
+async fn drain_numbered(b: &SqliteBroker, queues: &[String]) -> Vec<(String, u64)> {
+    crate::test_support::drain_numbered(b, queues, NOW).await
 }
 
-fn env_of(d: &Delivery) -> Envelope {
-    Envelope::from_slice(&d.body).expect("envelope")
-}
-
-fn dead_of(d: &Delivery, reason: &str) -> DeadEvent {
-    let env = env_of(d);
-    DeadEvent {
-        id: env.id.to_string(),
-        name: Some(env.name.clone()),
-        queue: d.queue.clone(),
-        body: String::from_utf8(d.body.clone()).expect("utf8"),
-        attempts: env.attempt,
-        errors: vec![AttemptError {
-            attempt: env.attempt,
-            at_ms: now_ms(),
-            message: reason.into(),
-        }],
-        reason: reason.into(),
-        died_at_ms: now_ms(),
-    }
-}
-
+/// The URL names its scheme (and the file).
 #[tokio::test]
-async fn publish_take_ack_round_trip() {
+async fn url_is_the_sqlite_one() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir, "").await;
     assert!(b.url().starts_with("sqlite://"));
-    let env = Envelope::new("hello_world", "high", json!({"name": "world"}));
-    b.publish(&env).await.unwrap();
-    assert_eq!(b.depth("high").await.unwrap().waiting, 1);
-
-    let d = b
-        .take(&qs(&["high"]), NOW)
-        .await
-        .unwrap()
-        .expect("an event");
-    assert_eq!(d.queue, "high");
-    assert!(!d.redelivered);
-    assert_eq!(env_of(&d), env);
-    // Held: not waiting, not taken again.
-    assert_eq!(b.depth("high").await.unwrap().waiting, 0);
-    assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
-
-    b.ack(&d).await.unwrap();
-    assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
-    let depth = b.depth("high").await.unwrap();
-    assert_eq!(depth.waiting, 0);
-    assert_eq!(depth.oldest_age, None);
-}
-
-#[tokio::test]
-async fn take_waits_then_gives_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "?poll=20ms").await;
-    let start = Instant::now();
-    assert!(
-        b.take(&qs(&["high"]), Duration::from_millis(200))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let took = start.elapsed();
-    assert!(took >= Duration::from_millis(200), "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
-}
-
-#[tokio::test]
-async fn take_sees_an_event_published_while_waiting() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Arc::new(open(&dir, "").await);
-    let b = open(&dir, "").await;
-    let waiter = {
-        let a = Arc::clone(&a);
-        tokio::spawn(async move { a.take(&qs(&["low"]), Duration::from_secs(5)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    b.publish(&Envelope::new("e", "low", json!({})))
-        .await
-        .unwrap();
-    let d = waiter.await.unwrap().unwrap().expect("the event");
-    a.ack(&d).await.unwrap();
+    assert!(b.url().contains("events.db"), "{}", b.url());
 }
 
 /// Concurrent publishes are committed together (group commit); each is
@@ -190,79 +119,6 @@ async fn a_write_lock_held_elsewhere_is_waited_for_off_the_runtime_thread() {
         .expect("published");
     b.ack(&d).await.unwrap();
     assert_eq!(b.depth("high").await.unwrap().waiting, 0);
-}
-
-#[tokio::test]
-async fn strict_priority() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "").await;
-    let mut published = Vec::new();
-    for i in 0..20 {
-        for q in [["low", "high", "medium"], ["medium", "low", "high"]][i % 2] {
-            let env = Envelope::new("e", q, json!({ "i": i }));
-            b.publish(&env).await.unwrap();
-            published.push(env);
-        }
-    }
-    let queues = qs(&["high", "medium", "low"]);
-    let mut order = Vec::new();
-    while let Some(d) = b.take(&queues, NOW).await.unwrap() {
-        order.push(env_of(&d));
-        b.ack(&d).await.unwrap();
-    }
-    assert_eq!(order.len(), 60);
-    for (i, q) in ["high", "medium", "low"].iter().enumerate() {
-        let got: Vec<_> = order[i * 20..(i + 1) * 20].iter().collect();
-        assert!(got.iter().all(|e| e.queue == *q), "slot {i} is not all {q}");
-        // FIFO within a queue.
-        let want: Vec<_> = published.iter().filter(|e| e.queue == *q).collect();
-        assert_eq!(got, want);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_brokers_take_every_event_exactly_once() {
-    const N: usize = 2_000;
-    let dir = tempfile::tempdir().unwrap();
-    let a = Arc::new(open(&dir, "").await);
-    let b = Arc::new(open(&dir, "").await);
-    let mut ids = HashSet::new();
-    for i in 0..N {
-        let env = Envelope::new("e", ["high", "low"][i % 2], json!({ "i": i }));
-        ids.insert(env.id.to_string());
-        (if i % 2 == 0 { &a } else { &b })
-            .publish(&env)
-            .await
-            .unwrap();
-    }
-    let mut tasks = Vec::new();
-    for broker in [&a, &b] {
-        for _ in 0..4 {
-            let broker = Arc::clone(broker);
-            tasks.push(tokio::spawn(async move {
-                let mut got = Vec::new();
-                let queues = qs(&["high", "low"]);
-                while let Some(d) = broker.take(&queues, NOW).await.unwrap() {
-                    assert!(!d.redelivered);
-                    got.push(env_of(&d).id.to_string());
-                    broker.ack(&d).await.unwrap();
-                }
-                got
-            }));
-        }
-    }
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    for t in tasks {
-        for id in t.await.unwrap() {
-            total += 1;
-            assert!(seen.insert(id.clone()), "event {id} taken twice");
-        }
-    }
-    assert_eq!(total, N);
-    assert_eq!(seen, ids);
-    assert_eq!(a.depth("high").await.unwrap().waiting, 0);
-    assert_eq!(a.depth("low").await.unwrap().waiting, 0);
 }
 
 #[tokio::test]
@@ -375,205 +231,6 @@ async fn a_failed_settle_lets_the_lease_lapse_so_the_event_runs_again() {
         b.ack(&d2).await.unwrap();
         drop(a);
     }
-}
-
-#[tokio::test]
-async fn delayed_publish_is_not_taken_early() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "?poll=20ms").await;
-    let mut env = Envelope::new("later", "high", json!({}));
-    env.run_at_ms = Some(now_ms() + 1_000);
-    b.publish(&env).await.unwrap();
-    let start = Instant::now();
-    // Not ready yet: scheduled, not waiting.
-    let depth = b.depth("high").await.unwrap();
-    assert_eq!((depth.waiting, depth.scheduled), (0, Some(1)));
-    assert!(b.take(&qs(&["high"]), NOW).await.unwrap().is_none());
-    let d = b
-        .take(&qs(&["high"]), Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("taken when due");
-    assert!(start.elapsed() >= Duration::from_millis(900));
-    assert_eq!(env_of(&d).id, env.id);
-    b.ack(&d).await.unwrap();
-}
-
-#[tokio::test]
-async fn retry_with_delay() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "?poll=20ms").await;
-    b.publish(&Envelope::new("flaky", "medium", json!({"x": 1})))
-        .await
-        .unwrap();
-    let q = qs(&["medium"]);
-    let d = b.take(&q, NOW).await.unwrap().expect("taken");
-    let mut next = env_of(&d);
-    next.errors.push(AttemptError {
-        attempt: 1,
-        at_ms: now_ms(),
-        message: "boom".into(),
-    });
-    next.attempt = 2;
-    let start = Instant::now();
-    b.retry(&d, &next, Duration::from_millis(800))
-        .await
-        .unwrap();
-    assert!(b.take(&q, NOW).await.unwrap().is_none());
-    let d2 = b
-        .take(&q, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("retried");
-    assert!(start.elapsed() >= Duration::from_millis(700));
-    assert_eq!(env_of(&d2), next);
-    // A retry is a new attempt, not a redelivery.
-    assert!(!d2.redelivered);
-    b.ack(&d2).await.unwrap();
-}
-
-#[tokio::test]
-async fn release_gives_it_back_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "").await;
-    let env = Envelope::new("e", "low", json!({}));
-    b.publish(&env).await.unwrap();
-    let q = qs(&["low"]);
-    let d = b.take(&q, NOW).await.unwrap().expect("taken");
-    b.release(&d).await.unwrap();
-    let d2 = b.take(&q, NOW).await.unwrap().expect("taken again");
-    assert!(d2.redelivered);
-    assert_eq!(env_of(&d2), env);
-    b.ack(&d2).await.unwrap();
-}
-
-#[tokio::test]
-async fn dead_letters_list_retry_purge() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "").await;
-    let mut envs = Vec::new();
-    for (name, queue) in [("a", "high"), ("b", "high"), ("a", "low"), ("c", "low")] {
-        let mut env = Envelope::new(name, queue, json!({ "n": name }));
-        env.attempt = 3;
-        b.publish(&env).await.unwrap();
-        envs.push(env);
-    }
-    let q = qs(&["high", "low"]);
-    for _ in 0..envs.len() {
-        let d = b.take(&q, NOW).await.unwrap().expect("taken");
-        b.dead(&d, &dead_of(&d, "boom")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(b.take(&q, NOW).await.unwrap().is_none());
-
-    let all = b.dead_list(&DeadFilter::default()).await.unwrap();
-    assert_eq!(all.len(), 4);
-    let ids: Vec<_> = all.iter().map(|d| d.id.clone()).collect();
-    let want: Vec<_> = envs.iter().map(|e| e.id.to_string()).collect();
-    assert_eq!(ids, want, "oldest first");
-    assert_eq!(all[0].reason, "boom");
-    assert_eq!(all[0].attempts, 3);
-    assert_eq!(all[0].errors.len(), 1);
-    assert_eq!(all[0].name.as_deref(), Some("a"));
-
-    let high = DeadFilter {
-        queue: Some("high".into()),
-        ..Default::default()
-    };
-    assert_eq!(b.dead_list(&high).await.unwrap().len(), 2);
-    let named_a = DeadFilter {
-        event: Some("a".into()),
-        ..Default::default()
-    };
-    assert_eq!(b.dead_list(&named_a).await.unwrap().len(), 2);
-    let before_third = DeadFilter {
-        died_before_ms: Some(all[2].died_at_ms),
-        ..Default::default()
-    };
-    assert_eq!(b.dead_list(&before_third).await.unwrap().len(), 2);
-
-    // Unknown ids.
-    let missing = "0190b1c6-0000-7000-8000-000000000000";
-    assert!(matches!(
-        b.dead_retry(Some(missing), &DeadFilter::default()).await,
-        Err(Error::NoSuchDeadEvent(id)) if id == missing
-    ));
-    assert!(matches!(
-        b.dead_purge(Some(missing), &DeadFilter::default()).await,
-        Err(Error::NoSuchDeadEvent(_))
-    ));
-
-    // Retry one by id: a fresh first attempt, same id and params.
-    assert_eq!(
-        b.dead_retry(Some(&ids[0]), &DeadFilter::default())
-            .await
-            .unwrap(),
-        1
-    );
-    let d = b.take(&q, NOW).await.unwrap().expect("retried");
-    let fresh = env_of(&d);
-    assert_eq!(fresh.id, envs[0].id);
-    assert_eq!(fresh.params, envs[0].params);
-    assert_eq!(fresh.attempt, 1);
-    assert!(fresh.errors.is_empty());
-    assert!(!d.redelivered);
-    b.ack(&d).await.unwrap();
-
-    // Retry by filter: the remaining high one.
-    assert_eq!(b.dead_retry(None, &high).await.unwrap(), 1);
-    let d = b.take(&q, NOW).await.unwrap().expect("retried");
-    assert_eq!(env_of(&d).id, envs[1].id);
-    b.ack(&d).await.unwrap();
-
-    // Purge by filter, then by id.
-    let c = DeadFilter {
-        event: Some("c".into()),
-        ..Default::default()
-    };
-    assert_eq!(b.dead_purge(None, &c).await.unwrap(), 1);
-    assert_eq!(
-        b.dead_purge(Some(&ids[2]), &DeadFilter::default())
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(
-        b.dead_list(&DeadFilter::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-}
-
-#[tokio::test]
-async fn dead_retry_skips_a_body_that_is_not_an_envelope() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = open(&dir, "").await;
-    let q = qs(&["high"]);
-    for _ in 0..2 {
-        b.publish(&Envelope::new("e", "high", json!({})))
-            .await
-            .unwrap();
-    }
-    let d = b.take(&q, NOW).await.unwrap().expect("taken");
-    let mut garbage = dead_of(&d, "unreadable");
-    garbage.body = "not json at all".into();
-    b.dead(&d, &garbage).await.unwrap();
-    let d = b.take(&q, NOW).await.unwrap().expect("taken");
-    b.dead(&d, &dead_of(&d, "boom")).await.unwrap();
-
-    assert_eq!(b.dead_retry(None, &DeadFilter::default()).await.unwrap(), 1);
-    let left = b.dead_list(&DeadFilter::default()).await.unwrap();
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0].body, "not json at all");
-    assert_eq!(
-        b.dead_retry(Some(&left[0].id), &DeadFilter::default())
-            .await
-            .unwrap(),
-        0
-    );
-    let d = b.take(&q, NOW).await.unwrap().expect("the valid one");
-    b.ack(&d).await.unwrap();
 }
 
 #[tokio::test]
@@ -824,35 +481,6 @@ fn rusqlite_count(dir: &tempfile::TempDir) -> i64 {
     let conn = rusqlite::Connection::open(path).expect("open");
     conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
         .expect("count")
-}
-
-/// Publishes `n` events to `queue`, numbered in `params.i`.
-async fn publish_numbered(b: &SqliteBroker, queue: &str, n: u64) {
-    for i in 0..n {
-        b.publish(&Envelope::new("e", queue, json!({ "i": i })))
-            .await
-            .unwrap();
-    }
-}
-
-fn number_of(d: &Delivery) -> u64 {
-    env_of(d).params["i"].as_u64().expect("numbered")
-}
-
-/// Takes and acks until nothing is ready: (queue, number) in take order.
-/// None of them may be a redelivery.
-async fn drain_numbered(b: &SqliteBroker, queues: &[String]) -> Vec<(String, u64)> {
-    let mut got = Vec::new();
-    while let Some(d) = b.take(queues, NOW).await.unwrap() {
-        assert!(!d.redelivered, "{}", number_of(&d));
-        got.push((d.queue.clone(), number_of(&d)));
-        b.ack(&d).await.unwrap();
-    }
-    got
-}
-
-fn numbered(queue: &str, numbers: &[u64]) -> Vec<(String, u64)> {
-    numbers.iter().map(|i| (queue.to_string(), *i)).collect()
 }
 
 /// A claim takes up to `batch` events; the ones claimed ahead are taken

@@ -2,11 +2,9 @@
 //! pollers of every machine (through the broker), not only the PID files of
 //! this one. RabbitMQ only; skipped loudly when it is not running.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Runs `status` until its output satisfies `cond` (the broker answers
 /// within a moment, but a killed poller's queue may take a beat to go).

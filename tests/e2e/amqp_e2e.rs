@@ -1,20 +1,18 @@
 //! RabbitMQ only, end to end, with real poller processes: strict priority
 //! across two pollers (on the shared broker), and, each on a private broker
-//! node of its own (`action_event/tests/support/rabbit_node.rs`), pollers
+//! node of its own (`action_event_test_support::rabbit_node`), pollers
 //! that outlive a cut of every connection or a broker restart in the middle
 //! of a run, and a poller started while the broker is down.
 //!
 //! The private-node tests need `rabbitmq-server` installed; without it they
 //! print `SKIPPED: ...` and pass, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-mod common;
-#[path = "../action_event/tests/support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rabbit_node::RabbitNode;
 
 /// A private node, or `None` after a loud message when none can be started

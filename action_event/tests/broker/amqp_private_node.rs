@@ -1,13 +1,12 @@
 //! The RabbitMQ backend against a private broker node of its own
-//! (`support/rabbit_node.rs`): tests that cut connections, restart the
+//! (`action_event_test_support::rabbit_node`): tests that cut connections, restart the
 //! broker or change its configuration, without disturbing the shared broker
 //! on 5672 (nor each other: one node per test).
 //!
 //! Without `rabbitmq-server` installed each test prints `SKIPPED: ...` and
 //! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
-#[path = "support/rabbit_node.rs"]
-mod rabbit_node;
+use action_event_test_support::rabbit_node;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
