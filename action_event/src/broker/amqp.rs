@@ -1022,10 +1022,10 @@ async fn op<T>(
 ) -> Result<T, TopoErr> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::Broker {
-            url: String::new(),
-            message: format!("{what}: {}", describe_amqp_error(&e)),
-        })),
+        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::broker(
+            "",
+            format!("{what}: {}", describe_amqp_error(&e)),
+        ))),
         Ok(Err(e)) => Err(TopoErr::Transient(format!("{what}: {e}"))),
         Err(_) => Err(TopoErr::Transient(format!(
             "{what}: no answer in {OP_TIMEOUT:?}"
@@ -1049,7 +1049,10 @@ impl AmqpBroker {
         let cfg = parse_url(url)?;
         probe(&cfg.lapin_url, &cfg.tls)
             .await
-            .map_err(|e| Error::broker(&redact_url(url), e.message))?;
+            .map_err(|e| match e.tls {
+                true => Error::broker(&redact_url(url), e.message),
+                false => Error::broker_unreachable(&redact_url(url), e.message),
+            })?;
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             lapin_url: cfg.lapin_url,
@@ -1075,10 +1078,9 @@ impl AmqpBroker {
             pump_free: Notify::new(),
             conn_seq: AtomicU64::new(0),
         });
-        let conn = inner
-            .connect("publish")
-            .await
-            .map_err(|e| inner.err(format!("cannot connect: {e}")))?;
+        let conn = inner.connect("publish").await.map_err(|e| {
+            Error::broker_unreachable(&inner.redacted, format!("cannot connect: {e}"))
+        })?;
         let confirm = inner
             .confirm_channel(&conn)
             .await
@@ -1318,13 +1320,13 @@ async fn reaper(inner: Weak<Inner>) {
 }
 
 impl Inner {
-    fn err(&self, message: impl std::fmt::Display) -> Error {
+    fn err(&self, message: impl Into<crate::BoxError>) -> Error {
         Error::broker(&self.redacted, message)
     }
 
     fn topo_err(&self, e: TopoErr) -> Error {
         match e {
-            TopoErr::Fatal(Error::Broker { message, .. }) => self.err(message),
+            TopoErr::Fatal(Error::Broker { source, .. }) => self.err(source),
             TopoErr::Fatal(e) => e,
             TopoErr::Transient(m) => self.err(m),
         }

@@ -17,8 +17,9 @@ use tracing::Instrument as _;
 
 use crate::broker::{Broker, DeadEvent, Delivery, InFlight, PollerReport, Presence};
 use crate::client::Client;
+use crate::dispatch::{FailureKind, Outcome};
 use crate::envelope::{AttemptError, Envelope, now_ms};
-use crate::registry::{DEFAULT_RETRIES, FailureKind, Outcome, Registry};
+use crate::registry::{DEFAULT_RETRIES, Registry};
 use crate::{Error, State};
 
 mod cli;
@@ -588,7 +589,7 @@ impl Poller {
 /// a failure of that event, retried like an `Err`.
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = crate::registry::panic_message(info.payload());
+        let message = crate::dispatch::panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
@@ -715,10 +716,9 @@ async fn run_one(
     // The task runs inside the event's span (see `event_span`), so
     // everything logged while it runs (its filters, its handler, a panic
     // through `log_panics`) carries the event.
-    let dispatch =
-        shared
-            .registry
-            .dispatch(&envelope, shared.state.clone(), Some(shared.client.clone()));
+    let dispatch = shared
+        .client
+        .scope(shared.registry.dispatch(&envelope, shared.state.clone()));
     let outcome = tokio::select! {
         o = dispatch => o,
         _ = async { hard.wait_for(|v| *v).await.map(|_| ()) } => {
