@@ -11,7 +11,25 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::envelope::{Envelope, EventId};
-use crate::prelude::Result;
+
+/// What handlers and filters return: anyhow's `Result`, so that `?`
+/// works on any error (a database's, an HTTP client's, the library's
+/// own [`crate::Error`]) and `.context(..)` adds to the message the
+/// poller logs and keeps with a failed event.
+///
+/// This is the one place the library uses anyhow: a handler's error is
+/// the app's, of any type, and only reported; the library's own
+/// functions return [`crate::Result`], whose [`crate::Error`] a caller
+/// can match on.
+///
+/// ```
+/// use action_event::prelude::*;
+/// fn parse(s: &str) -> Result<u32> {
+///     Ok(s.parse::<u32>()?)
+/// }
+/// assert!(parse("x").is_err());
+/// ```
+pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;
 
 /// The work of an event. Every event struct implements it; base events do not.
 ///

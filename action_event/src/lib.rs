@@ -287,32 +287,15 @@ pub mod prelude {
     };
     pub use serde::{Deserialize, Serialize};
 
-    /// What handlers and filters return: anyhow's `Result`, so that `?`
-    /// works on any error (a database's, an HTTP client's, the library's
-    /// own [`crate::Error`]) and `.context(..)` adds to the message the
-    /// poller logs and keeps with a failed event.
-    ///
-    /// This is the one place the library uses anyhow: a handler's error is
-    /// the app's, of any type, and only reported; the library's own
-    /// functions return [`crate::Result`], whose [`crate::Error`] a caller
-    /// can match on.
-    ///
-    /// ```
-    /// use action_event::prelude::*;
-    /// fn parse(s: &str) -> Result<u32> {
-    ///     Ok(s.parse::<u32>()?)
-    /// }
-    /// assert!(parse("x").is_err());
-    /// ```
-    pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;
+    pub use crate::event::Result;
 }
 
 /// Used by the code the macros generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::QueueRequest;
+    pub use crate::event::Result;
     pub use crate::event::{BaseEvent, Event, ParamsError, Process};
-    pub use crate::prelude::Result;
     pub use crate::registry::{
         BoxFuture, EventDecl, FilterDecl, Handler, ParentDecl, SkipDecl, call_filter, decode,
         process,

@@ -18,8 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::Error;
-use crate::event::{Context, Event, Flow, ParamsError};
-use crate::prelude::Result;
+use crate::event::{Context, Event, Flow, ParamsError, Result};
 
 /// A boxed, `Send` future: the one shape every filter and handler is erased to.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

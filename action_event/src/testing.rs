@@ -81,7 +81,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::client::{self, Current, LocalQueue};
-use crate::dispatch::Outcome;
+use crate::dispatch::{Failure, FailureKind, Outcome};
 use crate::envelope::{Envelope, EventId};
 use crate::event::{Event, State};
 use crate::registry::{BoxFuture, registry};
@@ -185,8 +185,8 @@ impl Mode {
                 let run = client::scope_current(self.current(), r.dispatch(envelope, state));
                 Box::pin(run).await
             }
-            Err(e) => Outcome::Failed(crate::Failure {
-                kind: crate::FailureKind::UnknownEvent,
+            Err(e) => Outcome::Failed(Failure {
+                kind: FailureKind::UnknownEvent,
                 message: e.to_string(),
             }),
         }
