@@ -332,7 +332,10 @@ fn log_file(cli: &Cli) -> Option<PathBuf> {
 
 fn init_logging(cli: &Cli, is_start: bool) -> Result<(), Error> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs a connection the broker closed as ERROR; the RabbitMQ
+    // backend logs each loss itself (`RUST_LOG=info,lapin=debug` shows lapin's lines).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
     let file = if is_start && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
         match log_file(cli) {
             Some(path) => Some(open_log(&path)?),
