@@ -25,7 +25,10 @@ async fn a_bad_url_or_an_unopenable_file_is_not_transient() {
         .err()
         .expect("a bad port");
     assert!(!err.is_transient(), "{err:?}");
-    let err = broker::connect("nosuch://x").await.err().expect("a bad scheme");
+    let err = broker::connect("nosuch://x")
+        .await
+        .err()
+        .expect("a bad scheme");
     assert!(!err.is_transient(), "{err:?}");
 
     let dir = tempfile::tempdir().expect("tempdir");
