@@ -1,7 +1,5 @@
 //! The library's error type.
 
-use std::fmt;
-
 /// Everything that can go wrong inside action_event itself: queueing, the
 /// broker, the registry, params that do not fit an event.
 ///
@@ -127,7 +125,8 @@ fn known_list(known: &[String]) -> String {
 }
 
 impl Error {
-    pub(crate) fn broker(url: &str, message: impl fmt::Display) -> Self {
+    #[cfg(any(feature = "sqlite", feature = "amqp"))]
+    pub(crate) fn broker(url: &str, message: impl std::fmt::Display) -> Self {
         Error::Broker {
             url: url.to_string(),
             message: message.to_string(),

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "metrics")]
+use super::MetricsEndpoint;
 use super::pidfile::{self, PollerInfo};
-use super::{
-    DEFAULT_QUEUES, ExitReason, MetricsEndpoint, Poller, PollerConfig, RetryPolicy, Shutdown,
-};
+use super::{DEFAULT_QUEUES, ExitReason, Poller, PollerConfig, RetryPolicy, Shutdown};
 use crate::broker::{self, DeadFilter};
 use crate::client::{Client, QueueRequest};
 use crate::envelope::now_ms;
@@ -241,6 +241,18 @@ where
             };
         }
     };
+    #[cfg(not(feature = "metrics"))]
+    if cli.metrics.is_some() {
+        use clap::CommandFactory as _;
+        let message = format!(
+            "--metrics needs action_event's \"metrics\" feature, which this build leaves out: in Cargo.toml, action_event = {{ version = \"{}\", features = [\"metrics\"] }}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = Cli::command()
+            .error(clap::error::ErrorKind::InvalidValue, message)
+            .print();
+        return ExitCode::from(2);
+    }
     if let Some(Command::Generate {
         command: GenerateCommand::Event { name, dir },
     }) = &cli.command
@@ -573,6 +585,7 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
         ..PollerConfig::default()
     };
     let poller = Poller::new(broker.clone(), state, config)?;
+    #[cfg(feature = "metrics")]
     if let Some(addr) = cli.metrics {
         let endpoint = MetricsEndpoint {
             metrics: poller.metrics(),
@@ -620,6 +633,7 @@ async fn start(cli: &Cli, state: State) -> Result<(), Error> {
 /// in use is not fatal: during a handoff the poller being replaced still
 /// holds it until it has finished its events, so this one warns and binds
 /// as soon as the address is free. Any other bind error stops the start.
+#[cfg(feature = "metrics")]
 async fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> Result<(), Error> {
     use tokio::net::TcpListener;
     match TcpListener::bind(addr).await {

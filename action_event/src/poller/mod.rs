@@ -23,11 +23,13 @@ use crate::{Error, State};
 
 mod cli;
 mod generate;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod pidfile;
 
 pub use cli::{main, main_with_args};
 pub use generate::{Action, EventNames, generate_event};
+#[cfg(feature = "metrics")]
 pub use metrics::{DURATION_BUCKETS, Metrics, MetricsEndpoint, Observed};
 pub use pidfile::{PollerInfo, PollerStatus, list_pollers, pid_path, process_alive};
 
@@ -247,6 +249,7 @@ struct Shared {
     retry: RetryPolicy,
     unknown_retries: u32,
     tally: Tally,
+    #[cfg(feature = "metrics")]
     metrics: Arc<Metrics>,
     in_flight: InFlightMap,
 }
@@ -309,6 +312,7 @@ impl Presence for PollerPresence {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Shared {
     /// Counts one settled run for the metrics (see [`Metrics`]).
     fn observe(&self, event: &str, queue: &str, what: Observed, started: Instant) {
@@ -343,6 +347,7 @@ impl Poller {
                 retry: config.retry,
                 unknown_retries: config.unknown_retries,
                 tally: Tally::default(),
+                #[cfg(feature = "metrics")]
                 metrics: Arc::new(Metrics::new()),
                 in_flight: InFlightMap::default(),
             }),
@@ -365,6 +370,7 @@ impl Poller {
     /// println!("{}", metrics.encode());
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "metrics")]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
@@ -706,6 +712,7 @@ async fn run_one(
             };
             settle(shared, &delivery, Settle::Dead(dead)).await;
             shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe("?", &delivery.queue, Observed::Dead, Instant::now());
             return;
         }
@@ -744,6 +751,7 @@ async fn run_one(
         Outcome::Completed => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.completed.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe(
                 &envelope.name,
                 &delivery.queue,
@@ -755,6 +763,7 @@ async fn run_one(
         Outcome::Halted { filter } => {
             settle(shared, &delivery, Settle::Ack).await;
             shared.tally.halted.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe(&envelope.name, &delivery.queue, Observed::Halted, started);
             tracing::info!("Halted {tag} by before_filter {filter} ({elapsed})");
         }
@@ -786,6 +795,7 @@ async fn run_one(
                 next.run_at_ms = Some(at.saturating_add(delay.as_millis() as u64));
                 settle(shared, &delivery, Settle::Retry(next, delay)).await;
                 shared.tally.retried.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
                 shared.observe(&envelope.name, &delivery.queue, Observed::Retried, started);
             } else {
                 let why = if failure.kind == FailureKind::BadParams {
@@ -810,6 +820,7 @@ async fn run_one(
                 };
                 settle(shared, &delivery, Settle::Dead(dead)).await;
                 shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
                 shared.observe(&envelope.name, &delivery.queue, Observed::Dead, started);
             }
         }
