@@ -104,6 +104,7 @@ fn generate_checks_names_never_overwrites_and_adds_to_what_exists() {
             ("create", "src/events/mod.rs"),
             ("update", "src/lib.rs"),
             ("create", "src/bin/poller.rs"),
+            ("create", ".gitignore"),
         ]),
         "{stdout}"
     );

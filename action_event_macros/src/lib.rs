@@ -1,6 +1,16 @@
 //! Implementation detail of the `action_event` crate: depend on `action_event`
-//! and use the macros it re-exports. Each macro is parse -> check -> expand,
-//! one module each; every mistake is a `syn::Error` at the offending token.
+//! and use the macros it re-exports.
+//!
+//! Each macro is a folder of three stages: `parse.rs` reads what was written
+//! into a parsed struct (keeping spans), `check.rs` validates it into a
+//! checked struct, `expand.rs` writes the code from that; the folder's
+//! `mod.rs` runs them and documents the accepted syntax. Every mistake is a
+//! `syn::Error` at the offending tokens, all of them at once, in the order
+//! written (`errors::Errors`).
+//!
+//! - `event/`: `#[action_event(...)]` (with the filter attributes it reads)
+//! - `filters/`: `#[before_filter]` / `#[skip_before_filter]` on their own
+//! - `queue/`: `queue!(name, key = value, ...)`
 
 use proc_macro::TokenStream;
 

@@ -3,6 +3,11 @@
 //! backends every test runs against.
 #![allow(dead_code)]
 
+/// Tests that measure latency, and those that load both cores (thousands of
+/// events), never run at the same time: they share one test binary
+/// (`tests/e2e`), whose tests run in parallel.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -102,7 +102,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
 /// The error for a URL whose backend this build of action_event left out: it
 /// names the Cargo feature and the line that turns it on.
 #[cfg(not(all(feature = "sqlite", feature = "amqp", feature = "tls")))]
-fn feature_off(url: &str, feature: &str) -> Error {
+pub(crate) fn feature_off(url: &str, feature: &str) -> Error {
     let scheme = url.split("://").next().unwrap_or("");
     Error::BadUrl {
         url: redact_url(url),
@@ -451,6 +451,22 @@ pub trait Broker: Send + Sync + 'static {
     /// # Ok(()) }
     /// ```
     async fn depth(&self, queue: &str) -> Result<QueueDepth, Error>;
+
+    /// Every queue that holds an event now (ready, delayed or taken), when
+    /// the backend can list them; `None` when it cannot (the default;
+    /// RabbitMQ). `--exit-when-empty` uses it to name the queues a poller
+    /// does not serve where events wait.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// if let Some(queues) = broker.queues_with_events().await? {
+    ///     println!("events wait on {}", queues.join(", "));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
+        Ok(None)
+    }
 
     /// Makes a running poller visible to [`Broker::pollers`] of any machine,
     /// for as long as this broker is open. A backend that offers a

@@ -9,9 +9,11 @@
 //!       update  src/events/mod.rs                `pub mod hello_world;` (created if missing)
 //!       update  src/lib.rs                       `pub mod events;` (or src/main.rs)
 //!       create  src/bin/poller.rs                the app's poller (if missing)
+//!       update  .gitignore                       `tmp/`, `log/`, `action_event.db*` (those missing; created if missing)
 //! ```
 //!
-//! and never overwrites a file: everything is checked before anything is
+//! and never overwrites a file (it appends to `.gitignore` the lines it
+//! lacks, never one twice): everything is checked before anything is
 //! written, so a run that fails changes nothing.
 
 use std::fmt::Write as _;
@@ -244,6 +246,17 @@ pub fn generate_event(root: &Path, name: &str) -> Result<Vec<Action>, Error> {
         ));
     }
 
+    let gitignore = root.join(".gitignore");
+    let existing = read_if_exists(&gitignore)?;
+    if let Some(text) = add_ignores(existing.as_deref()) {
+        let verb = if existing.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        plan.push((verb, gitignore, text));
+    }
+
     let mut done = Vec::new();
     for (verb, path, text) in plan {
         if let Some(dir) = path.parent() {
@@ -307,6 +320,39 @@ pub(crate) fn notes(root: &Path, names: &EventNames) -> Vec<String> {
         names.module
     ));
     out
+}
+
+/// What pollers write in the app's working directory: PID files
+/// (`tmp/pids`), daemon logs (`log/`), and the default SQLite broker's file
+/// with its `-wal` and `-shm` companions.
+const IGNORES: [&str; 3] = ["tmp/", "log/", "action_event.db*"];
+
+/// The `.gitignore` text with the [`IGNORES`] it lacks appended, or `None`
+/// when it has them all. A line counts as present written with or without
+/// a leading `/` (and, for a directory, without its trailing `/`).
+fn add_ignores(text: Option<&str>) -> Option<String> {
+    let text = text.unwrap_or("");
+    let has = |entry: &str| {
+        let bare = entry.trim_end_matches('/');
+        text.lines().map(str::trim).any(|l| {
+            let l = l.strip_prefix('/').unwrap_or(l);
+            l == entry || l == bare
+        })
+    };
+    let missing: Vec<&str> = IGNORES.iter().copied().filter(|e| !has(e)).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("# action_event: PID files, daemon logs, the default SQLite broker\n");
+    for e in missing {
+        out.push_str(e);
+        out.push('\n');
+    }
+    Some(out)
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<String>, Error> {
@@ -575,6 +621,22 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("pub use application_event::ApplicationEvent;"));
+    }
+
+    #[test]
+    fn gitignore_lines_are_added_once() {
+        let created = add_ignores(None).expect("all missing");
+        assert!(
+            created.ends_with("tmp/\nlog/\naction_event.db*\n"),
+            "{created}"
+        );
+        assert_eq!(add_ignores(Some(&created)), None);
+        let updated = add_ignores(Some("/target\n/tmp\nlog/")).expect("one missing");
+        assert_eq!(
+            updated,
+            "/target\n/tmp\nlog/\n# action_event: PID files, daemon logs, the default SQLite broker\naction_event.db*\n"
+        );
+        assert_eq!(add_ignores(Some(&updated)), None);
     }
 
     #[test]

@@ -43,3 +43,23 @@ pub(super) async fn depth(broker: &SqliteBroker, queue: &str) -> Result<QueueDep
         })
         .await
 }
+
+/// Every queue with a row (ready, delayed or taken):
+/// [`Broker::queues_with_events`](crate::broker::Broker::queues_with_events).
+pub(super) async fn queues_with_events(
+    broker: &SqliteBroker,
+) -> Result<Option<Vec<String>>, Error> {
+    broker
+        .run(|inner, state| {
+            let mut stmt = state
+                .conn
+                .prepare_cached("SELECT DISTINCT queue FROM events ORDER BY queue")
+                .map_err(|e| inner.err("list queues", e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| inner.err("list queues", e))?;
+            Ok(Some(rows))
+        })
+        .await
+}

@@ -253,6 +253,10 @@ impl Broker for SqliteBroker {
     async fn depth(&self, queue: &str) -> Result<QueueDepth, Error> {
         depth::depth(self, queue).await
     }
+
+    async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
+        depth::queues_with_events(self).await
+    }
 }
 
 fn now_i64() -> i64 {

@@ -1,0 +1,259 @@
+//! Connecting: TLS, the probe, the connection watcher, and broker round
+//! trips with a timeout ([`op`]).
+//!
+//! # TLS (`amqps://`)
+//!
+//! rustls (ring), with lapin's `rustls-native-certs` store: the server's
+//! certificate must chain to a CA the system trusts and name the URL's host.
+//! A private CA is trusted by `cacertfile=/path/ca.pem` (added to the system
+//! roots, passed to lapin as `OwnedTLSConfig::cert_chain`), or by the
+//! environment variable `SSL_CERT_FILE=/path/ca.pem` (or `SSL_CERT_DIR`),
+//! which rustls-native-certs reads *instead of* the system store. Port 5671
+//! when the URL has none. No client certificate is sent.
+//!
+//! [`AmqpBroker::open`](super::AmqpBroker::open) first opens the transport once (TCP, and the TLS
+//! handshake for `amqps://`), and so does every later `amqps://` connection
+//! that lapin will recover: lapin retries a failing connect forever once
+//! recovery is on, so without this probe a wrong port or an untrusted
+//! certificate would hang `open` and leave a retrying thread behind. With it the error names the cause, e.g. `TLS handshake with
+//! mq.example.com:5671 failed: invalid peer certificate: UnknownIssuer`, with
+//! a hint at `cacertfile`/`SSL_CERT_FILE`, and the URL's password redacted.
+//!
+//! # Connection loss
+//!
+//! `take` never fails for a transient loss: it waits and returns `Ok(None)`
+//! after `wait`. An ack that fails after a loss is logged, not returned: the
+//! broker redelivers that event (at-least-once; it ran and will run again).
+//!
+//! The consume side rebuilds its connection itself (see
+//! `consume::generation`); the publish side uses lapin's recovery (see
+//! `publish`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+
+use super::Inner;
+use crate::Error;
+/// How long [`probe`] waits for the socket (and the TLS handshake).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A single broker round trip that takes longer than this counts as lost.
+pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A topology failure: `Fatal` is a configuration problem (reported),
+/// `Transient` a connection problem (retried).
+pub(super) enum TopoErr {
+    Fatal(Error),
+    Transient(String),
+}
+
+/// Rewords a broker error; `PRECONDITION_FAILED - inequivalent arg` names
+/// the queue and the argument that differs.
+fn describe_amqp_error(e: &lapin::Error) -> String {
+    if let ErrorKind::ProtocolError(amqp) = e.kind() {
+        let text = amqp.get_message().as_str();
+        if let Some(rest) = text.split("inequivalent arg '").nth(1) {
+            let arg = rest.split('\'').next().unwrap_or("?");
+            let (kind, name) = ["queue", "exchange"]
+                .iter()
+                .find_map(|k| {
+                    let marker = format!(" for {k} '");
+                    let after = rest.split(marker.as_str()).nth(1)?;
+                    Some((*k, after.split('\'').next().unwrap_or("?")))
+                })
+                .unwrap_or(("queue", "?"));
+            let detail = text
+                .split("in vhost '")
+                .nth(1)
+                .and_then(|s| s.split_once("': "))
+                .map(|(_, d)| d)
+                .unwrap_or("");
+            return format!(
+                "{kind} `{name}` already exists with different arguments: `{arg}` differs ({detail}); \
+                 delete the {kind} or use another `prefix` in the URL"
+            );
+        }
+        return format!("broker refused: {text}");
+    }
+    e.to_string()
+}
+
+fn is_fatal(e: &lapin::Error) -> bool {
+    e.is_amqp_error()
+        && !matches!(
+            e.kind(),
+            ErrorKind::ProtocolError(a) if a.get_id() == 320 || a.get_id() == 541
+        )
+}
+
+/// Why [`probe`] failed.
+pub(super) struct ProbeError {
+    /// The TLS handshake failed (the socket connected): retrying will not help.
+    pub(super) tls: bool,
+    pub(super) message: String,
+}
+
+/// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
+/// and drops it. lapin retries a connect forever once recovery is on (a
+/// refused socket, an untrusted certificate), in an I/O thread that outlives
+/// any timeout put on the connect: probing first makes a wrong host or port,
+/// or a certificate that is not trusted, fail at once with its own error.
+pub(super) async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), ProbeError> {
+    let fail = |tls: bool, message: String| ProbeError { tls, message };
+    use lapin::tcp::AMQPUriTcpExt;
+    let uri: lapin::uri::AMQPUri = lapin_url.parse().map_err(|e| fail(false, e))?;
+    let at = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let runtime = lapin::runtime::default_runtime().map_err(|e| fail(false, e.to_string()))?;
+    let stream = uri.connect_with_config_async(tls.as_ref(), &runtime);
+    match tokio::time::timeout(PROBE_TIMEOUT, stream).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            let tls_failed = uri.scheme == lapin::uri::AMQPScheme::AMQPS
+                && !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                );
+            if !tls_failed {
+                return Err(fail(false, format!("cannot connect to {at}: {e}")));
+            }
+            let hint = if e.to_string().contains("certificate") {
+                "; to trust a private CA, add `cacertfile=/path/to/ca.pem` to the URL \
+                 or set SSL_CERT_FILE"
+            } else {
+                ""
+            };
+            Err(fail(
+                true,
+                format!("TLS handshake with {at} failed: {e}{hint}"),
+            ))
+        }
+        Err(_) => Err(fail(
+            false,
+            format!("cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"),
+        )),
+    }
+}
+
+pub(super) async fn op<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, TopoErr> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::Broker {
+            url: String::new(),
+            message: format!("{what}: {}", describe_amqp_error(&e)),
+        })),
+        Ok(Err(e)) => Err(TopoErr::Transient(format!("{what}: {e}"))),
+        Err(_) => Err(TopoErr::Transient(format!(
+            "{what}: no answer in {OP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+impl Inner {
+    pub(super) async fn connect(&self, role: &str) -> Result<Connection, String> {
+        self.connect_with(role, true).await
+    }
+
+    /// A connection; with `recover`, lapin's automatic recovery is on.
+    pub(super) async fn connect_with(
+        &self,
+        role: &str,
+        recover: bool,
+    ) -> Result<Connection, String> {
+        let mut props = ConnectionProperties::default().with_connection_name(
+            format!(
+                "action_event {role} {} pid {}",
+                self.opts.prefix,
+                std::process::id()
+            )
+            .into(),
+        );
+        if recover {
+            props = props.enable_auto_recover().configure_backoff(|b| {
+                b.without_max_times()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+            });
+        }
+        // A TLS failure would make lapin retry forever (see `probe`); a
+        // socket that does not connect yet is left to lapin's retries, as for
+        // `amqp://`.
+        if recover
+            && self.opts.lapin_url.starts_with("amqps:")
+            && let Err(e) = probe(&self.opts.lapin_url, &self.opts.tls).await
+            && e.tls
+        {
+            return Err(e.message);
+        }
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let connect = Connection::connect_with_config(
+            &self.opts.lapin_url,
+            props,
+            self.opts.tls.clone(),
+            runtime,
+        );
+        match tokio::time::timeout(OP_TIMEOUT, connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(describe_amqp_error(&e)),
+            Err(_) => Err(format!("no answer in {OP_TIMEOUT:?}")),
+        }
+    }
+
+    pub(super) async fn confirm_channel(&self, conn: &Connection) -> Result<Channel, String> {
+        let ch = tokio::time::timeout(OP_TIMEOUT, conn.create_channel())
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            OP_TIMEOUT,
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(ch)
+    }
+
+    /// Logs `conn`'s errors and blocks; bumps `epoch` whenever `conn`
+    /// reconnects (lapin recovery).
+    pub(super) fn watch(&self, conn: &Connection, epoch: Option<Arc<AtomicU64>>) {
+        let mut events = conn.events_listener();
+        tokio::spawn(async move {
+            // The first `Connected` may be the initial connection's (it is
+            // sent just after `connect` resolves): only one that follows an
+            // error is a reconnect.
+            let mut after_error = false;
+            while let Some(ev) = events.next().await {
+                match ev {
+                    lapin::Event::Connected => {
+                        if after_error && let Some(epoch) = &epoch {
+                            epoch.fetch_add(1, Ordering::SeqCst);
+                        }
+                        after_error = false;
+                    }
+                    lapin::Event::Error(e) => {
+                        after_error = true;
+                        tracing::warn!(error = %e, "RabbitMQ connection error")
+                    }
+                    lapin::Event::ConnectionBlocked(r) => {
+                        tracing::warn!(reason = %r, "RabbitMQ blocked publishing")
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,128 @@
+//! `poller status`: the pollers of this machine from their PID files; with
+//! a broker that offers it (RabbitMQ), also the live pollers of every
+//! machine.
+
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{BrokerArg, Failed, PidDirArg};
+use crate::poller::pidfile;
+use crate::{broker, redact_url};
+
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    pub(super) broker: BrokerArg,
+
+    #[command(flatten)]
+    pub(super) pid_dir: PidDirArg,
+}
+
+pub(super) async fn run(args: &StatusArgs) -> Result<(), Failed> {
+    pid_file_status(&args.pid_dir.pid_dir);
+    broker_status(args).await;
+    Ok(())
+}
+
+/// How long `status` waits for the broker before it gives up on the
+/// cross-machine table.
+const STATUS_BOUND: Duration = Duration::from_secs(5);
+/// How long `status` collects the pollers' answers.
+const STATUS_WAIT: Duration = Duration::from_millis(1500);
+
+/// The live pollers of every machine, when the broker offers that view.
+/// Bounded by [`STATUS_BOUND`]; a broker that does not answer is a one-line
+/// warning, not an error: the PID-file table is printed already.
+async fn broker_status(args: &StatusArgs) {
+    let url = broker::resolve_url(args.broker.broker.as_deref());
+    // SQLite's view is the PID files: do not open (or create) its file.
+    if url.starts_with("sqlite:") {
+        return;
+    }
+    let ask = async {
+        let b = broker::connect(&url).await?;
+        b.pollers(STATUS_WAIT).await
+    };
+    let pollers = match tokio::time::timeout(STATUS_BOUND, ask).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            eprintln!("warning: cannot list the pollers of other machines: {e}");
+            return;
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: cannot list the pollers of other machines: {} did not answer within {}",
+                redact_url(&url),
+                humantime::format_duration(STATUS_BOUND)
+            );
+            return;
+        }
+    };
+    println!();
+    println!("Pollers on {}:", redact_url(&url));
+    if pollers.is_empty() {
+        println!("(none answered)");
+        return;
+    }
+    println!(
+        "{:<8} {:<16} {:<8} {:<24} {:<5} IN-FLIGHT",
+        "ID", "HOST", "PID", "QUEUES", "CONC"
+    );
+    let mut pollers = pollers;
+    pollers.sort_by(|a, b| (&a.host, &a.id, a.pid).cmp(&(&b.host, &b.id, b.pid)));
+    for p in pollers {
+        let mut in_flight = p.in_flight.len().to_string();
+        if !p.in_flight.is_empty() {
+            let events: Vec<String> = p
+                .in_flight
+                .iter()
+                .map(|e| format!("{}:{}", e.name, e.id))
+                .collect();
+            in_flight = format!("{in_flight}: {}", events.join(", "));
+        }
+        println!(
+            "{:<8} {:<16} {:<8} {:<24} {:<5} {}",
+            p.id,
+            p.host,
+            p.pid,
+            p.queues.join(","),
+            p.concurrency,
+            in_flight
+        );
+    }
+}
+
+/// The pollers of this machine, from the PID files.
+fn pid_file_status(dir: &Path) {
+    let rows = pidfile::list_pollers(dir);
+    if rows.is_empty() {
+        println!("No pollers in {}", dir.display());
+        return;
+    }
+    println!(
+        "{:<8} {:<8} {:<6} {:<24} {:<5} BROKER",
+        "ID", "PID", "ALIVE", "QUEUES", "CONC"
+    );
+    for r in rows {
+        let (queues, conc, broker) = match &r.info {
+            Some(i) => (
+                i.queues.join(","),
+                i.concurrency.to_string(),
+                i.broker.clone(),
+            ),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        println!(
+            "{:<8} {:<8} {:<6} {:<24} {:<5} {}",
+            r.id,
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            if r.alive { "yes" } else { "no" },
+            queues,
+            conc,
+            broker
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! A private RabbitMQ node for tests that restart the broker, cut its
+//! connections or change its configuration, so they never disturb the shared
+//! broker on 5672 (nor each other).
+//!
+//! Each [`RabbitNode`] runs Debian's `rabbitmq-server` (as the current user,
+//! from `/usr/lib/rabbitmq/bin`, or `$RABBITMQ_BIN`) with its own node name,
+//! AMQP and distribution ports, data, log and config in a temporary
+//! directory, and `rabbitmq.conf` lines of the test's choosing. Booting takes
+//! about 10 s. Dropping it stops the node and removes the directory.
+//!
+//! [`RabbitNode::start_tls`] also opens a TLS listener whose certificate (for
+//! `localhost` and `127.0.0.1`) is signed by a throwaway CA made at start with
+//! the `openssl` CLI ([`TlsFiles`]); clients trust it only when told to.
+//!
+//! Used by `action_event`'s tests and by the root package's tests, as
+//! `action_event_test_support::rabbit_node`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private node. See the module docs.
+pub struct RabbitNode {
+    dir: tempfile::TempDir,
+    name: String,
+    port: u16,
+    tls: Option<(u16, TlsFiles)>,
+    child: Option<Child>,
+}
+
+/// A throwaway CA and a server certificate it signed, as PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA certificate: what a client must trust.
+    pub ca: PathBuf,
+    /// The server certificate (`CN=localhost`, SAN `DNS:localhost`, `IP:127.0.0.1`).
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `localhost`/`127.0.0.1` in `dir`
+/// with `/usr/bin/openssl` (or `$OPENSSL`); P-256 keys, valid two days.
+/// Panics with openssl's output when it fails.
+pub fn make_tls_files(dir: &Path) -> TlsFiles {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let openssl = std::env::var("OPENSSL").unwrap_or_else(|_| "/usr/bin/openssl".into());
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509", "-nodes", "-days", "2"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=action_event test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req", "-new", "-nodes"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
+}
+
+fn bin(tool: &str) -> PathBuf {
+    let dir = std::env::var("RABBITMQ_BIN").unwrap_or_else(|_| "/usr/lib/rabbitmq/bin".into());
+    Path::new(&dir).join(tool)
+}
+
+/// A local TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// Whether a private node can be started here (the server is installed).
+pub fn available() -> bool {
+    bin("rabbitmq-server").exists()
+}
+
+/// [`available`], or else: a panic when `ACTION_EVENT_REQUIRE_AMQP=1`, and
+/// otherwise a loud `SKIPPED` line (straight to stderr, which the test
+/// harness does not capture) and `false`, so the calling test returns.
+pub fn available_or_skip() -> bool {
+    if available() {
+        return true;
+    }
+    if std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1") {
+        panic!("rabbitmq-server is not installed but ACTION_EVENT_REQUIRE_AMQP=1");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: no RabbitMQ: rabbitmq-server is not installed, no private node ***\n"
+    );
+    false
+}
+
+impl RabbitNode {
+    /// Starts a node whose `rabbitmq.conf` also holds `conf` (lines such as
+    /// `consumer_timeout = 5000`) and waits until it accepts connections.
+    /// Panics with the node's output when it does not come up in 60 s.
+    pub fn start(conf: &str) -> RabbitNode {
+        RabbitNode::boot(conf, false)
+    }
+
+    /// Like [`RabbitNode::start`], plus a TLS listener ([`RabbitNode::tls_port`])
+    /// with a certificate signed by a throwaway CA ([`RabbitNode::tls_files`]).
+    /// No client certificate is asked for.
+    pub fn start_tls(conf: &str) -> RabbitNode {
+        RabbitNode::boot(conf, true)
+    }
+
+    fn boot(conf: &str, tls: bool) -> RabbitNode {
+        assert!(
+            available(),
+            "rabbitmq-server is not installed at {} (set RABBITMQ_BIN)",
+            bin("rabbitmq-server").display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ae-rabbit-")
+            .tempdir()
+            .expect("a temp dir");
+        let port = free_port();
+        let dist = free_port();
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "aetest{}x{}x{}@localhost",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            port
+        );
+        let p = dir.path();
+        let tls = tls.then(|| (free_port(), make_tls_files(&p.join("tls"))));
+        let tls_conf = match &tls {
+            Some((tls_port, f)) => format!(
+                "listeners.ssl.default = {tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                f.ca.display(),
+                f.cert.display(),
+                f.key.display()
+            ),
+            None => String::new(),
+        };
+        std::fs::write(
+            p.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = {port}\nloopback_users = none\n{tls_conf}{conf}\n"),
+        )
+        .expect("write rabbitmq.conf");
+        std::fs::write(p.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        let log = std::fs::File::create(p.join("server.out")).expect("server.out");
+        let err = log.try_clone().expect("server.out");
+        let mut node = RabbitNode {
+            name,
+            port,
+            tls,
+            child: None,
+            dir,
+        };
+        let child = node
+            .command("rabbitmq-server")
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start rabbitmq-server");
+        node.child = Some(child);
+        let started = Instant::now();
+        loop {
+            let tls_up = node.tls.as_ref().is_none_or(|(tls_port, _)| {
+                std::net::TcpStream::connect(("127.0.0.1", *tls_port)).is_ok()
+            });
+            if node.accepts() && tls_up {
+                // The port opens before the boot finishes: wait for it.
+                let out = node.ctl(&["await_startup"]);
+                if out.status.success() {
+                    return node;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "private RabbitMQ node {} did not start in 60 s:\n{}",
+                    node.name,
+                    std::fs::read_to_string(node.dir.path().join("server.out")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let p = self.dir.path();
+        let mut c = Command::new(bin(tool));
+        c.env("HOME", p)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", p.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", p.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", p.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", p.join("pid"));
+        c
+    }
+
+    /// Whether the AMQP port accepts TCP connections.
+    pub fn accepts(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// The AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`, no query.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The TLS port ([`RabbitNode::start_tls`] only).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|(port, _)| *port)
+    }
+
+    /// The CA and server certificate files ([`RabbitNode::start_tls`] only).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|(_, f)| f)
+    }
+
+    /// `amqps://guest:guest@localhost:<tls port>/%2f`, no query
+    /// ([`RabbitNode::start_tls`] only; panics otherwise).
+    pub fn amqps_url(&self) -> String {
+        let port = self.tls_port().expect("a node started with start_tls");
+        format!("amqps://guest:guest@localhost:{port}/%2f")
+    }
+
+    /// Runs `rabbitmqctl -n <node> args...` and returns its output.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.command("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.name)
+            .arg("-q")
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl")
+    }
+
+    /// Like [`RabbitNode::ctl`], panicking when it fails.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Closes every client connection (the broker stays up).
+    pub fn close_all_connections(&self) {
+        self.ctl_ok(&["close_all_connections", "test: connection cut"]);
+    }
+
+    /// Stops the RabbitMQ application (the port closes; the node stays).
+    pub fn stop_app(&self) {
+        self.ctl_ok(&["stop_app"]);
+    }
+
+    /// Starts the application again and waits until it is up.
+    pub fn start_app(&self) {
+        self.ctl_ok(&["start_app"]);
+        self.ctl_ok(&["await_startup"]);
+    }
+
+    /// Ready messages in `queue` (full name), or `None` if it does not exist.
+    pub fn ready(&self, queue: &str) -> Option<u64> {
+        let out = self.ctl_ok(&[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "--no-table-headers",
+        ]);
+        out.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(queue)).then(|| it.next().and_then(|n| n.parse().ok()))?
+        })
+    }
+
+    /// The node's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("log")) {
+            for e in rd.flatten() {
+                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        s
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop"]);
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
