@@ -21,11 +21,13 @@
 mod common;
 
 mod amqp_e2e;
+mod cli_e2e;
 mod consumer_timeout_e2e;
 mod demo_events;
 mod failures_e2e;
 mod observability;
 mod poller_e2e;
+mod sqlite_recovery_e2e;
 mod status_e2e;
 mod status_recovery_e2e;
 mod tls_e2e;

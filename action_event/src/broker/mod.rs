@@ -287,7 +287,8 @@ pub trait Presence: Send + Sync {
 /// The poller calls [`Broker::take`] whenever it has a free slot; each
 /// delivery ends in exactly one of [`Broker::ack`], [`Broker::retry`],
 /// [`Broker::dead`] or [`Broker::release`]. A delivery whose poller dies goes
-/// back to its queue by itself (SQLite: the lease lapses; RabbitMQ: the
+/// back to its queue by itself (SQLite: within a second, once another poller
+/// sees its owner process gone, else when the lease lapses; RabbitMQ: the
 /// channel closes).
 ///
 /// ```no_run

@@ -382,7 +382,7 @@ impl Poller {
         // Taking no more: what the broker took ahead goes to other pollers now.
         if let Err(e) = shared.broker.give_back().await {
             tracing::warn!(
-                "Events taken ahead were not given back (they come back by themselves: SQLite when their lease lapses): {e}"
+                "Events taken ahead were not given back (they come back by themselves: SQLite once this process is gone, or when their lease lapses): {e}"
             );
         }
         if exit == ExitReason::Empty {

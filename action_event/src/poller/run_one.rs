@@ -77,7 +77,7 @@ pub(super) async fn run_one(
         _ = async { hard.wait_for(|v| *v).await.map(|_| ()) } => {
             match shared.broker.release(&delivery).await {
                 Ok(()) => tracing::warn!("Gave back {tag} unfinished; it will run again"),
-                Err(e) => tracing::error!("Could not give back {tag}: {e}; it runs again when its lease lapses"),
+                Err(e) => tracing::error!("Could not give back {tag}: {e}; it runs again once its owner is seen gone or its lease lapses"),
             }
             shared.tally.released.fetch_add(1, Ordering::Relaxed);
             return;
@@ -185,7 +185,8 @@ enum Op {
 }
 
 /// Acks, retries or dead-letters; a broker error is retried a few times,
-/// then logged: the event is not lost, it runs again once its lease lapses.
+/// then logged: the event is not lost, it runs again once it is handed out again
+/// (SQLite: its owner seen gone or its lease lapsed; RabbitMQ: the channel closed).
 async fn settle(shared: &Shared, delivery: &Delivery, what: Op) {
     let mut wait = Duration::from_millis(50);
     for attempt in 1..=5 {

@@ -22,6 +22,7 @@ mod contract;
 
 // SQLite only.
 mod sqlite_broker;
+mod sqlite_owner;
 
 // RabbitMQ only: on the shared broker, then on private nodes
 // (`action_event_test_support::rabbit_node`).

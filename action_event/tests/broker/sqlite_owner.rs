@@ -59,7 +59,12 @@ async fn holder_process() {
 /// them; returns once it holds them.
 fn holder(url: &str, n: usize) -> Child {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "holder_process", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "sqlite_owner::holder_process",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(HOLDER_URL, url)
         .env(HOLDER_COUNT, n.to_string())
         .stdout(Stdio::piped())

@@ -3,11 +3,9 @@
 //! `--exit-when-empty` waits for them, and the file's path is logged and
 //! checked. Real poller processes (tests/support/e2e_poller.rs), real signals.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SIGSTOP: i32 = 19;
 const SIGCONT: i32 = 18;
