@@ -323,3 +323,28 @@ async fn exit_when_empty_names_the_unserved_queues_where_events_wait() {
     assert!(log.contains("All queues are empty; exiting"), "{log}");
     assert_eq!(ends_by_tag(&w.records()).len(), 5);
 }
+
+/// RabbitMQ cannot list queues: the exit line claims only what it counted
+/// (the served queues and those the binary's events name), and says that
+/// a queue no event names is not among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_when_empty_on_rabbitmq_claims_only_the_queues_it_counted() {
+    if !crate::common::amqp_available() {
+        return; // amqp_available said why (or failed, when required)
+    }
+    let w = World::new(&Backend::Amqp);
+    w.run_ok(&["queue", "record", "tag=m-0", "queue=mailers"]);
+    w.queue_records(2, "medium", "served", 0).await;
+
+    let out = w.run(&["--exit-when-empty", "--queues", "medium"]);
+    let (_, log) = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(ends_by_tag(&w.records()).len(), 2, "{log}");
+    assert!(!log.contains("All queues are empty"), "{log}");
+    assert!(
+        log.contains(
+            "The queues this poller serves (medium) and those its events name are empty; exiting (this broker cannot list other queues"
+        ),
+        "{log}"
+    );
+}

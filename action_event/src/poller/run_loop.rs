@@ -413,9 +413,17 @@ impl Poller {
 /// (a WARN) the queues it serves are, while events wait on queues it does
 /// not serve, which it names with their counts.
 async fn log_empty(broker: &dyn Broker, registry: &Registry, served: &[String]) {
-    let unserved = unserved_with_events(broker, registry, served).await;
-    if unserved.is_empty() {
+    let (unserved, listed_all) = unserved_with_events(broker, registry, served).await;
+    if unserved.is_empty() && listed_all {
         tracing::info!("All queues are empty; exiting");
+        return;
+    }
+    if unserved.is_empty() {
+        // RabbitMQ cannot list queues: claim only what was counted.
+        tracing::info!(
+            "The queues this poller serves ({}) and those its events name are empty; exiting (this broker cannot list other queues: events queued to a queue no event names wait for a poller whose --queues names it)",
+            served.join(",")
+        );
         return;
     }
     let total: u64 = unserved.iter().map(|(_, n)| n).sum();
@@ -434,21 +442,28 @@ async fn log_empty(broker: &dyn Broker, registry: &Registry, served: &[String]) 
 /// scheduled), with their counts: the queues this binary's events name,
 /// and those the broker lists
 /// ([`Broker::queues_with_events`]: SQLite knows every queue that has rows).
+/// The flag says whether the broker listed every queue (RabbitMQ cannot).
 async fn unserved_with_events(
     broker: &dyn Broker,
     registry: &Registry,
     served: &[String],
-) -> Vec<(String, u64)> {
+) -> (Vec<(String, u64)>, bool) {
     // Not `high medium low` as such: counting a queue may create it
     // (RabbitMQ declares it), and one no event names holds events only if
     // the broker lists it.
     let mut queues: std::collections::BTreeSet<String> =
         registry.events().map(|e| e.queue.to_string()).collect();
-    match broker.queues_with_events().await {
-        Ok(Some(listed)) => queues.extend(listed),
-        Ok(None) => {}
-        Err(e) => tracing::warn!("Cannot list the queues that hold events: {e}"),
-    }
+    let listed_all = match broker.queues_with_events().await {
+        Ok(Some(listed)) => {
+            queues.extend(listed);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!("Cannot list the queues that hold events: {e}");
+            false
+        }
+    };
     let mut out = Vec::new();
     for q in queues.into_iter().filter(|q| !served.contains(q)) {
         match broker.depth(&q).await {
@@ -461,7 +476,7 @@ async fn unserved_with_events(
             Err(e) => tracing::warn!("Cannot count the events of queue `{q}`: {e}"),
         }
     }
-    out
+    (out, listed_all)
 }
 
 /// Whether the broker counts no ready event in any of `queues` (for
