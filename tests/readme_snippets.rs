@@ -30,7 +30,9 @@
 //! The crate is written to `target/tmp/readme_snippets` (look at it when a
 //! check fails) and checked with `target/nested` as its target directory,
 //! shared with tests/readme.rs and tests/generate.rs: warm, it takes a few
-//! seconds.
+//! seconds. `a_broken_snippet_fails_naming_its_readme_line` checks a copy
+//! of the README with a line that does not compile, to show the check fails
+//! and names that line.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -96,7 +98,8 @@ fn blocks(readme: &str) -> Vec<Block> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let Some(info) = lines[i].strip_prefix("```") else {
+        // Fences may be indented (a block inside a list item).
+        let Some(info) = lines[i].trim_start().strip_prefix("```") else {
             i += 1;
             continue;
         };
@@ -108,7 +111,7 @@ fn blocks(readme: &str) -> Vec<Block> {
             .and_then(|l| l.strip_suffix("-->"))
             .map(|c| c.trim().to_string());
         let end = (i + 1..lines.len())
-            .find(|&j| lines[j].starts_with("```"))
+            .find(|&j| lines[j].trim_start().starts_with("```"))
             .unwrap_or_else(|| panic!("README.md:{}: a fence that is never closed", i + 1));
         let mut body = lines[i + 1..end].join("\n");
         body.push('\n');
@@ -246,10 +249,10 @@ fn generate(block: &Block, check: &str, lib_mods: &mut Vec<String>) -> Option<Ge
     Some(generated)
 }
 
-#[test]
-fn every_rust_block_of_the_readme_compiles() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let blocks = blocks(&readme);
+/// Checks the rust blocks of `readme` in the snippet crate
+/// `target/tmp/<name>`: `Err` has cargo's errors, named by README line.
+fn check(readme: &str, name: &str) -> Result<(), String> {
+    let blocks = blocks(readme);
 
     let mut deps = None;
     let mut files = Vec::new();
@@ -262,7 +265,8 @@ fn every_rust_block_of_the_readme_compiles() {
             deps = Some(block.body.clone());
             continue;
         }
-        if block.lang != "rust" {
+        // `rust`, and `rust,ignore` or `rust,no_run` too: no block escapes.
+        if block.lang.split(',').next() != Some("rust") {
             continue;
         }
         let check = check.unwrap_or_else(|| {
@@ -299,7 +303,7 @@ fn every_rust_block_of_the_readme_compiles() {
     });
 
     // A fresh crate each run (the target dir keeps the dependencies warm).
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("readme_snippets");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     for sub in ["src", "tests"] {
         let sub = dir.join(sub);
         if sub.exists() {
@@ -328,7 +332,7 @@ fn every_rust_block_of_the_readme_compiles() {
         .output()
         .expect("run cargo check");
     if out.status.success() {
-        return;
+        return Ok(());
     }
 
     // Name the README lines: each generated file has the README's numbering.
@@ -349,7 +353,7 @@ fn every_rust_block_of_the_readme_compiles() {
         }
     }
     let listed: Vec<String> = failed.iter().map(|l| format!("README.md:{l}")).collect();
-    panic!(
+    Err(format!(
         "README.md's ```rust blocks at {} do not compile (generated crate: {}):\n{stderr}",
         if listed.is_empty() {
             "(see below)".to_string()
@@ -357,5 +361,40 @@ fn every_rust_block_of_the_readme_compiles() {
             listed.join(", ")
         },
         dir.display()
+    ))
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(root().join("README.md")).expect("README.md")
+}
+
+#[test]
+fn every_rust_block_of_the_readme_compiles() {
+    if let Err(e) = check(&readme(), "readme_snippets") {
+        panic!("{e}");
+    }
+}
+
+/// The check can fail, and says where: the README with a line that does
+/// not compile added at the top of its first `async-fn` block.
+#[test]
+fn a_broken_snippet_fails_naming_its_readme_line() {
+    let readme = readme();
+    let mut lines: Vec<&str> = readme.lines().collect();
+    let comment = lines
+        .iter()
+        .position(|l| l.starts_with("<!-- check: async-fn"))
+        .expect("README.md has an async-fn block");
+    let fence = comment + 2; // 1-based: the comment, then the fence
+    let broken = fence + 1;
+    lines.insert(fence, "let _: u8 = \"not a number\";");
+    let readme = lines.join("\n") + "\n";
+
+    let err = check(&readme, "readme_snippets_broken").expect_err("a broken snippet must fail");
+    assert!(
+        err.contains(&format!("blocks at README.md:{fence} do not compile")),
+        "{err}"
     );
+    assert!(err.contains(&format!("--> README.md:{broken}:")), "{err}");
+    assert!(err.contains("mismatched types"), "{err}");
 }
