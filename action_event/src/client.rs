@@ -1,5 +1,18 @@
 //! Queueing events: [`Client`], [`QueueRequest`] (what `queue!` builds) and
-//! [`QueueExt`] (the typed form).
+//! [`QueueExt`] (the typed form), and *the current client*.
+//!
+//! Every way to queue (`queue!`, [`QueueExt`], [`QueueRequest::send`],
+//! `cx.queue(..)` in a handler) goes to the current client, found once per
+//! call:
+//!
+//! 1. the one installed for this task with [`Client::scope`] (a poller
+//!    installs its own around every event it runs, so a handler's follow-up
+//!    events go to the poller's broker), or by a test mode's `scope`;
+//! 2. else the test mode of this thread ([`crate::testing::fake`] /
+//!    [`crate::testing::inline`]);
+//! 3. else the process's global client ([`Client::global`]), unless a test
+//!    mode is active somewhere in this process: then the call fails with
+//!    [`Error::OutsideTestMode`] rather than reach a real broker.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -8,14 +21,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::Error;
 use crate::broker::{self, Broker};
 use crate::envelope::{Envelope, EventId, now_ms};
-use crate::event::Event;
-use crate::registry::{DEFAULT_QUEUE, registry};
+use crate::event::{Context, Event};
+use crate::registry::registry;
+
+mod current;
+pub(crate) use current::{
+    Current, LocalQueue, count_local_mode, replace_thread_current, scope_current,
+};
+use current::{installed, outside_test_mode};
 
 /// A handle on a broker for queueing events. Cheap to clone.
 ///
-/// `queue!` and [`QueueExt::queue`] use the global client: the one set with
-/// [`Client::set_global`] (the poller sets its own), else one connected on
-/// first use to `ACTION_EVENT_URL`, else `sqlite://action_event.db`.
+/// `queue!` and [`QueueExt::queue`] use the current client (see the
+/// [module docs](self)): one installed with [`Client::scope`], else the
+/// global client: the one set with [`Client::set_global`] (the poller's
+/// command line sets its own), else one connected on first use to
+/// `ACTION_EVENT_URL`, else `sqlite://action_event.db`.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), action_event::Error> {
@@ -70,6 +91,26 @@ impl Client {
         &self.broker
     }
 
+    /// `fut` with this client as its current client, wherever it runs:
+    /// `queue!`, [`QueueExt`] and `cx.queue(..)` inside it (in handlers it
+    /// calls, too) go to this client's broker. A poller runs every event
+    /// this way; an app or a test that wants a real broker beside a test
+    /// mode does too.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// let client = action_event::Client::connect("sqlite://other.db").await?;
+    /// client
+    ///     .scope(async {
+    ///         action_event::queue!(hello_world, name = "world").await // into other.db
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
+        scope_current(Current::Client(self.clone()), fut)
+    }
+
     /// Makes this the client `queue!` uses in this process.
     ///
     /// ```no_run
@@ -112,9 +153,11 @@ impl Client {
         }
     }
 
-    /// Queues the event `req` describes; returns its id once the broker
-    /// stored it durably. Under [`crate::testing::fake`] or
-    /// [`crate::testing::inline`] the event is recorded or run instead.
+    /// Queues the event `req` describes on this client's broker; returns its
+    /// id once the broker stored it durably. Under [`crate::testing::fake`]
+    /// or [`crate::testing::inline`] (of this task or thread) the event is
+    /// recorded or run instead. The name, queue and params are checked as
+    /// for `queue!` (see [`QueueRequest::into_envelope`]).
     ///
     /// ```no_run
     /// # async fn run(client: action_event::Client) -> Result<(), action_event::Error> {
@@ -125,16 +168,29 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn send(&self, req: QueueRequest) -> Result<EventId, Error> {
-        if let Some(mode) = crate::testing::current() {
-            return mode.send(req).await;
-        }
         let envelope = req.into_envelope()?;
+        match installed() {
+            Some(Current::Local(local)) => local.send(envelope).await,
+            _ => self.publish(envelope).await,
+        }
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<EventId, Error> {
         self.broker.publish(&envelope).await?;
         Ok(envelope.id)
     }
 }
 
 /// One event to queue: what `queue!(name, key = value, ...)` builds.
+///
+/// Two forms, with one rule: the library never guesses.
+/// - [`QueueRequest::new`]: an event of this binary. Its queue (unless
+///   given) and its params' check come from the handler's struct, so a name
+///   this binary does not know is an error at once ([`Error::UnknownEvent`]:
+///   a typo names the nearest event; a binary that links no events is told
+///   to add `use my_events as _;`).
+/// - [`QueueRequest::foreign`]: an event of another service, which this
+///   binary cannot know; the caller states its queue.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), action_event::Error> {
@@ -154,14 +210,28 @@ pub struct QueueRequest {
     queue: Option<String>,
     run_at_ms: Option<u64>,
     error: Option<Error>,
+    foreign: bool,
 }
 
 impl QueueRequest {
-    /// An event named `name` with no params yet.
+    /// The event of this binary named `name`, with no params yet. A name
+    /// this binary does not link is an error when it is sent (or made into
+    /// an envelope); for another service's event use
+    /// [`QueueRequest::foreign`].
     ///
-    /// ```
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event]
+    /// pub struct PingEvent {}
+    /// impl Process for PingEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
     /// let env = action_event::QueueRequest::new("ping").into_envelope().unwrap();
     /// assert_eq!((env.name.as_str(), env.params.to_string().as_str()), ("ping", "{}"));
+    ///
+    /// let err = action_event::QueueRequest::new("pign").into_envelope().unwrap_err();
+    /// assert!(err.to_string().starts_with("unknown event `pign`: did you mean `ping`?"), "{err}");
     /// ```
     pub fn new(name: impl Into<String>) -> Self {
         QueueRequest {
@@ -170,12 +240,40 @@ impl QueueRequest {
             queue: None,
             run_at_ms: None,
             error: None,
+            foreign: false,
+        }
+    }
+
+    /// An event of another service, named `name`: this binary has no
+    /// handler for it, so it cannot know its queue or check its params. The
+    /// caller states the queue with [`QueueRequest::queue`] (sending without
+    /// one is an error naming the fix); params are sent as given. The same
+    /// request goes through [`Client::send`]. If this binary does know the
+    /// event after all, its params are checked as usual.
+    ///
+    /// ```
+    /// use action_event::QueueRequest;
+    /// # async fn run(client: action_event::Client) -> Result<(), action_event::Error> {
+    /// // A web server that does not link the billing service's events:
+    /// QueueRequest::foreign("billing_sync").queue("high").param("id", 7).send().await?;
+    /// client.send(QueueRequest::foreign("billing_sync").queue("high").param("id", 8)).await?;
+    /// # Ok(()) }
+    /// let env = QueueRequest::foreign("billing_sync").queue("high").param("id", 7).into_envelope().unwrap();
+    /// assert_eq!((env.name.as_str(), env.queue.as_str()), ("billing_sync", "high"));
+    ///
+    /// let err = QueueRequest::foreign("billing_sync").into_envelope().unwrap_err().to_string();
+    /// assert!(err.contains(r#"QueueRequest::foreign("billing_sync").queue("#), "{err}");
+    /// ```
+    pub fn foreign(name: impl Into<String>) -> Self {
+        QueueRequest {
+            foreign: true,
+            ..QueueRequest::new(name)
         }
     }
 
     /// The request for a typed event (its name and serialized fields).
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// use action_event::prelude::*;
     /// #[derive(Serialize, Deserialize)]
     /// #[action_event(name = "doc.typed_greeting")]
@@ -199,7 +297,8 @@ impl QueueRequest {
     /// Adds one param; a value that cannot be serialized is reported by `send`.
     ///
     /// ```
-    /// let env = action_event::QueueRequest::new("doc.send_email")
+    /// let env = action_event::QueueRequest::foreign("doc.send_email")
+    ///     .queue("high")
     ///     .param("people_ids", [1, 2, 3])
     ///     .param("subject", "hi")
     ///     .into_envelope()
@@ -233,9 +332,9 @@ impl QueueRequest {
     ///
     /// ```
     /// use action_event::QueueRequest;
-    /// let env = QueueRequest::new("doc.e").params_value(serde_json::json!({"a": 1})).into_envelope().unwrap();
+    /// let env = QueueRequest::foreign("doc.e").queue("low").params_value(serde_json::json!({"a": 1})).into_envelope().unwrap();
     /// assert_eq!(env.params["a"], 1);
-    /// assert!(QueueRequest::new("doc.e").params_value(serde_json::json!([1])).into_envelope().is_err());
+    /// assert!(QueueRequest::foreign("doc.e").queue("low").params_value(serde_json::json!([1])).into_envelope().is_err());
     /// ```
     pub fn params_value(mut self, params: serde_json::Value) -> Self {
         match params {
@@ -251,14 +350,20 @@ impl QueueRequest {
         self
     }
 
-    /// Picks the queue (else the handler's queue, else `medium`).
+    /// Picks the queue (else the handler's queue; a
+    /// [foreign](QueueRequest::foreign) event must have one).
     ///
-    /// ```
+    /// ```rust,standalone_crate
+    /// use action_event::prelude::*;
     /// use action_event::QueueRequest;
-    /// let env = QueueRequest::new("doc.unknown_event").into_envelope().unwrap();
-    /// assert_eq!(env.queue, "medium"); // no handler in this binary says otherwise
-    /// let env = QueueRequest::new("doc.unknown_event").queue("high").into_envelope().unwrap();
-    /// assert_eq!(env.queue, "high");
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "low")]
+    /// pub struct PingEvent {}
+    /// impl Process for PingEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// assert_eq!(QueueRequest::new("ping").into_envelope().unwrap().queue, "low");
+    /// assert_eq!(QueueRequest::new("ping").queue("high").into_envelope().unwrap().queue, "high");
     /// ```
     pub fn queue(mut self, queue: impl AsRef<str>) -> Self {
         self.queue = Some(queue.as_ref().to_string());
@@ -269,7 +374,8 @@ impl QueueRequest {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let env = action_event::QueueRequest::new("doc.reminder")
+    /// let env = action_event::QueueRequest::foreign("doc.reminder")
+    ///     .queue("low")
     ///     .delay(Duration::from_secs(60))
     ///     .into_envelope()
     ///     .unwrap();
@@ -284,8 +390,9 @@ impl QueueRequest {
     ///
     /// ```
     /// use action_event::QueueRequest;
-    /// assert!(QueueRequest::new("doc.reminder").delay_str("5m").into_envelope().is_ok());
-    /// let err = QueueRequest::new("doc.reminder").delay_str("soon").into_envelope().unwrap_err();
+    /// let reminder = || QueueRequest::foreign("doc.reminder").queue("low");
+    /// assert!(reminder().delay_str("5m").into_envelope().is_ok());
+    /// let err = reminder().delay_str("soon").into_envelope().unwrap_err();
     /// assert!(err.to_string().contains("bad delay `soon`"), "{err}");
     /// ```
     pub fn delay_str(mut self, delay: &str) -> Self {
@@ -307,7 +414,8 @@ impl QueueRequest {
     ///
     /// ```
     /// use std::time::{Duration, UNIX_EPOCH};
-    /// let env = action_event::QueueRequest::new("doc.reminder")
+    /// let env = action_event::QueueRequest::foreign("doc.reminder")
+    ///     .queue("low")
     ///     .at(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
     ///     .into_envelope()
     ///     .unwrap();
@@ -323,7 +431,10 @@ impl QueueRequest {
     }
 
     /// The envelope this request makes: queue resolved, params checked
-    /// against the handler's struct when this binary knows the event.
+    /// against the handler's struct. An error when the name is not an
+    /// event of this binary ([`Error::UnknownEvent`], naming the fix), unless
+    /// the request is [foreign](QueueRequest::foreign) and states its queue;
+    /// an error too when the registry of this binary is inconsistent.
     ///
     /// ```rust,standalone_crate
     /// use action_event::prelude::*;
@@ -351,27 +462,42 @@ impl QueueRequest {
             return Err(e);
         }
         let params = serde_json::Value::Object(self.params);
-        let known = registry()
-            .ok()
-            .and_then(|r| r.get(&self.name).map(|e| (r, e.queue)));
-        if let Some((r, _)) = known {
-            r.check_params(&self.name, &params)?;
-        }
-        let queue = match self.queue {
-            Some(q) => {
-                check_queue_name(&self.name, &q)?;
-                q
+        let queue = if self.foreign {
+            // Checked where this binary happens to know it; a registry that
+            // is inconsistent does not stop another service's event.
+            if let Some(r) = registry().ok().filter(|r| r.get(&self.name).is_some()) {
+                r.check_params(&self.name, &params)?;
             }
-            None => known.map(|(_, q)| q).unwrap_or(DEFAULT_QUEUE).to_string(),
+            self.queue.ok_or_else(|| Error::Queue {
+                event: self.name.clone(),
+                message: format!(
+                    "a foreign event needs its queue, which this binary cannot know: `QueueRequest::foreign(\"{}\").queue(\"high\")`",
+                    self.name
+                ),
+            })?
+        } else {
+            let r = registry()?;
+            let Some(info) = r.get(&self.name) else {
+                return Err(Error::UnknownEvent {
+                    name: self.name,
+                    known: r.names(),
+                });
+            };
+            r.check_params(&self.name, &params)?;
+            self.queue.unwrap_or_else(|| info.queue.to_string())
         };
+        check_queue_name(&self.name, &queue)?;
         let mut env = Envelope::new(self.name, queue, params);
         env.run_at_ms = self.run_at_ms;
         Ok(env)
     }
 
-    /// Queues it through the global client (or, under
-    /// [`crate::testing::fake`] / [`crate::testing::inline`], records or
-    /// runs it without connecting to a broker).
+    /// Queues it through the current client (see the [module docs](self)):
+    /// the one a poller or [`Client::scope`] installed, else the test mode
+    /// of this thread ([`crate::testing::fake`] records it,
+    /// [`crate::testing::inline`] runs it), else the global client. While
+    /// a test mode is active in this process, falling through to the
+    /// global client is [`Error::OutsideTestMode`].
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), action_event::Error> {
@@ -379,10 +505,55 @@ impl QueueRequest {
     /// # Ok(()) }
     /// ```
     pub async fn send(self) -> Result<EventId, Error> {
-        if let Some(mode) = crate::testing::current() {
-            return mode.send(self).await;
+        let envelope = self.into_envelope()?;
+        match installed() {
+            Some(Current::Local(local)) => local.send(envelope).await,
+            Some(Current::Client(client)) => client.publish(envelope).await,
+            None if outside_test_mode() => Err(Error::OutsideTestMode {
+                event: envelope.name,
+            }),
+            None => Client::global().await?.publish(envelope).await,
         }
-        Client::global().await?.send(self).await
+    }
+}
+
+// Defined here, not in `event.rs`: the event model knows nothing of where
+// events go (see the crate's module map).
+impl Context {
+    /// Queues a follow-up event through the current client: in a poller,
+    /// the poller's broker; under a test mode, the mode. The same as
+    /// `queue!` with this name (see [`QueueRequest::send`]).
+    ///
+    /// ```no_run
+    /// # async fn f(cx: &action_event::Context) -> action_event::Result<()> {
+    /// cx.queue("send_email", serde_json::json!({"people_ids": [1, 2, 3]})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue(
+        &self,
+        name: &str,
+        params: serde_json::Value,
+    ) -> std::result::Result<EventId, Error> {
+        QueueRequest::new(name).params_value(params).send().await
+    }
+
+    /// Queues a typed follow-up event through the current client (see
+    /// [`Context::queue`]).
+    ///
+    /// ```no_run
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event]
+    /// pub struct SendEmailEvent { pub people_ids: Vec<u64> }
+    /// impl Process for SendEmailEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// # async fn f(cx: &Context) -> Result<()> {
+    /// cx.queue_event(&SendEmailEvent { people_ids: vec![1, 2] }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_event<E: Event>(&self, event: &E) -> std::result::Result<EventId, Error> {
+        QueueRequest::typed(event)?.send().await
     }
 }
 
@@ -424,14 +595,8 @@ pub trait QueueExt: Event {
     ///
     /// ```no_run
     /// # use action_event::prelude::*;
-    /// # #[derive(Serialize, Deserialize)]
-    /// # #[action_event(queue = "high")]
-    /// # pub struct HelloWorldEvent { pub name: String }
-    /// # impl Process for HelloWorldEvent {
-    /// #     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
-    /// # }
-    /// # async fn run() -> Result<()> {
-    /// HelloWorldEvent { name: "world".into() }.queue().await?;
+    /// # async fn run<HelloWorldEvent: Event>(event: HelloWorldEvent) -> Result<()> {
+    /// event.queue().await?;
     /// # Ok(()) }
     /// ```
     fn queue(&self) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
@@ -443,14 +608,8 @@ pub trait QueueExt: Event {
     ///
     /// ```no_run
     /// # use action_event::prelude::*;
-    /// # #[derive(Serialize, Deserialize)]
-    /// # #[action_event(queue = "high")]
-    /// # pub struct HelloWorldEvent { pub name: String }
-    /// # impl Process for HelloWorldEvent {
-    /// #     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
-    /// # }
-    /// # async fn run() -> Result<()> {
-    /// HelloWorldEvent { name: "world".into() }.queue_on("low").await?;
+    /// # async fn run<HelloWorldEvent: Event>(event: HelloWorldEvent) -> Result<()> {
+    /// event.queue_on("low").await?;
     /// # Ok(()) }
     /// ```
     fn queue_on(
@@ -465,14 +624,8 @@ pub trait QueueExt: Event {
     ///
     /// ```no_run
     /// # use action_event::prelude::*;
-    /// # #[derive(Serialize, Deserialize)]
-    /// # #[action_event(queue = "high")]
-    /// # pub struct HelloWorldEvent { pub name: String }
-    /// # impl Process for HelloWorldEvent {
-    /// #     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
-    /// # }
-    /// # async fn run() -> Result<()> {
-    /// HelloWorldEvent { name: "world".into() }.queue_in(std::time::Duration::from_secs(30)).await?;
+    /// # async fn run<HelloWorldEvent: Event>(event: HelloWorldEvent) -> Result<()> {
+    /// event.queue_in(std::time::Duration::from_secs(30)).await?;
     /// # Ok(()) }
     /// ```
     fn queue_in(
@@ -487,15 +640,9 @@ pub trait QueueExt: Event {
     ///
     /// ```no_run
     /// # use action_event::prelude::*;
-    /// # #[derive(Serialize, Deserialize)]
-    /// # #[action_event(queue = "high")]
-    /// # pub struct HelloWorldEvent { pub name: String }
-    /// # impl Process for HelloWorldEvent {
-    /// #     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
-    /// # }
-    /// # async fn run() -> Result<()> {
+    /// # async fn run<HelloWorldEvent: Event>(event: HelloWorldEvent) -> Result<()> {
     /// let at = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    /// HelloWorldEvent { name: "world".into() }.queue_at(at).await?;
+    /// event.queue_at(at).await?;
     /// # Ok(()) }
     /// ```
     fn queue_at(

@@ -9,9 +9,27 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::Client;
+use crate::Error;
 use crate::envelope::{Envelope, EventId};
-use crate::{Error, Result};
+
+/// What handlers and filters return: anyhow's `Result`, so that `?`
+/// works on any error (a database's, an HTTP client's, the library's
+/// own [`crate::Error`]) and `.context(..)` adds to the message the
+/// poller logs and keeps with a failed event.
+///
+/// This is the one place the library uses anyhow: a handler's error is
+/// the app's, of any type, and only reported; the library's own
+/// functions return [`crate::Result`], whose [`crate::Error`] a caller
+/// can match on.
+///
+/// ```
+/// use action_event::prelude::*;
+/// fn parse(s: &str) -> Result<u32> {
+///     Ok(s.parse::<u32>()?)
+/// }
+/// assert!(parse("x").is_err());
+/// ```
+pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;
 
 /// The work of an event. Every event struct implements it; base events do not.
 ///
@@ -199,7 +217,6 @@ pub struct Context {
     params: serde_json::Value,
     state: Arc<State>,
     locals: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-    client: Option<Client>,
 }
 
 impl fmt::Debug for Context {
@@ -215,7 +232,7 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(envelope: &Envelope, state: Arc<State>, client: Option<Client>) -> Self {
+    pub(crate) fn new(envelope: &Envelope, state: Arc<State>) -> Self {
         Context {
             id: envelope.id,
             name: envelope.name.clone(),
@@ -224,7 +241,6 @@ impl Context {
             params: envelope.params.clone(),
             state,
             locals: HashMap::new(),
-            client,
         }
     }
 
@@ -239,7 +255,6 @@ impl Context {
         Self::new(
             &Envelope::new(name, "medium", params),
             Arc::new(State::new()),
-            None,
         )
     }
 
@@ -251,11 +266,7 @@ impl Context {
     /// assert_eq!(*cx.state::<u8>().unwrap(), 5);
     /// ```
     pub fn for_test_with_state(name: &str, params: serde_json::Value, state: State) -> Self {
-        Self::new(
-            &Envelope::new(name, "medium", params),
-            Arc::new(state),
-            None,
-        )
+        Self::new(&Envelope::new(name, "medium", params), Arc::new(state))
     }
 
     /// The event id.
@@ -382,47 +393,6 @@ impl Context {
         self.locals
             .get_mut(&TypeId::of::<T>())
             .and_then(|v| v.downcast_mut::<T>())
-    }
-
-    /// Queues a follow-up event through the same broker as the poller.
-    ///
-    /// ```no_run
-    /// # async fn f(cx: &action_event::Context) -> action_event::Result<()> {
-    /// cx.queue("send_email", serde_json::json!({"people_ids": [1, 2, 3]})).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn queue(
-        &self,
-        name: &str,
-        params: serde_json::Value,
-    ) -> std::result::Result<EventId, Error> {
-        let req = crate::client::QueueRequest::new(name).params_value(params);
-        match &self.client {
-            Some(client) => client.send(req).await,
-            None => req.send().await,
-        }
-    }
-
-    /// Queues a typed follow-up event through the same broker as the poller.
-    ///
-    /// ```no_run
-    /// use action_event::prelude::*;
-    /// #[derive(Serialize, Deserialize)]
-    /// #[action_event]
-    /// pub struct SendEmailEvent { pub people_ids: Vec<u64> }
-    /// impl Process for SendEmailEvent {
-    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
-    /// }
-    /// # async fn f(cx: &Context) -> Result<()> {
-    /// cx.queue_event(&SendEmailEvent { people_ids: vec![1, 2] }).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn queue_event<E: Event>(&self, event: &E) -> std::result::Result<EventId, Error> {
-        let req = crate::client::QueueRequest::typed(event)?;
-        match &self.client {
-            Some(client) => client.send(req).await,
-            None => req.send().await,
-        }
     }
 }
 

@@ -44,6 +44,18 @@
 //! }
 //! ```
 //!
+//! ## Errors
+//!
+//! The library's functions return [`Result`]`<T, `[`Error`]`>`: an enum a
+//! caller can match, whose variants name the event, the field and the fix,
+//! keep their cause (`std::error::Error::source`), and say whether trying
+//! again may help ([`Error::is_transient`]). Handlers and filters return
+//! [`prelude::Result`], which is `anyhow::Result`: their errors are the
+//! app's, of any type, and the library only reports them (the poller logs
+//! and keeps the message with the event), so `?` should work on all of them
+//! and `.context(..)` add to the message. `use action_event::prelude::*;`
+//! brings that `Result` into scope.
+//!
 //! ## What is not guaranteed
 //! - Order: events of one queue start roughly in the order they were queued;
 //!   with several pollers or retries they may finish in any order.
@@ -54,8 +66,13 @@
 
 #![warn(missing_docs)]
 
+// The core, one way down: `event` (what handlers are made of) <- `registry`
+// (the catalog) <- `dispatch` (run one envelope) <- `client` (where events
+// go: the current client) <- `testing` (installs a fake or inline client).
+// Each module uses only those before it (and `error`, `envelope`).
 pub mod broker;
 mod client;
+mod dispatch;
 pub mod envelope;
 mod error;
 mod event;
@@ -193,8 +210,9 @@ pub use action_event_macros::skip_before_filter;
 /// string or an expression; else the handler's queue, else `medium`),
 /// `delay` (a duration string checked at compile time, or a
 /// [`std::time::Duration`]) and `at` (a [`std::time::SystemTime`]). It goes
-/// through the global [`Client`]; for a name computed at run time use
-/// [`QueueRequest`].
+/// through the current [`Client`] (a poller's inside a handler, a test
+/// mode's in a test, else the global one; see [`QueueRequest::send`]); for
+/// a name computed at run time use [`QueueRequest`].
 ///
 /// ```no_run
 /// use action_event::prelude::*;
@@ -203,10 +221,17 @@ pub use action_event_macros::skip_before_filter;
 /// let user_name = String::from("world");
 /// queue!(hello_world, name = user_name).await?;
 /// queue!(send_email, people_ids = [1, 2, 3], queue = high).await?;
-/// queue!("billing.invoice_paid", invoice = { "id": 7, "lines": [] }).await?;
+/// queue!("invoice_paid", invoice = { "id": 7, "lines": [] }).await?;
 /// let id: EventId = queue!(reminder, id = 5, delay = "30s").await?;
 /// # Ok(()) }
 /// ```
+///
+/// The name must be an event this binary links: its queue and its params'
+/// check come from the handler's struct. Any other name is an error at the
+/// call ([`Error::UnknownEvent`]), which names the fix: the nearest name
+/// for a typo, `use my_events as _;` for a binary that links no events.
+/// An event of another service, which this binary cannot know, is queued
+/// with [`QueueRequest::foreign`] and a stated queue.
 ///
 /// A delay that is not a duration does not compile:
 ///
@@ -217,29 +242,34 @@ pub use action_event_macros::skip_before_filter;
 /// ```
 pub use action_event_macros::queue;
 pub use client::{Client, QueueExt, QueueRequest};
+pub use dispatch::{Failure, FailureKind, Outcome};
 pub use envelope::{Envelope, EventId};
-pub use error::{Error, redact_url};
+pub use error::{BoxError, Error, redact_url};
 pub use event::{BaseEvent, Context, Event, EventParams, Flow, Process, State};
-pub use registry::{
-    ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Failure, FailureKind, Outcome,
-    Registry, registry,
-};
+pub use registry::{ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Registry, registry};
 
-/// What handlers and filters return: any error converts with `?`.
+/// What the library's own functions return: its [`Error`], which says what
+/// failed, wraps the cause, and tells a retry from a mistake
+/// ([`Error::is_transient`]).
+///
+/// Handlers and filters return [`prelude::Result`] instead (anyhow's), so
+/// that `?` works there on any error.
 ///
 /// ```
-/// fn parse(s: &str) -> action_event::Result<u32> {
-///     Ok(s.parse::<u32>()?)
+/// fn queue_name(s: &str) -> action_event::Result<String> {
+///     let env = action_event::QueueRequest::foreign(s).queue("high").into_envelope()?;
+///     Ok(env.queue)
 /// }
-/// assert!(parse("x").is_err());
+/// assert_eq!(queue_name("billing_sync").unwrap(), "high");
 /// ```
-pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `anyhow`, re-exported: the error type of [`Result`].
+/// `anyhow`, re-exported: the error type of [`prelude::Result`], what
+/// handlers and filters return.
 ///
 /// ```
 /// use action_event::anyhow::{Context as _, anyhow};
-/// let err: action_event::Result<()> = Err(anyhow!("no user 5")).context("welcome");
+/// let err: action_event::prelude::Result<()> = Err(anyhow!("no user 5")).context("welcome");
 /// assert_eq!(format!("{:#}", err.unwrap_err()), "welcome: no user 5");
 /// ```
 pub use anyhow;
@@ -252,22 +282,25 @@ pub use anyhow;
 /// ```
 pub mod prelude {
     pub use crate::{
-        Context, Event, EventId, Flow, Process, QueueExt, Result, State, action_event,
-        before_filter, queue, skip_before_filter,
+        Context, Event, EventId, Flow, Process, QueueExt, State, action_event, before_filter,
+        queue, skip_before_filter,
     };
     pub use serde::{Deserialize, Serialize};
+
+    pub use crate::event::Result;
 }
 
 /// Used by the code the macros generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::QueueRequest;
+    pub use crate::event::Result;
     pub use crate::event::{BaseEvent, Event, ParamsError, Process};
     pub use crate::registry::{
         BoxFuture, EventDecl, FilterDecl, Handler, ParentDecl, SkipDecl, call_filter, decode,
         process,
     };
-    pub use crate::{Context, Flow, Result};
+    pub use crate::{Context, Flow};
     pub use core;
     pub use inventory;
     pub use serde_json;

@@ -13,17 +13,12 @@ use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
-
-use crate::client::Client;
-use crate::envelope::Envelope;
-use crate::event::{Context, Event, Flow, ParamsError, State};
-use crate::{Error, Result};
+use crate::Error;
+use crate::event::{Context, Event, Flow, ParamsError, Result};
 
 /// A boxed, `Send` future: the one shape every filter and handler is erased to.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -33,8 +28,15 @@ pub type FilterFn = for<'a> fn(&'a mut Context) -> BoxFuture<'a, Result<Flow>>;
 
 /// The queue an event goes to when neither the call nor its handler says.
 ///
-/// ```
-/// let env = action_event::QueueRequest::new("doc.no_handler").into_envelope().unwrap();
+/// ```rust,standalone_crate
+/// use action_event::prelude::*;
+/// #[derive(Serialize, Deserialize)]
+/// #[action_event]
+/// pub struct PingEvent {}
+/// impl Process for PingEvent {
+///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+/// }
+/// let env = action_event::QueueRequest::new("ping").into_envelope().unwrap();
 /// assert_eq!(env.queue, action_event::DEFAULT_QUEUE);
 /// ```
 pub const DEFAULT_QUEUE: &str = "medium";
@@ -186,7 +188,7 @@ pub struct ChainFilter {
     pub path: &'static str,
     /// The function's full path, e.g. `demo::events::log_params`.
     pub id: &'static str,
-    run: FilterFn,
+    pub(crate) run: FilterFn,
 }
 
 impl fmt::Debug for ChainFilter {
@@ -222,7 +224,7 @@ pub struct EventInfo {
     /// Base types, nearest first.
     pub ancestors: Vec<&'static str>,
     type_id: TypeId,
-    handler: &'static Handler,
+    pub(crate) handler: &'static Handler,
 }
 
 impl fmt::Debug for EventInfo {
@@ -236,107 +238,6 @@ impl fmt::Debug for EventInfo {
             .field("chain", &self.chain)
             .field("ancestors", &self.ancestors)
             .finish_non_exhaustive()
-    }
-}
-
-/// How one run of an event ended.
-///
-/// ```rust,standalone_crate
-/// use action_event::prelude::*;
-/// use action_event::{Envelope, Outcome};
-/// async fn closed(_: &mut Context) -> Result<Flow> { Ok(Flow::Halt) }
-/// #[derive(Serialize, Deserialize)]
-/// #[action_event]
-/// #[before_filter(closed)]
-/// pub struct ShopEvent {}
-/// impl Process for ShopEvent {
-///     async fn process(self, _: &Context) -> Result<()> { unreachable!() }
-/// }
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let env = Envelope::new("shop", "medium", serde_json::json!({}));
-/// let outcome = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await;
-/// assert_eq!(outcome, Outcome::Halted { filter: "closed" });
-/// # });
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The chain and `process` returned Ok.
-    Completed,
-    /// A filter returned [`Flow::Halt`]: handled, not run, not failed.
-    Halted {
-        /// The filter that halted, as written.
-        filter: &'static str,
-    },
-    /// It failed; see [`Failure`].
-    Failed(Failure),
-}
-
-/// Why a run failed, and what should become of the event.
-///
-/// ```rust,standalone_crate
-/// use action_event::prelude::*;
-/// use action_event::{Envelope, FailureKind, Outcome};
-/// #[derive(Serialize, Deserialize)]
-/// #[action_event]
-/// pub struct ChargeEvent { pub amount: i64 }
-/// impl Process for ChargeEvent {
-///     async fn process(self, _: &Context) -> Result<()> {
-///         anyhow::ensure!(self.amount > 0, "amount must be positive");
-///         Ok(())
-///     }
-/// }
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let env = Envelope::new("charge", "medium", serde_json::json!({"amount": -1}));
-/// let Outcome::Failed(failure) = action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await
-/// else { panic!() };
-/// assert_eq!(failure.kind, FailureKind::Error);
-/// assert_eq!(failure.message, "event `charge`: amount must be positive");
-/// # });
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    /// The kind of failure.
-    pub kind: FailureKind,
-    /// A message naming the event and, where it applies, the field.
-    pub message: String,
-}
-
-/// The kinds of [`Failure`].
-///
-/// ```rust,standalone_crate
-/// use action_event::{Envelope, FailureKind, Outcome, State};
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let env = Envelope::new("nobody_handles_this", "medium", serde_json::json!({}));
-/// match action_event::registry().unwrap().dispatch(&env, State::new().into(), None).await {
-///     Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::UnknownEvent),
-///     other => panic!("{other:?}"),
-/// }
-/// # });
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// A filter or `process` returned `Err`: retried.
-    Error,
-    /// A filter or `process` panicked: retried.
-    Panic,
-    /// It ran past its timeout: retried.
-    Timeout,
-    /// The params do not fit the struct: dead at once (retrying cannot help).
-    BadParams,
-    /// No handler for this name in this binary: retried (a deploy may bring it).
-    UnknownEvent,
-}
-
-impl FailureKind {
-    /// Whether retrying may help.
-    ///
-    /// ```
-    /// use action_event::FailureKind;
-    /// assert!(FailureKind::Timeout.retryable());
-    /// assert!(!FailureKind::BadParams.retryable());
-    /// ```
-    pub fn retryable(self) -> bool {
-        !matches!(self, FailureKind::BadParams)
     }
 }
 
@@ -672,97 +573,6 @@ impl Registry {
         }
         Ok(())
     }
-
-    /// Runs one event in this process: decode the params, run the chain,
-    /// then `process`, within the event's timeout; panics are caught.
-    ///
-    /// ```rust,standalone_crate
-    /// # use action_event::prelude::*;
-    /// # #[derive(Serialize, Deserialize)] #[action_event] struct AddEvent { a: i32 }
-    /// # impl Process for AddEvent { async fn process(self, _: &Context) -> Result<()> {
-    /// #     anyhow::ensure!(self.a > 0, "a must be positive"); Ok(()) } }
-    /// use action_event::{Envelope, Outcome, State};
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let registry = action_event::registry().unwrap();
-    /// let env = Envelope::new("add", "medium", serde_json::json!({"a": 1}));
-    /// assert_eq!(registry.dispatch(&env, State::new().into(), None).await, Outcome::Completed);
-    /// # });
-    /// ```
-    pub async fn dispatch(
-        &self,
-        envelope: &Envelope,
-        state: Arc<State>,
-        client: Option<Client>,
-    ) -> Outcome {
-        let Some(event) = self.events.get(envelope.name.as_str()) else {
-            return Outcome::Failed(Failure {
-                kind: FailureKind::UnknownEvent,
-                message: Error::UnknownEvent {
-                    name: envelope.name.clone(),
-                    known: self.names(),
-                }
-                .to_string(),
-            });
-        };
-        let decoded = match (event.handler.decode)(&envelope.params) {
-            Ok(d) => d,
-            Err(p) => {
-                return Outcome::Failed(Failure {
-                    kind: FailureKind::BadParams,
-                    message: Error::Params {
-                        event: envelope.name.clone(),
-                        path: p.path,
-                        message: p.message,
-                    }
-                    .to_string(),
-                });
-            }
-        };
-        let mut cx = Context::new(envelope, state, client);
-        let run = async {
-            for f in &event.chain {
-                match (f.run)(&mut cx).await {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Halt) => return Ok(Some(f.path)),
-                    Err(e) => return Err(e.context(format!("before_filter `{}`", f.path))),
-                }
-            }
-            (event.handler.process)(decoded, &cx).await.map(|()| None)
-        };
-        let guarded = AssertUnwindSafe(run).catch_unwind();
-        let result = match event.timeout {
-            Some(limit) => match tokio::time::timeout(limit, guarded).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Outcome::Failed(Failure {
-                        kind: FailureKind::Timeout,
-                        message: format!(
-                            "event `{}` timed out after {}",
-                            envelope.name,
-                            humantime::format_duration(limit)
-                        ),
-                    });
-                }
-            },
-            None => guarded.await,
-        };
-        match result {
-            Ok(Ok(None)) => Outcome::Completed,
-            Ok(Ok(Some(filter))) => Outcome::Halted { filter },
-            Ok(Err(e)) => Outcome::Failed(Failure {
-                kind: FailureKind::Error,
-                message: format!("event `{}`: {e:#}", envelope.name),
-            }),
-            Err(panic) => Outcome::Failed(Failure {
-                kind: FailureKind::Panic,
-                message: format!(
-                    "event `{}` panicked: {}",
-                    envelope.name,
-                    panic_message(&*panic)
-                ),
-            }),
-        }
-    }
 }
 
 impl EventInfo {
@@ -789,16 +599,6 @@ fn describe(d: &EventDecl) -> String {
         format!("base `{}`", (d.type_name)())
     } else {
         format!("event `{}` ({})", d.name, (d.type_name)())
-    }
-}
-
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
     }
 }
 

@@ -35,28 +35,43 @@
 //! # });
 //! ```
 //!
-//! ## Isolation
+//! ## Isolation, and what may not escape
 //!
 //! Rust runs tests in parallel threads of one process, so a mode is never
-//! process-wide. [`fake()`] and [`inline()`] return a guard that sets the
-//! mode **for the current thread** until it is dropped (the previous mode,
-//! if any, comes back: guards nest). A `#[tokio::test]` runs its body, and
-//! on its default current-thread runtime every task it spawns, on the test's
-//! own thread, so the mode holds across every `.await` of the test and in
-//! its spawned tasks, and tests running beside it are not affected.
+//! process-wide. [`fake()`] and [`inline()`] return a guard that installs
+//! the mode as the current client (see [`Client`](crate::Client)) **for
+//! the current thread** until it is dropped (the previous one, if any,
+//! comes back: guards nest). A `#[tokio::test]` runs its body, and on its
+//! default current-thread runtime every task it spawns, on the test's own
+//! thread, so the mode holds across every `.await` of the test and in its
+//! spawned tasks, and tests running beside it are not affected.
 //!
 //! A thread-local cannot follow a task that a multi-threaded runtime moves
 //! to a worker thread. For that, [`Fake::scope`] / [`Inline::scope`] wrap a
-//! future so that it carries the mode with it (a tokio task-local, looked up
-//! before the thread-local): `tokio::spawn(fake.scope(async { ... }))`.
-//! Work sent to other threads by other means (`spawn_blocking`, threads of
-//! its own) sees no mode and talks to the real broker.
+//! future so that it carries the mode with it (the task-local slot of the
+//! current client): `tokio::spawn(fake.scope(async { ... }))`.
+//!
+//! The rule that keeps a test's events in the test: **while a fake or
+//! inline guard is alive anywhere in the process, a `queue!` that finds no
+//! mode and no installed client fails** with
+//! [`Error::OutsideTestMode`](crate::Error::OutsideTestMode), whose message
+//! names `fake.scope(..)`, instead of falling through to the global client
+//! (which would create `action_event.db`, or reach `ACTION_EVENT_URL`'s
+//! broker). That catches a task spawned onto a worker thread without
+//! `scope`, `spawn_blocking`, and threads of its own. A test that uses a
+//! real broker on purpose, beside tests with fakes in the same binary,
+//! queues through an explicit [`Client`](crate::Client): `client.send(req)`
+//! or `client.scope(fut)`; those never fail for this rule (but on a thread
+//! or task with a mode, `client.send` records or runs the event too).
+//!
+//! Names follow the same rules as everywhere (see
+//! [`QueueRequest`](crate::QueueRequest)): a `queue!` of a name the test
+//! binary does not know fails in a test as it would in production.
 //!
 //! The guards are not `Send`: a guard dropped on another thread would
 //! restore that thread's mode. Drop them in reverse order of creation (the
 //! end of a scope does).
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -65,10 +80,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::client::QueueRequest;
+use crate::client::{self, Current, LocalQueue};
+use crate::dispatch::{Failure, FailureKind, Outcome};
 use crate::envelope::{Envelope, EventId};
 use crate::event::{Event, State};
-use crate::registry::{Outcome, registry};
+use crate::registry::{BoxFuture, registry};
 
 /// How many events one [`Fake::drain`] runs before it decides that events
 /// queue each other forever.
@@ -101,22 +117,6 @@ pub(crate) struct Mode {
     inner: Arc<Mutex<Inner>>,
 }
 
-thread_local! {
-    static THREAD_MODE: RefCell<Option<Mode>> = const { RefCell::new(None) };
-}
-
-tokio::task_local! {
-    static TASK_MODE: Mode;
-}
-
-/// The mode in force here: the task's, else the thread's.
-pub(crate) fn current() -> Option<Mode> {
-    TASK_MODE
-        .try_with(|m| m.clone())
-        .ok()
-        .or_else(|| THREAD_MODE.with(|m| m.borrow().clone()))
-}
-
 impl Mode {
     fn new(kind: Kind) -> Mode {
         Mode {
@@ -134,13 +134,20 @@ impl Mode {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn install(&self) -> Option<Mode> {
-        THREAD_MODE.with(|m| m.borrow_mut().replace(self.clone()))
+    /// This mode as the current client.
+    fn current(&self) -> Current {
+        Current::Local(Arc::new(self.clone()))
     }
 
-    /// What `queue!` does in this mode.
-    pub(crate) async fn send(&self, req: QueueRequest) -> Result<EventId, Error> {
-        let envelope = req.into_envelope()?;
+    /// Installs it for this thread (and counts it as active in the
+    /// process); returns what was installed before.
+    fn install(&self) -> Option<Current> {
+        client::count_local_mode(true);
+        client::replace_thread_current(Some(self.current()))
+    }
+
+    /// What `queue!` does in this mode, with an envelope already checked.
+    async fn send(&self, envelope: Envelope) -> Result<EventId, Error> {
         let id = envelope.id;
         match self.kind {
             Kind::Fake => {
@@ -168,23 +175,43 @@ impl Mode {
         }
     }
 
+    /// Runs one event with this mode as its current client, so that what
+    /// its handler queues stays in the mode wherever the run is awaited.
     async fn run(&self, envelope: &Envelope) -> Outcome {
         let state = self.lock().state.clone();
         match registry() {
             // Boxed: an event run in place may queue (and so run) another.
-            Ok(r) => Box::pin(r.dispatch(envelope, state, None)).await,
-            Err(e) => Outcome::Failed(crate::Failure {
-                kind: crate::FailureKind::UnknownEvent,
+            Ok(r) => {
+                let run = client::scope_current(self.current(), r.dispatch(envelope, state));
+                Box::pin(run).await
+            }
+            Err(e) => Outcome::Failed(Failure {
+                kind: FailureKind::UnknownEvent,
                 message: e.to_string(),
             }),
         }
     }
 }
 
+impl LocalQueue for Mode {
+    fn send(&self, envelope: Envelope) -> BoxFuture<'_, Result<EventId, Error>> {
+        Box::pin(Mode::send(self, envelope))
+    }
+}
+
+/// Ends a mode installed by [`Mode::install`]: the previous one comes back.
+fn uninstall(prev: Option<Current>) {
+    client::replace_thread_current(prev);
+    client::count_local_mode(false);
+}
+
 /// Records events instead of publishing them, on this thread until dropped.
 /// See the [module docs](self) for isolation.
 ///
-/// ```
+/// ```rust,standalone_crate
+/// # use action_event::prelude::*;
+/// # #[derive(Serialize, Deserialize)] #[action_event] pub struct PingEvent { pub n: u32 }
+/// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let fake = action_event::testing::fake();
 /// action_event::queue!(ping, n = 1).await.unwrap();
@@ -207,8 +234,12 @@ pub fn fake() -> Fake {
 /// ```rust,standalone_crate
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let _inline = action_event::testing::inline();
+/// // A name this binary does not know fails at the call, as in production.
 /// let err = action_event::queue!(no_such_event).await.unwrap_err();
 /// assert!(err.to_string().contains("unknown event `no_such_event`"), "{err}");
+/// // Another service's event: it runs here, and no handler knows it.
+/// let err = action_event::QueueRequest::foreign("no_such_event").queue("low").send().await.unwrap_err();
+/// assert!(matches!(err, action_event::Error::Inline { .. }), "{err}");
 /// # });
 /// ```
 pub fn inline() -> Inline {
@@ -226,7 +257,7 @@ pub fn inline() -> Inline {
 #[must_use = "the fake mode ends when this guard is dropped: `let fake = testing::fake();`"]
 pub struct Fake {
     mode: Mode,
-    prev: Option<Mode>,
+    prev: Option<Current>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -245,7 +276,10 @@ impl Fake {
 
     /// Every event queued and not yet drained, oldest first.
     ///
-    /// ```
+    /// ```rust,standalone_crate
+    /// # use action_event::prelude::*;
+    /// # #[derive(Serialize, Deserialize)] #[action_event] pub struct PingEvent { pub n: u32 }
+    /// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let fake = action_event::testing::fake();
     /// action_event::queue!(ping, n = 1, queue = low).await.unwrap();
@@ -271,7 +305,7 @@ impl Fake {
 
     /// The queued events of type `E`, decoded from their params.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// use action_event::prelude::*;
     /// #[derive(Debug, Serialize, Deserialize)]
     /// #[action_event]
@@ -314,7 +348,10 @@ impl Fake {
     /// queued whose params hold every key of `params` with that value
     /// (other keys may be there too; `json!({})` matches any params).
     ///
-    /// ```should_panic
+    /// ```rust,standalone_crate,should_panic
+    /// # use action_event::prelude::*;
+    /// # #[derive(Serialize, Deserialize)] #[action_event] pub struct PingEvent { pub n: u32 }
+    /// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let fake = action_event::testing::fake();
     /// action_event::queue!(ping, n = 1, extra = true).await.unwrap();
@@ -373,24 +410,33 @@ impl Fake {
     /// `fut` with this fake mode attached, wherever it runs: for futures
     /// handed to `tokio::spawn` on a multi-threaded runtime.
     ///
-    /// ```
+    /// ```rust,standalone_crate
+    /// # use action_event::prelude::*;
+    /// # #[derive(Serialize, Deserialize)] #[action_event] pub struct PingEvent { pub n: u32 }
+    /// # impl Process for PingEvent { async fn process(self, _: &Context) -> Result<()> { Ok(()) } }
     /// # tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(async {
     /// let fake = action_event::testing::fake();
     /// tokio::spawn(fake.scope(async { action_event::queue!(ping, n = 2).await.unwrap(); }))
     ///     .await
     ///     .unwrap();
     /// assert_eq!(fake.len(), 1);
+    /// // Without `scope`, the worker thread has no mode: the `queue!` fails
+    /// // rather than reach a real broker.
+    /// let err = tokio::spawn(async { action_event::queue!(ping, n = 3).await })
+    ///     .await
+    ///     .unwrap()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("fake.scope"), "{err}");
     /// # });
     /// ```
     pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
-        TASK_MODE.scope(self.mode.clone(), fut)
+        client::scope_current(self.mode.current(), fut)
     }
 }
 
 impl Drop for Fake {
     fn drop(&mut self) {
-        let prev = self.prev.take();
-        THREAD_MODE.with(|m| *m.borrow_mut() = prev);
+        uninstall(self.prev.take());
     }
 }
 
@@ -398,7 +444,7 @@ impl Drop for Fake {
 #[must_use = "the inline mode ends when this guard is dropped: `let inline = testing::inline();`"]
 pub struct Inline {
     mode: Mode,
-    prev: Option<Mode>,
+    prev: Option<Current>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -420,8 +466,8 @@ impl Inline {
     /// ```rust,standalone_crate
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let inline = action_event::testing::inline();
-    /// let _ = action_event::queue!(no_such_event).await;
-    /// assert_eq!(inline.ran()[0].envelope.name, "no_such_event");
+    /// let _ = action_event::QueueRequest::foreign("elsewhere").queue("low").send().await;
+    /// assert_eq!(inline.ran()[0].envelope.name, "elsewhere");
     /// # });
     /// ```
     pub fn ran(&self) -> Vec<Ran> {
@@ -430,14 +476,13 @@ impl Inline {
 
     /// `fut` with this inline mode attached, wherever it runs (see [`Fake::scope`]).
     pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
-        TASK_MODE.scope(self.mode.clone(), fut)
+        client::scope_current(self.mode.current(), fut)
     }
 }
 
 impl Drop for Inline {
     fn drop(&mut self) {
-        let prev = self.prev.take();
-        THREAD_MODE.with(|m| *m.borrow_mut() = prev);
+        uninstall(self.prev.take());
     }
 }
 

@@ -49,8 +49,10 @@ fn both_types_are_named() {
 
 #[test]
 fn queueing_still_works_for_unchecked_use() {
-    // With no registry, `into_envelope` cannot check params; it does not fail.
-    let env = action_event::QueueRequest::new("hello_world")
+    // With no registry, `into_envelope` cannot check params; a foreign
+    // event (queue stated) does not fail.
+    let env = action_event::QueueRequest::foreign("hello_world")
+        .queue("medium")
         .into_envelope()
         .unwrap();
     assert_eq!(env.queue, "medium");

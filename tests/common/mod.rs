@@ -160,7 +160,7 @@ impl World {
             set.spawn(async move {
                 let mut ids = Vec::new();
                 for i in (t * per)..((t + 1) * per).min(n) {
-                    let req = QueueRequest::new("record")
+                    let req = QueueRequest::foreign("record")
                         .param("tag", format!("{tag}-{i}"))
                         .param("sleep_ms", sleep_ms)
                         .queue(&queue);
@@ -311,7 +311,11 @@ impl World {
     pub async fn queue_json(&self, name: &str, queue: &str, params: serde_json::Value) -> EventId {
         self.client()
             .await
-            .send(QueueRequest::new(name).params_value(params).queue(queue))
+            .send(
+                QueueRequest::foreign(name)
+                    .params_value(params)
+                    .queue(queue),
+            )
             .await
             .expect("queue")
     }

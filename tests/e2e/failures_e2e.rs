@@ -788,7 +788,7 @@ async fn ten_thousand_events_where_every_tenth_fails_once_all_complete() {
                 for i in (t..n).step_by(8) {
                     let tag = format!("k-{i}");
                     let req = if i % 10 == 0 {
-                        QueueRequest::new("flaky")
+                        QueueRequest::foreign("flaky")
                             .param("tag", tag)
                             .param("fail_times", 1)
                     } else {

@@ -95,23 +95,28 @@ async fn metrics_endpoint_reports_counters_a_histogram_and_queue_depth() {
         };
         // Fails once, then completes: one retry.
         send(
-            QueueRequest::new("flaky")
+            QueueRequest::foreign("flaky")
                 .param("tag", "f")
                 .param("fail_times", 1)
                 .queue("medium"),
         )
         .await;
         // Panics on both of its attempts: one retry, then dead.
-        send(QueueRequest::new("boom").param("tag", "b").queue("medium")).await;
         send(
-            QueueRequest::new("halted")
+            QueueRequest::foreign("boom")
+                .param("tag", "b")
+                .queue("medium"),
+        )
+        .await;
+        send(
+            QueueRequest::foreign("halted")
                 .param("tag", "h")
                 .queue("medium"),
         )
         .await;
         // Waits an hour: the one event left waiting.
         send(
-            QueueRequest::new("record")
+            QueueRequest::foreign("record")
                 .param("tag", "later")
                 .queue("medium")
                 .delay(Duration::from_secs(3600)),
@@ -253,7 +258,7 @@ async fn metrics_endpoint_reports_counters_a_histogram_and_queue_depth() {
 
         // Queued after the poller started: the gauge follows the broker.
         send(
-            QueueRequest::new("record")
+            QueueRequest::foreign("record")
                 .param("tag", "later2")
                 .queue("medium")
                 .delay(Duration::from_secs(3600)),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::RetryPolicy;
-use crate::registry::{FailureKind, Outcome};
+use crate::dispatch::{FailureKind, Outcome};
 
 /// The limits an event runs under.
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +89,7 @@ pub(super) fn decide(outcome: &Outcome, attempt: u32, policy: &Policy) -> Settle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Failure;
+    use crate::dispatch::Failure;
 
     fn failed(kind: FailureKind) -> Outcome {
         Outcome::Failed(Failure {

@@ -41,7 +41,7 @@ pub use shutdown::{ExitReason, Shutdown};
 /// a failure of that event, retried like an `Err`.
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = crate::registry::panic_message(info.payload());
+        let message = crate::dispatch::panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))

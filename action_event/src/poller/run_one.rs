@@ -11,8 +11,8 @@ use super::decide::{self, DeadWhy, Policy, Settle};
 use super::run_loop::{Running, Shared};
 use crate::Error;
 use crate::broker::{DeadEvent, Delivery};
+use crate::dispatch::Outcome;
 use crate::envelope::{AttemptError, Envelope, now_ms};
-use crate::registry::Outcome;
 
 fn fmt_ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
@@ -66,10 +66,11 @@ pub(super) async fn run_one(
     // The task runs inside the event's span (see `event_span`), so
     // everything logged while it runs (its filters, its handler, a panic
     // through `log_panics`) carries the event.
-    let dispatch =
-        shared
-            .registry
-            .dispatch(&envelope, shared.state.clone(), Some(shared.client.clone()));
+    // Inside the poller's client scope, `queue!` in a handler goes to the
+    // poller's broker, like `cx.queue`.
+    let dispatch = shared
+        .client
+        .scope(shared.registry.dispatch(&envelope, shared.state.clone()));
     let outcome = tokio::select! {
         o = dispatch => o,
         _ = async { hard.wait_for(|v| *v).await.map(|_| ()) } => {

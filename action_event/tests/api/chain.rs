@@ -105,7 +105,7 @@ fn registry() -> &'static Registry {
 async fn run(name: &str, params: serde_json::Value) -> (Outcome, Vec<&'static str>) {
     let state = Arc::new(State::new().with(Log::default()));
     let env = Envelope::new(name, "whatever", params);
-    let outcome = registry().dispatch(&env, state.clone(), None).await;
+    let outcome = registry().dispatch(&env, state.clone()).await;
     let log = state.get::<Log>().unwrap().0.lock().unwrap().clone();
     (outcome, log)
 }
@@ -297,12 +297,12 @@ async fn filters_hand_data_to_the_handler_and_reach_the_state() {
     );
     let env = Envelope::new("welcome", "medium", json!({"user_id": 1}));
     assert_eq!(
-        registry().dispatch(&env, state.clone(), None).await,
+        registry().dispatch(&env, state.clone()).await,
         Outcome::Completed
     );
     let env = Envelope::new("welcome", "medium", json!({"user_id": 2}));
     assert_eq!(
-        registry().dispatch(&env, state.clone(), None).await,
+        registry().dispatch(&env, state.clone()).await,
         Outcome::Completed
     );
     let seen = state.get::<Seen>().unwrap().0.lock().unwrap().clone();
@@ -314,7 +314,7 @@ async fn missing_state_names_the_type() {
     // No `Db` in the state.
     let state = Arc::new(State::new().with(Seen::default()));
     let env = Envelope::new("welcome", "medium", json!({"user_id": 1}));
-    let Outcome::Failed(failure) = registry().dispatch(&env, state, None).await else {
+    let Outcome::Failed(failure) = registry().dispatch(&env, state).await else {
         panic!("expected a failure");
     };
     assert_eq!(failure.kind, FailureKind::Error);

@@ -16,9 +16,7 @@ fn registry() -> &'static Registry {
 
 async fn run(name: &str, params: serde_json::Value) -> Outcome {
     let env = Envelope::new(name, "medium", params);
-    registry()
-        .dispatch(&env, Arc::new(State::new()), None)
-        .await
+    registry().dispatch(&env, Arc::new(State::new())).await
 }
 
 async fn failure(name: &str, params: serde_json::Value) -> Failure {

@@ -2,8 +2,9 @@
 //! `QueueRequest::into_envelope` resolves the queue and checks the params
 //! exactly as `send` does before publishing.
 //!
-//! The queue: the one given at the call site, else the handler's, else
-//! `medium` (an event this binary does not know).
+//! The queue: the one given at the call site, else the handler's; an event
+//! this binary does not know is an error unless queued as foreign, with its
+//! queue.
 
 use std::future::Future;
 use std::time::{Duration, UNIX_EPOCH};
@@ -48,13 +49,24 @@ fn else_the_handlers_queue() {
 }
 
 #[test]
-fn else_medium_for_an_event_this_binary_does_not_know() {
-    // Not checked either: another binary may know it.
-    let env = QueueRequest::new("send_invoice")
+fn an_event_this_binary_does_not_know_is_an_error_unless_foreign_with_its_queue() {
+    // No guess at its queue: an error naming the fix.
+    let err = QueueRequest::new("send_invoice")
         .param("people_ids", [1, 2, 3])
         .into_envelope()
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownEvent { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("QueueRequest::foreign(\"send_invoice\")"),
+        "{err}"
+    );
+    // Another service's event: the caller states the queue; not checked.
+    let env = QueueRequest::foreign("send_invoice")
+        .param("people_ids", [1, 2, 3])
+        .queue("medium")
+        .into_envelope()
         .unwrap();
-    assert_eq!(env.queue, "medium");
     assert_eq!(env.queue, action_event::DEFAULT_QUEUE);
     assert_eq!(env.params, json!({"people_ids": [1, 2, 3]}));
 }

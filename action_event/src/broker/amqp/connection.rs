@@ -150,10 +150,10 @@ pub(super) async fn op<T>(
 ) -> Result<T, TopoErr> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::Broker {
-            url: String::new(),
-            message: format!("{what}: {}", describe_amqp_error(&e)),
-        })),
+        Ok(Err(e)) if is_fatal(&e) => Err(TopoErr::Fatal(Error::broker(
+            "",
+            format!("{what}: {}", describe_amqp_error(&e)),
+        ))),
         Ok(Err(e)) => Err(TopoErr::Transient(format!("{what}: {e}"))),
         Err(_) => Err(TopoErr::Transient(format!(
             "{what}: no answer in {OP_TIMEOUT:?}"

@@ -128,7 +128,10 @@ impl AmqpBroker {
         let opts = options::parse_url(url)?;
         connection::probe(&opts.lapin_url, &opts.tls)
             .await
-            .map_err(|e| Error::broker(&redact_url(url), e.message))?;
+            .map_err(|e| match e.tls {
+                true => Error::broker(&redact_url(url), e.message),
+                false => Error::broker_unreachable(&redact_url(url), e.message),
+            })?;
         let inner = Arc::new(Inner {
             redacted: redact_url(url),
             opts,
@@ -215,13 +218,13 @@ impl Inner {
         }
     }
 
-    fn err(&self, message: impl std::fmt::Display) -> Error {
+    fn err(&self, message: impl Into<crate::BoxError>) -> Error {
         Error::broker(&self.redacted, message)
     }
 
     fn topo_err(&self, e: TopoErr) -> Error {
         match e {
-            TopoErr::Fatal(Error::Broker { message, .. }) => self.err(message),
+            TopoErr::Fatal(Error::Broker { source, .. }) => self.err(source),
             TopoErr::Fatal(e) => e,
             TopoErr::Transient(m) => self.err(m),
         }

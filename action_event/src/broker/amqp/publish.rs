@@ -78,10 +78,9 @@ pub(super) struct PubConn {
 impl Inner {
     /// Opens the first publish connection (`AmqpBroker::open`).
     pub(super) async fn open_publisher(&self) -> Result<(), Error> {
-        let conn = self
-            .connect("publish")
-            .await
-            .map_err(|e| self.err(format!("cannot connect: {e}")))?;
+        let conn = self.connect("publish").await.map_err(|e| {
+            Error::broker_unreachable(&self.redacted, format!("cannot connect: {e}"))
+        })?;
         let confirm = self
             .confirm_channel(&conn)
             .await

@@ -465,13 +465,12 @@ async fn connect_waiting(
     url: &str,
     shutdown: &Shutdown,
 ) -> Result<std::sync::Arc<dyn crate::broker::Broker>, Error> {
-    let network = url.starts_with("amqp://") || url.starts_with("amqps://");
     let mut wait = Duration::from_millis(500);
     let mut stop = shutdown.subscribe();
     loop {
         match broker::connect(url).await {
             Ok(b) => return Ok(b),
-            Err(e @ Error::Broker { .. }) if network => {
+            Err(e) if e.is_transient() => {
                 tracing::error!(
                     "{e}; waiting for it, retrying in {}",
                     humantime::format_duration(wait)

@@ -50,10 +50,10 @@ struct __ActionEventParent;
 #[before_filter(log_params, self::log_again)]
 pub struct ApplicationEvent;
 
-async fn log_params(_cx: &mut Context) -> ::action_event::Result<Flow> {
+async fn log_params(_cx: &mut Context) -> ::action_event::prelude::Result<Flow> {
     ::core::result::Result::Ok(Flow::Continue)
 }
-async fn log_again(_cx: &mut Context) -> ::action_event::Result<Flow> {
+async fn log_again(_cx: &mut Context) -> ::action_event::prelude::Result<Flow> {
     ::core::result::Result::Ok(Flow::Continue)
 }
 
@@ -92,12 +92,12 @@ impl<'de> Deserialize<'de> for HelloWorldEvent {
 }
 
 impl Process for HelloWorldEvent {
-    async fn process(self, _cx: &Context) -> ::action_event::Result<()> {
+    async fn process(self, _cx: &Context) -> ::action_event::prelude::Result<()> {
         ::core::result::Result::Ok(())
     }
 }
 
-pub async fn app() -> ::action_event::Result<()> {
+pub async fn app() -> ::action_event::prelude::Result<()> {
     queue!(
         shadowed,
         name = "world",
