@@ -59,12 +59,13 @@ async fn sigkill_poller_holding_8_claimed_events_another_runs_them_within_2s() {
     // The survivor is up first, then stopped, so the other one claims.
     let mut q = w.spawn("q.log", &["--queues", "medium", "--concurrency", "8"]);
     wait_log(&w, "q.log", "Processing queues: medium");
-    let mut p = w.spawn("p.log", &["--queues", "medium", "--concurrency", "1"]);
-    wait_log(&w, "p.log", "Processing queues: medium");
     send_signal(&q, SIGSTOP);
-    // A slow first event, then 7 quick ones: one batch claim takes all 8.
+    // A slow first event, then 7 quick ones, all queued before the other
+    // poller starts: its first batch claim takes all 8 (queued while it
+    // runs, the 7 could miss that claim and wait unclaimed).
     w.queue_records(1, "medium", "k", 800).await;
     w.queue_records(7, "medium", "after", 0).await;
+    let mut p = w.spawn("p.log", &["--queues", "medium", "--concurrency", "1"]);
     let records = w.wait_records(Duration::from_secs(30), "k-0 to start", |r| {
         r.iter().any(|r| r.tag == "k-0" && r.what == "start")
     });
