@@ -21,6 +21,7 @@
 mod common;
 
 mod amqp_e2e;
+mod amqp_recovery_e2e;
 mod cli_e2e;
 mod consumer_timeout_e2e;
 mod demo_events;

@@ -22,15 +22,21 @@
 //! # Connection loss
 //!
 //! `take` never fails for a transient loss: it waits and returns `Ok(None)`
-//! after `wait`. An ack that fails after a loss is logged, not returned: the
-//! broker redelivers that event (at-least-once; it ran and will run again).
+//! after `wait`. An ack or release whose connection is gone is not sent,
+//! and never waited for: the broker has requeued that event and delivers it
+//! again (at-least-once; it ran and will run again). They are counted, and
+//! logged once, as one WARN line with the count, when a stopping poller has
+//! settled its last event (or at `close`).
 //!
 //! The consume side rebuilds its connection itself (see
-//! `consume::generation`); the publish side uses lapin's recovery (see
-//! `publish`).
+//! `consume::generation`), and so does the status loop (see `status`); the
+//! publish side uses lapin's recovery (see `publish`), with pauses of
+//! 200-400 ms (plus up to 100 % jitter) between attempts. How long the two
+//! that rebuild by themselves wait, and what the log says about a loss, is
+//! in `recover`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -39,7 +45,9 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 
 use super::Inner;
+use super::recover::{PROBE_EVERY, RETRY_MIN, Role};
 use crate::Error;
+
 /// How long [`probe`] waits for the socket (and the TLS handshake).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A single broker round trip that takes longer than this counts as lost.
@@ -99,18 +107,28 @@ pub(super) struct ProbeError {
 }
 
 /// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
+/// and drops it, waiting at most [`PROBE_TIMEOUT`] (see [`probe_within`]).
+pub(super) async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), ProbeError> {
+    probe_within(lapin_url, tls, PROBE_TIMEOUT).await
+}
+
+/// Opens the transport once (TCP, plus the TLS handshake for `amqps://`)
 /// and drops it. lapin retries a connect forever once recovery is on (a
 /// refused socket, an untrusted certificate), in an I/O thread that outlives
 /// any timeout put on the connect: probing first makes a wrong host or port,
 /// or a certificate that is not trusted, fail at once with its own error.
-pub(super) async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), ProbeError> {
+async fn probe_within(
+    lapin_url: &str,
+    tls: &OwnedTLSConfig,
+    within: Duration,
+) -> Result<(), ProbeError> {
     let fail = |tls: bool, message: String| ProbeError { tls, message };
     use lapin::tcp::AMQPUriTcpExt;
     let uri: lapin::uri::AMQPUri = lapin_url.parse().map_err(|e| fail(false, e))?;
     let at = format!("{}:{}", uri.authority.host, uri.authority.port);
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(false, e.to_string()))?;
     let stream = uri.connect_with_config_async(tls.as_ref(), &runtime);
-    match tokio::time::timeout(PROBE_TIMEOUT, stream).await {
+    match tokio::time::timeout(within, stream).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
             let tls_failed = uri.scheme == lapin::uri::AMQPScheme::AMQPS
@@ -139,7 +157,7 @@ pub(super) async fn probe(lapin_url: &str, tls: &OwnedTLSConfig) -> Result<(), P
         }
         Err(_) => Err(fail(
             false,
-            format!("cannot connect to {at}: no answer in {PROBE_TIMEOUT:?}"),
+            format!("cannot connect to {at}: no answer in {within:?}"),
         )),
     }
 }
@@ -184,8 +202,8 @@ impl Inner {
             props = props.enable_auto_recover().configure_backoff(|b| {
                 b.without_max_times()
                     .with_jitter()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
+                    .with_min_delay(RETRY_MIN)
+                    .with_max_delay(RETRY_MIN * 2)
             });
         }
         // A TLS failure would make lapin retry forever (see `probe`); a
@@ -227,10 +245,29 @@ impl Inner {
         Ok(ch)
     }
 
-    /// Logs `conn`'s errors and blocks; bumps `epoch` whenever `conn`
-    /// reconnects (lapin recovery).
-    pub(super) fn watch(&self, conn: &Connection, epoch: Option<Arc<AtomicU64>>) {
+    /// Whether the broker answers now: a probe that waits at most 200 ms.
+    pub(super) async fn reachable(&self) -> bool {
+        probe_within(&self.opts.lapin_url, &self.opts.tls, PROBE_EVERY)
+            .await
+            .is_ok()
+    }
+
+    /// Reports the loss of `conn` to the [`Link`](super::recover::Link) as a loss of `role` (and
+    /// clears `alive`), and blocks; with `epoch` (lapin recovery), reports
+    /// its reconnects and bumps `epoch` on each. (lapin sends the errors of
+    /// its channels here too, e.g. one the broker closed for
+    /// `consumer_timeout`: those are no loss.)
+    pub(super) fn watch(
+        &self,
+        conn: &Arc<Connection>,
+        role: Role,
+        epoch: Option<Arc<AtomicU64>>,
+        alive: Option<Arc<AtomicBool>>,
+    ) {
         let mut events = conn.events_listener();
+        let link = self.link.clone();
+        // Weak: the watcher must not keep a dropped connection open.
+        let weak = Arc::downgrade(conn);
         tokio::spawn(async move {
             // The first `Connected` may be the initial connection's (it is
             // sent just after `connect` resolves): only one that follows an
@@ -241,12 +278,22 @@ impl Inner {
                     lapin::Event::Connected => {
                         if after_error && let Some(epoch) = &epoch {
                             epoch.fetch_add(1, Ordering::SeqCst);
+                            link.back(role);
                         }
                         after_error = false;
                     }
                     lapin::Event::Error(e) => {
+                        // lapin marks the connection before it sends its error.
+                        let Some(conn) = weak.upgrade() else { break };
+                        if conn.status().connected() {
+                            tracing::debug!(error = %e, role = role.name(), "RabbitMQ channel error");
+                            continue;
+                        }
                         after_error = true;
-                        tracing::warn!(error = %e, "RabbitMQ connection error")
+                        if let Some(alive) = &alive {
+                            alive.store(false, Ordering::SeqCst);
+                        }
+                        link.lost(role, &e);
                     }
                     lapin::Event::ConnectionBlocked(r) => {
                         tracing::warn!(reason = %r, "RabbitMQ blocked publishing")

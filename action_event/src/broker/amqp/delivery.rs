@@ -1,7 +1,17 @@
+//! Handing an event out, and settling it: `ack` (after `retry` and `dead`
+//! too) and `release`.
+//!
+//! An ack or nack is not sent when its consume generation is gone, and a
+//! wait for one ends as soon as it goes (see `connection`, *Connection
+//! loss*): a stop never waits on an ack to a connection that is gone.
+
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::time::Instant;
 
 use super::Inner;
 use super::connection::OP_TIMEOUT;
@@ -9,6 +19,43 @@ use super::consume::{Origin, Slot};
 use super::hold::drop_hold;
 use super::tag::{Current, Tag};
 use crate::broker::Delivery;
+
+/// While an ack or nack is not sent yet, whether its connection is gone is
+/// looked at this often.
+const GONE_CHECK: Duration = Duration::from_millis(100);
+
+/// How sending an ack or nack went.
+enum Sent {
+    Yes,
+    /// Its connection is gone: not sent, the broker delivers the event again.
+    Gone,
+    Failed(String),
+}
+
+/// Sends an ack or nack (`fut`, on `cur.acker`) unless `cur`'s connection
+/// is gone; gives up as soon as it goes, or after [`OP_TIMEOUT`].
+async fn send(cur: &Current, fut: impl Future<Output = lapin::Result<bool>>) -> Sent {
+    if cur.gone() {
+        return Sent::Gone;
+    }
+    tokio::pin!(fut);
+    let deadline = Instant::now() + OP_TIMEOUT;
+    loop {
+        match tokio::time::timeout(GONE_CHECK, &mut fut).await {
+            Ok(Ok(true)) => return Sent::Yes,
+            _ if cur.gone() => return Sent::Gone,
+            Ok(Ok(false)) => {
+                return Sent::Failed("already settled, or the channel was lost".to_string());
+            }
+            Ok(Err(e)) => return Sent::Failed(e.to_string()),
+            Err(_) if Instant::now() >= deadline => {
+                return Sent::Failed(format!("not sent in {OP_TIMEOUT:?}"));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 impl Inner {
     /// Turns a lapin delivery into ours, or sends it through the delay
     /// ladder again when it came back before its time.
@@ -25,9 +72,9 @@ impl Inner {
             properties,
             ..
         } = d;
-        let (unacked, in_hand) = match origin {
-            Some(o) => (o.unacked, Some(o.in_hand)),
-            None => (None, None),
+        let (unacked, in_hand, alive) = match origin {
+            Some(o) => (o.unacked, Some(o.in_hand), Some(o.alive)),
+            None => (None, None, None),
         };
         let now = std::time::Instant::now();
         let tag = Tag {
@@ -37,6 +84,7 @@ impl Inner {
                 hold: None,
                 since: now,
                 renewals: 0,
+                alive,
             }),
             counted: AtomicBool::new(true),
             held_open: AtomicBool::new(true),
@@ -68,26 +116,36 @@ impl Inner {
     pub(super) async fn settle_ack(&self, tag: &Tag) {
         self.finish(tag);
         let mut cur = tag.cur.lock().await;
-        let sent = match tokio::time::timeout(OP_TIMEOUT, cur.acker.ack(BasicAckOptions::default()))
-            .await
-        {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err("already settled, or the channel was lost".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("not sent in {OP_TIMEOUT:?}")),
-        };
+        let sent = send(&cur, cur.acker.ack(BasicAckOptions::default())).await;
         tag.release_channel();
-        if let Err(e) = sent {
-            tracing::warn!(
+        let gone = matches!(sent, Sent::Gone);
+        match sent {
+            Sent::Yes => {}
+            Sent::Gone => {
+                self.link.unsent();
+                tracing::debug!(
+                    queue = %tag.full_queue, event = %tag.event_id(),
+                    "ack not sent: the connection is gone; the broker delivers the event again"
+                );
+            }
+            Sent::Failed(e) => tracing::warn!(
                 queue = %tag.full_queue, event = %tag.event_id(), error = %e,
                 "ack failed: the broker will deliver the event again"
-            );
+            ),
         }
         // The event is settled: a copy left in its hold queue (its channel
-        // was lost) must not come back, so the queue goes either way.
+        // was lost) must not come back, so the queue goes either way; with
+        // the connection gone nothing can be sent (the copy comes back, as
+        // an unacked delivery would).
         if let Some((queue, ch)) = cur.hold.take() {
-            drop_hold(queue, ch, true).await;
+            if gone {
+                drop((queue, ch));
+            } else {
+                drop_hold(queue, ch, true).await;
+            }
         }
+        drop(cur);
+        self.settled();
     }
 
     pub(super) async fn settle_nack(&self, tag: &Tag) {
@@ -96,23 +154,32 @@ impl Inner {
         // A renewed event: rejecting the copy dead-letters it to its work
         // queue at once (the hold queue's dead-letter routing key).
         let requeue = cur.hold.is_none();
-        let res = tokio::time::timeout(
-            OP_TIMEOUT,
+        let res = send(
+            &cur,
             cur.acker.nack(BasicNackOptions {
                 multiple: false,
                 requeue,
             }),
         )
         .await;
-        let sent = matches!(res, Ok(Ok(true)));
+        let (sent, gone) = (matches!(res, Sent::Yes), matches!(res, Sent::Gone));
         tag.release_channel();
-        if !sent {
+        if gone {
+            self.link.unsent();
+            tracing::debug!(queue = %tag.full_queue, event = %tag.event_id(), "release not sent: the connection is gone; the broker requeued the event");
+        } else if !sent {
             tracing::warn!(queue = %tag.full_queue, event = %tag.event_id(), "release not sent: the broker requeues the event when the channel closes");
         }
         if let Some((queue, ch)) = cur.hold.take() {
             // Not sent: the broker requeued the copy into its hold queue,
             // which dead-letters it within `HOLD_TTL`: keep the queue.
-            drop_hold(queue, ch, sent).await;
+            if gone {
+                drop((queue, ch));
+            } else {
+                drop_hold(queue, ch, sent).await;
+            }
         }
+        drop(cur);
+        self.settled();
     }
 }

@@ -56,7 +56,7 @@
 //! reconnect the whole consume connection (see `DEAD_CONSUMERS`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -78,11 +78,14 @@ const HOLD_TTL: Duration = Duration::from_secs(10);
 /// that often.
 const BROKER_TICK: Duration = Duration::from_secs(60);
 
-/// Handed-out deliveries not settled yet, for the renewer.
+/// Handed-out deliveries not settled yet, for the renewer (and for the
+/// count of acks not sent, logged once the last is settled after a stop).
 pub(super) struct Holds {
     held: Mutex<HashMap<u64, Weak<Tag>>>,
     /// Keys of `held` (0 is "not registered").
     seq: AtomicU64,
+    /// The poller takes no more (`Broker::give_back`).
+    stopping: AtomicBool,
 }
 
 impl Holds {
@@ -90,6 +93,7 @@ impl Holds {
         Holds {
             held: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 }
@@ -144,8 +148,14 @@ pub(super) async fn renewer(inner: Weak<Inner>) {
             let Ok(cur) = tag.cur.try_lock() else {
                 continue;
             };
-            let (usable, age) = (cur.acker.usable(), cur.since.elapsed());
+            let (usable, age, gone) = (cur.acker.usable(), cur.since.elapsed(), cur.gone());
             drop(cur);
+            if gone {
+                // Its connection is gone: reported once for all (see
+                // `recover::Link`); the broker delivers it again.
+                tag.lost.store(true, Ordering::SeqCst);
+                continue;
+            }
             if !usable {
                 if !tag.done.load(Ordering::SeqCst) && !tag.lost.swap(true, Ordering::SeqCst) {
                     let (id, name) = tag.ident();
@@ -191,6 +201,25 @@ impl Inner {
         }
     }
 
+    /// The poller takes no more (`Broker::give_back`): once the events in
+    /// hand are settled, the acks and releases that could not be sent
+    /// (their connection was gone) are logged once, with their count.
+    pub(super) fn stop_taking(&self) {
+        self.holds.stopping.store(true, Ordering::SeqCst);
+        self.settled();
+    }
+
+    /// After a settle: once stopping, the last one reports the acks not sent.
+    pub(super) fn settled(&self) {
+        if self.holds.stopping.load(Ordering::SeqCst)
+            && lock(&self.holds.held)
+                .values()
+                .all(|t| t.strong_count() == 0)
+        {
+            self.link.report_unsent();
+        }
+    }
+
     /// Registers a handed-out delivery with the renewer.
     pub(super) fn register(&self, mut tag: Tag) -> Arc<Tag> {
         tag.seq = self.holds.seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -204,7 +233,7 @@ impl Inner {
     /// event's own channel, then the previous delivery is acked.
     async fn renew(&self, tag: &Tag) -> Result<(), String> {
         let mut cur = tag.cur.lock().await;
-        if tag.done.load(Ordering::SeqCst) || !cur.acker.usable() {
+        if tag.done.load(Ordering::SeqCst) || !cur.acker.usable() || cur.gone() {
             return Ok(());
         }
         let cons = self
@@ -270,6 +299,10 @@ impl Inner {
         };
         let old = std::mem::replace(&mut cur.acker, acker);
         let age = cur.since.elapsed();
+        if cur.hold.is_none() {
+            // The copy is unacked on a channel of the current generation.
+            cur.alive = Some(cons.alive.clone());
+        }
         cur.hold = Some((queue.clone(), ch));
         cur.since = std::time::Instant::now();
         cur.renewals += 1;

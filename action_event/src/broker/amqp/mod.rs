@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `options` | the URL: our query options, lapin's defaults (`heartbeat`, `frame_max`) |
 //! | `connection` | connecting (TLS, the probe), the connection watcher, broker round trips with a timeout (`op`) |
+//! | `recover` | after a loss: when to connect again (`Backoff`), and one WARN and one INFO line per loss (`Link`) |
 //! | `wire` | message properties and headers of events, copies and dead events |
 //! | `topology` | queue and exchange names, idempotent declarations per publish epoch |
 //! | `publish` | the publish connection and its confirm channel, confirmed publishes |
@@ -54,6 +55,7 @@ mod delivery;
 mod hold;
 mod options;
 mod publish;
+mod recover;
 mod status;
 mod tag;
 mod topology;
@@ -74,6 +76,7 @@ use consume::Consume;
 use hold::Holds;
 use options::Options;
 use publish::Publisher;
+use recover::Link;
 use topology::Topology;
 
 pub use options::{
@@ -102,6 +105,8 @@ struct Inner {
     opts: Options,
     /// Set by `close` and `Drop`: background tasks stop, `take` returns `None`.
     closed: AtomicBool,
+    /// Whether the connections are up, for the log (see `connection`).
+    link: Arc<Link>,
     publisher: Publisher,
     topology: Topology,
     consume: Consume,
@@ -136,6 +141,7 @@ impl AmqpBroker {
             redacted: redact_url(url),
             opts,
             closed: AtomicBool::new(false),
+            link: Arc::new(Link::new(redact_url(url))),
             publisher: Publisher::new(),
             topology: Topology::new(),
             consume: Consume::new(),
@@ -210,6 +216,7 @@ impl Inner {
     /// drops the connection handles).
     fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
         self.closed.store(true, Ordering::SeqCst);
+        self.link.report_unsent();
         let consume = self.consume.shutdown();
         let publish = self.publisher.shutdown();
         async move {
@@ -243,6 +250,14 @@ impl Broker for AmqpBroker {
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
         self.inner.take(queues, wait).await
+    }
+
+    async fn give_back(&self) -> Result<(), Error> {
+        // Buffered events go back when the connection closes; what is in
+        // hand is settled next, and the acks a lost connection kept from
+        // being sent are counted in one line once the last one is.
+        self.inner.stop_taking();
+        Ok(())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {

@@ -9,11 +9,12 @@
 //! matters). During an outage `publish` waits for the connection to come back
 //! up to `publish_timeout`.
 //!
-//!
 //! **Publish side: lapin recovery.** The publish connection keeps
-//! `enable_auto_recover()` with unlimited retries, plus a supervisor here: a
-//! connection that ended up closed is rebuilt, and topology is declared
-//! again after any reconnect (an epoch bumped from the connection's events).
+//! `enable_auto_recover()` with unlimited retries (200-400 ms apart, plus up
+//! to 100 % jitter), plus a supervisor here: a connection that ended up
+//! closed is rebuilt, and topology is declared again after any reconnect
+//! (an epoch bumped from the connection's events). A publish whose confirm
+//! is lost in a reconnect is published again.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 use super::connection::{OP_TIMEOUT, TopoErr};
 use super::delay::pick_level;
+use super::recover::Role;
 use super::wire::envelope_properties;
 use super::{Inner, lock};
 use crate::Error;
@@ -85,11 +87,14 @@ impl Inner {
             .confirm_channel(&conn)
             .await
             .map_err(|e| self.err(format!("cannot open a channel: {e}")))?;
-        self.watch(&conn, Some(self.publisher.epoch.clone()));
-        *lock(&self.publisher.conn) = Some(PubConn {
-            conn: Arc::new(conn),
-            confirm,
-        });
+        let conn = Arc::new(conn);
+        self.watch(
+            &conn,
+            Role::Publish,
+            Some(self.publisher.epoch.clone()),
+            None,
+        );
+        *lock(&self.publisher.conn) = Some(PubConn { conn, confirm });
         Ok(())
     }
 
@@ -142,10 +147,15 @@ impl Inner {
                         Ok(conn) => match self.confirm_channel(&conn).await {
                             Ok(confirm) => {
                                 if fresh {
-                                    self.watch(&conn, Some(self.publisher.epoch.clone()));
+                                    self.watch(
+                                        &conn,
+                                        Role::Publish,
+                                        Some(self.publisher.epoch.clone()),
+                                        None,
+                                    );
                                 }
                                 self.publisher.epoch.fetch_add(1, Ordering::SeqCst);
-                                tracing::info!(url = %self.redacted, "publish connection (re)built");
+                                self.link.back(Role::Publish);
                                 *lock(&self.publisher.conn) = Some(PubConn { conn, confirm });
                                 continue;
                             }

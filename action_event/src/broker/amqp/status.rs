@@ -9,8 +9,11 @@
 //! When the consumer ends or errors (connection loss, or the broker cancels
 //! it because the queue was deleted), the task rebuilds connection, queue,
 //! binding and consumer at once, then with backoff while that fails (200 ms
-//! doubling to 10 s), while the broker is open; it logs the loss and, once
-//! rebuilt, `answering status requests again`. It stops once the broker is
+//! doubling to 10 s, the broker probed every 200-250 ms once past 400 ms:
+//! see `recover::Backoff`), while the broker is open; it logs the loss
+//! (`status subscription lost`, INFO: the connection's loss is the one WARN
+//! line of `recover::Link`) and, once rebuilt, `answering status
+//! requests again`. It stops once the broker is
 //! closed or dropped. A poller that dies takes its queue with its connection, so it
 //! drops out of the list by itself.
 //!
@@ -36,6 +39,7 @@ use tokio::time::Instant;
 
 use super::Inner;
 use super::connection::{OP_TIMEOUT, TopoErr, op};
+use super::recover::{Backoff, Due, Role};
 use crate::Error;
 use crate::broker::{PollerReport, Presence};
 /// Declares the status fanout exchange (idempotent).
@@ -133,6 +137,30 @@ impl PresenceSub {
     }
 }
 
+/// Longest pause between status connection attempts (see `recover::Backoff`).
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Waits until `backoff` says to connect again, probing the broker when it
+/// says so (and connecting at once when the broker answers).
+async fn wait_out(inner: &Weak<Inner>, backoff: &mut Backoff) {
+    loop {
+        match backoff.due() {
+            Due::Attempt => return,
+            Due::Probe => {
+                let Some(i) = inner.upgrade() else { return };
+                if i.closed.load(Ordering::SeqCst) || i.reachable().await {
+                    return;
+                }
+                backoff.probed();
+            }
+            Due::Wait => match backoff.wake_at() {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => return,
+            },
+        }
+    }
+}
+
 /// Answers status pings for as long as the broker is open: every message
 /// with a `reply_to` gets `presence.report()` as JSON, published to the
 /// default exchange with that routing key. When the consumer ends or errors
@@ -144,7 +172,7 @@ async fn presence_loop(
     first: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
     let mut first = Some(first);
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = Backoff::new(STATUS_RETRY_MAX);
     // Whether the subscription was lost (or never made): its rebuild is logged.
     let mut lost = false;
     let alive = |inner: &Weak<Inner>| {
@@ -163,20 +191,26 @@ async fn presence_loop(
                     let _ = tx.send(Ok(()));
                 }
                 if lost {
+                    if let Some(i) = inner.upgrade() {
+                        i.link.back(Role::Status);
+                    }
                     tracing::info!("answering status requests again");
                     lost = false;
                 }
-                pause = Duration::from_millis(200);
+                backoff.reset();
                 sub
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to status requests; retrying in {pause:?}");
+                let pause = backoff.failed();
+                if let Some(i) = inner.upgrade() {
+                    i.link.lost(Role::Status, &e);
+                }
+                tracing::debug!(error = %e, "cannot subscribe to status requests; retrying in {pause:?} at the latest");
                 lost = true;
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(e));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                wait_out(&inner, &mut backoff).await;
                 continue;
             }
         };
@@ -193,7 +227,11 @@ async fn presence_loop(
             let ping = match next {
                 Some(Ok(ping)) => ping,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "status subscription lost; resubscribing");
+                    if let Some(i) = inner.upgrade() {
+                        i.link.lost(Role::Status, &e);
+                    }
+                    // INFO: the loss itself is the link's one WARN line.
+                    tracing::info!(error = %e, "status subscription lost; resubscribing");
                     lost = true;
                     break;
                 }

@@ -45,6 +45,19 @@ pub(super) struct Current {
     /// When this delivery was handed out or fetched.
     pub(super) since: std::time::Instant,
     pub(super) renewals: u32,
+    /// The `alive` flag of the consume generation this delivery is on (none
+    /// only when its consumer was dropped before it was handed out).
+    pub(super) alive: Option<Arc<AtomicBool>>,
+}
+
+impl Current {
+    /// Its connection is gone: an ack or nack would never be sent (the
+    /// broker has requeued the event).
+    pub(super) fn gone(&self) -> bool {
+        self.alive
+            .as_ref()
+            .is_some_and(|a| !a.load(Ordering::SeqCst))
+    }
 }
 
 impl Tag {

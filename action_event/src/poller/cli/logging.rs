@@ -22,7 +22,10 @@ pub(super) enum LogFormat {
 /// to stderr.
 pub(super) fn init(format: LogFormat, file: Option<&Path>) -> Result<(), Error> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs a connection the broker closed as ERROR; the RabbitMQ
+    // backend logs each loss itself (`RUST_LOG=info,lapin=debug` shows lapin's lines).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
     let file = match file {
         Some(path) => Some(open_log(path)?),
         None => None,

@@ -10,36 +10,40 @@
 //! the next `take` forgets every consumer of that generation with its
 //! buffer (the broker has requeued those events), then connects anew, at
 //! most once per pause (200 ms doubling to 5 s, ±25 % jitter; reset on
-//! success) and never blocking on another task's attempt. Consumers are
-//! made again, lazily, by the `take`s that reach their levels. Events
-//! handed out from the old generation fail to ack and come back
-//! (`redelivered`). A consumer that errs or ends on a live connection (its
-//! channel closed, its queue deleted) is made again on a new channel of the
-//! same connection. Why not lapin's `enable_auto_recover()` here (measured
-//! with it, RabbitMQ 3.10.8): after a broker restart lapin re-opened the old
-//! channel with its consumer while this module had already made a new one;
+//! success; past 400 ms the broker is probed every 200-250 ms and an
+//! attempt made as soon as it answers, see `recover::Backoff`) and never
+//! blocking on another task's attempt. Consumers are made again, lazily, by
+//! the `take`s that reach their levels. Events handed out from the old
+//! generation are not acked (their connection is gone: each generation
+//! has an `alive` flag, cleared as soon as its connection reports an error)
+//! and come back (`redelivered`). A consumer that errs or ends on a live
+//! connection (its channel closed, its queue deleted) is made again on a new
+//! channel of the same connection. Why not lapin's `enable_auto_recover()`
+//! here (measured with it, RabbitMQ 3.10.8): after a broker restart lapin
+//! re-opened the old channel with its consumer while this module had
+//! already made a new one;
 //! the broker then pushed a full prefetch to the old consumer, which no
 //! `take` read any more (`rabbitmqctl list_channels`: channel 1 with 32
 //! unacked, channel 2 with 0, on each poller's connection). Those events
 //! never came back: 32 of 2,000 missing at broker level, pollers stalled at
+//! 4,952 of 5,000. One owner of recovery rules that out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use tokio::time::Instant;
 
 use super::slot::{Slot, SlotState, Sub, unsubscribe};
 use crate::Error;
 use crate::broker::amqp::connection::{TopoErr, op};
+use crate::broker::amqp::recover::{Due, Role};
 use crate::broker::amqp::{Inner, lock};
-/// First pause between consume connection attempts; doubles up to [`CONS_RETRY_MAX`].
-pub(super) const CONS_RETRY_MIN: Duration = Duration::from_millis(200);
-/// Longest pause between consume connection attempts.
-const CONS_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Longest pause between consume connection attempts (see `recover::Backoff`).
+pub(super) const CONS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One consume generation: a connection without lapin recovery, and its id,
 /// which every [`Sub`] made on it carries.
@@ -47,6 +51,9 @@ const CONS_RETRY_MAX: Duration = Duration::from_secs(5);
 pub(crate) struct ConsConn {
     pub(crate) conn: Arc<Connection>,
     pub(crate) id: u64,
+    /// Cleared once the connection is lost: deliveries of this generation
+    /// are then neither acked nor waited for (one atomic load per settle).
+    pub(crate) alive: Arc<AtomicBool>,
 }
 
 impl Inner {
@@ -56,8 +63,10 @@ impl Inner {
     /// broker, the socket lost, a missed heartbeat), its whole generation is
     /// dropped (every consumer made on it and the events they buffered; the
     /// broker requeues them) and a new connection is made, at most one
-    /// attempt per pause (200 ms doubling to 5 s, ±25 %). Never blocks on
-    /// another task's attempt: returns `None` instead.
+    /// attempt per pause (200 ms doubling to 5 s, ±25 %; past 400 ms the
+    /// broker is probed every 200-250 ms, and an attempt made as soon as it
+    /// answers). Never blocks on another task's attempt: returns `None`
+    /// instead.
     pub(crate) async fn cons_conn(&self) -> Option<ConsConn> {
         if let Some(c) = lock(&self.consume.conn).as_ref()
             && c.conn.status().connected()
@@ -77,41 +86,42 @@ impl Inner {
             cur.take()
         };
         if let Some(old) = old {
-            tracing::warn!(
+            old.alive.store(false, Ordering::SeqCst);
+            self.link.lost(Role::Consume, &"the connection closed");
+            tracing::debug!(
                 url = %self.redacted,
-                status = ?old.conn.status(),
                 "consume connection lost: reconnecting; events taken on it and not acked go back to their queues"
             );
             self.drop_generation(old.id);
-            *lock(&self.consume.retry) = (None, CONS_RETRY_MIN);
+            lock(&self.consume.retry).reset();
         }
-        if lock(&self.consume.retry)
-            .0
-            .is_some_and(|next| Instant::now() < next)
-        {
-            return None;
+        let due = lock(&self.consume.retry).due();
+        match due {
+            Due::Attempt => {}
+            Due::Wait => return None,
+            Due::Probe => {
+                if !self.reachable().await {
+                    lock(&self.consume.retry).probed();
+                    return None;
+                }
+            }
         }
         match self.connect_with("consume", false).await {
             Ok(conn) => {
-                *lock(&self.consume.retry) = (None, CONS_RETRY_MIN);
-                self.watch(&conn, None);
+                lock(&self.consume.retry).reset();
+                let alive = Arc::new(AtomicBool::new(true));
+                let conn = Arc::new(conn);
+                self.watch(&conn, Role::Consume, None, Some(alive.clone()));
                 let id = self.consume.seq.fetch_add(1, Ordering::SeqCst) + 1;
-                let c = ConsConn {
-                    conn: Arc::new(conn),
-                    id,
-                };
+                let c = ConsConn { conn, id, alive };
                 *lock(&self.consume.conn) = Some(c.clone());
-                tracing::info!(url = %self.redacted, "consume connection (re)built");
+                self.link.back(Role::Consume);
                 Some(c)
             }
             Err(e) => {
-                let mut retry = lock(&self.consume.retry);
-                let pause = retry.1.mul_f64(rand::random_range(0.75..=1.25));
-                *retry = (
-                    Some(Instant::now() + pause),
-                    (retry.1 * 2).min(CONS_RETRY_MAX),
-                );
-                tracing::warn!(url = %self.redacted, error = %e, "cannot connect to consume; retrying in {pause:?}");
+                let pause = lock(&self.consume.retry).failed();
+                self.link.lost(Role::Consume, &e);
+                tracing::debug!(url = %self.redacted, error = %e, "cannot connect to consume; retrying in {pause:?} at the latest");
                 None
             }
         }
@@ -192,6 +202,7 @@ impl Inner {
                 channel: ch,
                 consumer,
                 conn_id: cons.id,
+                alive: cons.alive.clone(),
                 unacked: Arc::new(AtomicUsize::new(0)),
                 in_hand: Arc::new(AtomicUsize::new(0)),
             })

@@ -27,10 +27,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::connection::OP_TIMEOUT;
+use super::recover::Backoff;
 use super::{Inner, lock};
 use crate::Error;
 use crate::broker::Delivery;
-use generation::{CONS_RETRY_MIN, ConsConn};
+use generation::{CONS_RETRY_MAX, ConsConn};
 use slot::unsubscribe;
 
 pub(super) use slot::{Origin, Slot, reaper};
@@ -41,8 +42,8 @@ pub(super) struct Consume {
     conn: Mutex<Option<ConsConn>>,
     /// Held while a task connects (others do not wait for it).
     build: tokio::sync::Mutex<()>,
-    /// When the next consume connection attempt may start, and the pause after it.
-    retry: Mutex<(Option<Instant>, Duration)>,
+    /// When the next consume connection attempt (or probe) may start.
+    retry: Mutex<Backoff>,
     /// One slot per queue ever taken from.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Woken when a buffer has more for waiting takers, or a generation ends.
@@ -60,7 +61,7 @@ impl Consume {
         Consume {
             conn: Mutex::new(None),
             build: tokio::sync::Mutex::new(()),
-            retry: Mutex::new((None, CONS_RETRY_MIN)),
+            retry: Mutex::new(Backoff::new(CONS_RETRY_MAX)),
             slots: Mutex::new(HashMap::new()),
             notify: Notify::new(),
             pump: tokio::sync::Mutex::new(()),

@@ -105,6 +105,7 @@ impl Inner {
                     let origin = Origin {
                         unacked: None,
                         in_hand: sub.in_hand.clone(),
+                        alive: sub.alive.clone(),
                     };
                     return Check::Got(Box::new(m.delivery), origin);
                 }
@@ -183,6 +184,7 @@ impl Inner {
                     let origin = st.sub.as_ref().map(|s| Origin {
                         unacked: Some(s.unacked.clone()),
                         in_hand: s.in_hand.clone(),
+                        alive: s.alive.clone(),
                     });
                     (d, origin)
                 });

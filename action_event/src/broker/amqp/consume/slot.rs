@@ -9,7 +9,7 @@
 //! is dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ pub(super) struct Sub {
     pub(super) consumer: Consumer,
     /// The generation ([`ConsConn::id`](super::generation::ConsConn::id)) it was made in.
     pub(super) conn_id: u64,
+    /// Its generation's `alive` flag.
+    pub(super) alive: Arc<AtomicBool>,
     pub(super) unacked: Arc<AtomicUsize>,
     /// Deliveries of this channel handed out and not settled nor renewed:
     /// while there are any, the channel is not closed (that would requeue
@@ -102,6 +104,8 @@ pub(crate) struct Origin {
     /// The consumer's count of unacked deliveries (none for `basic.get`).
     pub(crate) unacked: Option<Arc<AtomicUsize>>,
     pub(crate) in_hand: Arc<AtomicUsize>,
+    /// Its generation's `alive` flag.
+    pub(crate) alive: Arc<AtomicBool>,
 }
 
 /// Consumers whose channel the broker closed (e.g. for `consumer_timeout`),
