@@ -20,6 +20,9 @@ mod test_support;
 
 mod contract;
 
+// Errors of real brokers: transient or not.
+mod transient;
+
 // SQLite only.
 mod sqlite_broker;
 mod sqlite_owner;
