@@ -326,9 +326,11 @@ fn chain_is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             return io_is_transient(io);
         }
+        #[cfg(feature = "amqp")]
         if let Some(l) = e.downcast_ref::<lapin::Error>() {
             return lapin_is_transient(l);
         }
+        #[cfg(feature = "sqlite")]
         if let Some(r) = e.downcast_ref::<rusqlite::Error>() {
             return matches!(
                 r.sqlite_error_code(),
@@ -364,6 +366,7 @@ fn io_is_transient(e: &std::io::Error) -> bool {
 /// is transient; the broker's refusals (access, a queue declared with other
 /// arguments) are not, except "connection forced" (320, a broker shutting
 /// down) and "internal error" (541).
+#[cfg(feature = "amqp")]
 fn lapin_is_transient(e: &lapin::Error) -> bool {
     use lapin::ErrorKind as K;
     match e.kind() {

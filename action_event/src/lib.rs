@@ -56,6 +56,16 @@
 //! and `.context(..)` add to the message. `use action_event::prelude::*;`
 //! brings that `Result` into scope.
 //!
+//! ## Cargo features
+//! - `sqlite` (default): the `sqlite://` backend, the default broker.
+//! - `amqp` (default): the RabbitMQ backend over `amqp://`.
+//! - `metrics` (default): `poller --metrics ADDR` (`poller::Metrics`).
+//! - `tls`: `amqps://` (rustls with ring); implies `amqp`.
+//!
+//! A URL or flag whose feature is off is an error naming the feature.
+//! The smallest app: `action_event = { version = "0.1", default-features =
+//! false, features = ["sqlite"] }`.
+//!
 //! ## What is not guaranteed
 //! - Order: events of one queue start roughly in the order they were queued;
 //!   with several pollers or retries they may finish in any order.

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{AttemptError, Envelope};
 use crate::{Error, redact_url};
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 /// The URL used when neither `--broker` nor `ACTION_EVENT_URL` is set.
@@ -78,12 +80,37 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
         });
     }
     match scheme {
+        #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteBroker::open(url).await?)),
-        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(feature_off(url, "sqlite")),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
+        #[cfg(not(feature = "amqp"))]
+        "amqp" => Err(feature_off(url, "amqp")),
+        #[cfg(feature = "tls")]
+        "amqps" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
+        #[cfg(not(feature = "tls"))]
+        "amqps" => Err(feature_off(url, "tls")),
         other => Err(Error::BadUrl {
             url: redact_url(url),
             message: format!("unknown scheme `{other}`: use `sqlite://` or `amqp://`"),
         }),
+    }
+}
+
+/// The error for a URL whose backend this build of action_event left out: it
+/// names the Cargo feature and the line that turns it on.
+#[cfg(not(all(feature = "sqlite", feature = "amqp", feature = "tls")))]
+pub(crate) fn feature_off(url: &str, feature: &str) -> Error {
+    let scheme = url.split("://").next().unwrap_or("");
+    Error::BadUrl {
+        url: redact_url(url),
+        message: format!(
+            "`{scheme}://` needs action_event's \"{feature}\" feature, which this build \
+             leaves out: in Cargo.toml, action_event = {{ version = \"{}\", features = [\"{feature}\"] }}",
+            env!("CARGO_PKG_VERSION")
+        ),
     }
 }
 

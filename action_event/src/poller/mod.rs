@@ -16,6 +16,7 @@ mod cli;
 mod config;
 mod decide;
 mod generate;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod pidfile;
 mod run_loop;
@@ -25,6 +26,7 @@ mod shutdown;
 pub use cli::{main, main_with_args};
 pub use config::{DEFAULT_QUEUES, PollerConfig, RetryPolicy};
 pub use generate::{Action, EventNames, generate_event};
+#[cfg(feature = "metrics")]
 pub use metrics::{DURATION_BUCKETS, Metrics, MetricsEndpoint, Observed};
 pub use pidfile::{PollerInfo, PollerStatus, list_pollers, pid_path, process_alive};
 pub use run_loop::{Poller, RunSummary};

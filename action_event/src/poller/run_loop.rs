@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -13,7 +13,9 @@ use tracing::Instrument as _;
 
 use super::run_one::run_one;
 use super::shutdown::{ExitReason, Shutdown, finish_in_hand, watch_pid_file};
-use super::{Metrics, Observed, PollerConfig, PollerInfo, RetryPolicy, pidfile};
+#[cfg(feature = "metrics")]
+use super::{Metrics, Observed};
+use super::{PollerConfig, PollerInfo, RetryPolicy, pidfile};
 use crate::broker::{Broker, Delivery, InFlight, PollerReport, Presence};
 use crate::client::Client;
 use crate::envelope::{Envelope, now_ms};
@@ -72,6 +74,7 @@ pub(super) struct Shared {
     pub(super) retry: RetryPolicy,
     pub(super) unknown_retries: u32,
     pub(super) tally: Tally,
+    #[cfg(feature = "metrics")]
     pub(super) metrics: Arc<Metrics>,
     in_flight: InFlightMap,
     /// Handlers running now: events whose dispatch has not returned (a
@@ -154,9 +157,16 @@ impl Presence for PollerPresence {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Shared {
     /// Counts one settled run for the metrics (see [`Metrics`]).
-    pub(super) fn observe(&self, event: &str, queue: &str, what: Observed, started: Instant) {
+    pub(super) fn observe(
+        &self,
+        event: &str,
+        queue: &str,
+        what: Observed,
+        started: std::time::Instant,
+    ) {
         self.metrics.observe(event, queue, what, started.elapsed());
     }
 }
@@ -188,6 +198,7 @@ impl Poller {
                 retry: config.retry,
                 unknown_retries: config.unknown_retries,
                 tally: Tally::default(),
+                #[cfg(feature = "metrics")]
                 metrics: Arc::new(Metrics::new()),
                 in_flight: InFlightMap::default(),
                 handlers: Arc::default(),
@@ -211,6 +222,7 @@ impl Poller {
     /// println!("{}", metrics.encode());
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "metrics")]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+#[cfg(feature = "metrics")]
 use super::Observed;
 use super::decide::{self, DeadWhy, Policy, Settle};
 use super::run_loop::{Running, Shared};
@@ -57,6 +58,7 @@ pub(super) async fn run_one(
             };
             settle(shared, &delivery, Op::Dead(dead)).await;
             shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe("?", &delivery.queue, Observed::Dead, Instant::now());
             return;
         }
@@ -103,6 +105,7 @@ pub(super) async fn run_one(
         Outcome::Completed => {
             settle(shared, &delivery, Op::Ack).await;
             shared.tally.completed.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe(
                 &envelope.name,
                 &delivery.queue,
@@ -115,6 +118,7 @@ pub(super) async fn run_one(
         Outcome::Halted { filter } => {
             settle(shared, &delivery, Op::Ack).await;
             shared.tally.halted.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe(&envelope.name, &delivery.queue, Observed::Halted, started);
             tracing::info!("Halted {tag} by before_filter {filter} ({elapsed})");
             return;
@@ -143,6 +147,7 @@ pub(super) async fn run_one(
             next.run_at_ms = Some(at.saturating_add(delay.as_millis() as u64));
             settle(shared, &delivery, Op::Retry(next, delay)).await;
             shared.tally.retried.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
             shared.observe(&envelope.name, &delivery.queue, Observed::Retried, started);
             return;
         }
@@ -169,6 +174,7 @@ pub(super) async fn run_one(
     };
     settle(shared, &delivery, Op::Dead(dead)).await;
     shared.tally.dead.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
     shared.observe(&envelope.name, &delivery.queue, Observed::Dead, started);
 }
 

@@ -3,7 +3,8 @@
 //! # URL
 //!
 //! `amqp://user:pass@host:5672/vhost?heartbeat=30&prefix=myapp.&publish_timeout=30s&prefetch=32`,
-//! or `amqps://user:pass@host:5671/vhost?cacertfile=/etc/myapp/ca.pem` over TLS.
+//! or `amqps://user:pass@host:5671/vhost?cacertfile=/etc/myapp/ca.pem` over TLS
+//! (the `tls` feature; without it an `amqps://` URL is an error naming it).
 //! lapin's own query options (`heartbeat`, `frame_max`, `channel_max`, ...)
 //! pass through (heartbeat 30 s and `frame_max` 131072 when none is given);
 //! ours are taken out before lapin sees the URL:
@@ -81,6 +82,10 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
             "expected `amqp://` or `amqps://`, got `{}://`",
             u.scheme()
         )));
+    }
+    #[cfg(not(feature = "tls"))]
+    if u.scheme() == "amqps" {
+        return Err(crate::broker::feature_off(url, "tls"));
     }
     let mut prefix = DEFAULT_PREFIX.to_string();
     let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;

@@ -14,10 +14,10 @@ use super::parse_duration;
 use crate::broker;
 use crate::client::Client;
 use crate::envelope::now_ms;
+#[cfg(feature = "metrics")]
+use crate::poller::MetricsEndpoint;
 use crate::poller::pidfile::{self, PollerInfo};
-use crate::poller::{
-    DEFAULT_QUEUES, ExitReason, MetricsEndpoint, Poller, PollerConfig, RetryPolicy, Shutdown,
-};
+use crate::poller::{DEFAULT_QUEUES, ExitReason, Poller, PollerConfig, RetryPolicy, Shutdown};
 use crate::{Error, State, redact_url};
 
 /// Set in the environment of the process a `--daemon` start spawns.
@@ -216,6 +216,14 @@ fn queue_notes(
 /// Runs `start`: spawns the daemon, or sets up the log and runs the poller
 /// in this process until it stops.
 pub(super) fn main(cli: RunArgs, args: &[OsString], state: State) -> ExitCode {
+    #[cfg(not(feature = "metrics"))]
+    if cli.metrics.is_some() {
+        let message = format!(
+            "--metrics needs action_event's \"metrics\" feature, which this build leaves out: in Cargo.toml, action_event = {{ version = \"{}\", features = [\"metrics\"] }}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return super::usage_exit(super::misuse(&["start"], message));
+    }
     let queues = match cli.queues() {
         Ok(q) => q,
         Err(e) => return super::usage_exit(e),
@@ -374,6 +382,7 @@ async fn start(cli: &RunArgs, queues: Vec<String>, state: State) -> Result<(), E
         ..PollerConfig::default()
     };
     let poller = Poller::new(broker.clone(), state, config)?;
+    #[cfg(feature = "metrics")]
     if let Some(addr) = cli.metrics {
         let endpoint = MetricsEndpoint {
             metrics: poller.metrics(),
@@ -429,6 +438,7 @@ async fn start(cli: &RunArgs, queues: Vec<String>, state: State) -> Result<(), E
 /// in use is not fatal: during a handoff the poller being replaced still
 /// holds it until it has finished its events, so this one warns and binds
 /// as soon as the address is free. Any other bind error stops the start.
+#[cfg(feature = "metrics")]
 async fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> Result<(), Error> {
     use tokio::net::TcpListener;
     match TcpListener::bind(addr).await {
