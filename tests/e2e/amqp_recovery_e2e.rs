@@ -1,5 +1,5 @@
 //! RabbitMQ recovery, end to end, with real poller processes, each test on a
-//! private broker node of its own (`action_event/tests/support/rabbit_node.rs`):
+//! private broker node of its own (`action_event_test_support::rabbit_node`):
 //!
 //! - a poller stopped (SIGTERM) right after the broker closed its connections
 //!   exits within 1 s after its handlers finish: it does not wait on acks to
