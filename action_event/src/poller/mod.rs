@@ -58,3 +58,22 @@ pub fn log_panics() {
         }
     }));
 }
+
+/// A log sink the poller's unit tests read back.
+#[cfg(test)]
+mod test_log {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    pub(super) struct Buf(pub(super) Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buf").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

@@ -166,26 +166,13 @@ pub(super) async fn finish_in_hand(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use tokio::sync::watch;
     use tokio::task::JoinSet;
 
     use super::{ExitReason, finish_in_hand};
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("buf").extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::poller::test_log::Buf;
 
     /// At `--concurrency 8`, 2 handlers still run and 6 finished events
     /// wait for their ack: the stop says 2 (it said 8, the tasks).
