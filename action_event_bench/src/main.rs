@@ -236,7 +236,7 @@ async fn run(args: Args) -> ExitCode {
             } if args.backend == BackendArg::Amqp => {
                 eprintln!(
                     "action_event_bench: --backend amqp: {reason}.\n  The RabbitMQ backend \
-                     (action_event/src/broker/amqp/, the "amqp" feature) is not in this build. Use `--backend all` \
+                     (action_event/src/broker/amqp/, the \"amqp\" feature) is not in this build. Use `--backend all` \
                      to run the lapin baselines with the action_event cells skipped."
                 );
                 return ExitCode::from(2);
@@ -298,7 +298,7 @@ async fn run(args: Args) -> ExitCode {
             if let Some(reason) = &fw_skip {
                 report.notes.push(format!(
                     "RabbitMQ: the action_event cells are skipped ({reason}); the lapin baselines \
-                     ran. They run once the "amqp" feature is on: the rows call \
+                     ran. They run once the \"amqp\" feature is on: the rows call \
                      `action_event::broker::connect(\"amqp://...?prefix=bench.<run>.<row>.\")`."
                 ));
             }
