@@ -471,3 +471,16 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
 pub const SIGINT: i32 = 2;
+
+/// Waits (at most 60 s) until a poller's log shows `needle`.
+pub fn wait_log(w: &World, log: &str, needle: &str) {
+    let started = std::time::Instant::now();
+    while !w.log(log).contains(needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{log} never showed {needle:?}:\n{}",
+            w.log(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -468,16 +468,3 @@ fn a_bad_broker_url_is_a_clear_error_with_the_password_redacted() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
-
-/// Waits until a poller's log shows `needle`.
-fn wait_log(w: &World, log: &str, needle: &str) {
-    let started = std::time::Instant::now();
-    while !w.log(log).contains(needle) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{log} never showed {needle:?}:\n{}",
-            w.log(log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}

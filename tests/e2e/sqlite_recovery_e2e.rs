@@ -21,18 +21,6 @@ fn world() -> World {
     w
 }
 
-fn wait_log(w: &World, log: &str, needle: &str) {
-    let started = std::time::Instant::now();
-    while !w.log(log).contains(needle) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{log} never showed {needle:?}:\n{}",
-            w.log(log)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Events of the file claimed now, by an owner (leased, not ready).
 fn claimed(w: &World) -> i64 {
     let conn = rusqlite::Connection::open(w.path().join("events.db")).expect("open");
