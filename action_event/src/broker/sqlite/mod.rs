@@ -81,7 +81,6 @@ pub const HOT_QUERIES: &[(&str, &str)] = &[
     ("release", settle::RELEASE),
     ("insert", publish::INSERT),
     ("depth", depth::DEPTH),
-    ("reclaim", owner::RECLAIM),
 ];
 
 /// The embedded broker: queues, scheduled events and dead letters in one
