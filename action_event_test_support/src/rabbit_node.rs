@@ -331,6 +331,20 @@ impl RabbitNode {
         self.ctl_ok(&["stop_app"]);
     }
 
+    /// [`RabbitNode::stop_app`], then waits (at most 30 s) until the AMQP
+    /// port refuses connections.
+    pub fn stop_app_until_closed(&self) {
+        self.stop_app();
+        let down = std::time::Instant::now();
+        while self.accepts() {
+            assert!(
+                down.elapsed() < std::time::Duration::from_secs(30),
+                "port never closed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Starts the application again and waits until it is up.
     pub fn start_app(&self) {
         self.ctl_ok(&["start_app"]);

@@ -208,15 +208,7 @@ fn broker_restart_during_a_5000_event_run_loses_nothing() {
 fn a_poller_started_while_the_broker_is_down_waits_for_it() {
     let Some(node) = private_node() else { return };
     let w = World::amqp_at(&node.url());
-    node.stop_app();
-    let down = Instant::now();
-    while node.accepts() {
-        assert!(
-            down.elapsed() < Duration::from_secs(30),
-            "port never closed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    node.stop_app_until_closed();
     let mut pollers = Pollers(vec![w.spawn("p.log", &["--queues", "medium"])]);
     let p = &mut pollers.0[0];
     std::thread::sleep(Duration::from_secs(3));
