@@ -25,6 +25,7 @@ use crate::{Error, redact_url};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub(crate) mod paused;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -503,5 +504,74 @@ pub trait Broker: Send + Sync + 'static {
     async fn pollers(&self, wait: Duration) -> Result<Option<Vec<PollerReport>>, Error> {
         let _ = wait;
         Ok(None)
+    }
+
+    // --- pause ---
+
+    /// Pauses `queue` for every poller on every machine, including pollers
+    /// started later: [`Broker::take`] hands out none of its events until
+    /// [`Broker::resume_queue`]. Events already running finish; events
+    /// queued meanwhile wait, nothing is lost; the other queues keep their
+    /// strict priority. The state is durable (it survives restarts of the
+    /// pollers and of the broker). A poller sees the pause within 250 ms
+    /// (each broker handle looks at most every 250 ms, never per event).
+    /// Pausing a paused queue does nothing. The default (a backend without
+    /// pausing) is an error naming the backend.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// broker.pause_queue("low").await?;
+    /// assert!(broker.paused_queues().await?.contains(&"low".to_string()));
+    /// broker.resume_queue("low").await?;
+    /// # Ok(()) }
+    /// ```
+    async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        let _ = queue;
+        Err(paused::unsupported(&self.url(), "pause a queue"))
+    }
+
+    /// Resumes a paused `queue`: pollers take its events again within
+    /// 250 ms. Resuming a queue that is not paused does nothing. The default
+    /// is an error naming the backend.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// broker.resume_queue("low").await?;
+    /// # Ok(()) }
+    /// ```
+    async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        let _ = queue;
+        Err(paused::unsupported(&self.url(), "resume a queue"))
+    }
+
+    /// The paused queues, sorted by name. SQLite lists every one. RabbitMQ
+    /// cannot list queues (without the management plugin): it reports the
+    /// paused ones among `high`, `medium`, `low` and the queues this handle
+    /// took from or paused; ask about others with [`Broker::paused_among`].
+    /// The default is an error naming the backend.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// for q in broker.paused_queues().await? {
+    ///     println!("{q} is paused");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn paused_queues(&self) -> Result<Vec<String>, Error> {
+        Err(paused::unsupported(&self.url(), "list paused queues"))
+    }
+
+    /// Which of `queues` are paused, in the order given. The default asks
+    /// [`Broker::paused_queues`]; RabbitMQ looks at exactly these queues.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// let served = ["high".to_string(), "low".to_string()];
+    /// let paused = broker.paused_among(&served).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn paused_among(&self, queues: &[String]) -> Result<Vec<String>, Error> {
+        let all = self.paused_queues().await?;
+        Ok(queues.iter().filter(|q| all.contains(q)).cloned().collect())
     }
 }

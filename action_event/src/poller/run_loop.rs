@@ -413,9 +413,22 @@ impl Poller {
 /// (a WARN) the queues it serves are, while events wait on queues it does
 /// not serve, which it names with their counts.
 async fn log_empty(broker: &dyn Broker, registry: &Registry, served: &[String]) {
+    let paused = paused_with_events(broker, served).await;
+    if !paused.is_empty() {
+        let total: u64 = paused.iter().map(|(_, n)| n).sum();
+        let counts: Vec<String> = paused.iter().map(|(q, n)| format!("{q} ({n})")).collect();
+        let names: Vec<&str> = paused.iter().map(|(q, _)| q.as_str()).collect();
+        tracing::warn!(
+            "The queues this poller serves have nothing ready to run; exiting, but {total} event(s) wait in paused queues: {}. They run once resumed: poller resume {}",
+            counts.join(", "),
+            names.join(" ")
+        );
+    }
     let (unserved, listed_all) = unserved_with_events(broker, registry, served).await;
     if unserved.is_empty() && listed_all {
-        tracing::info!("All queues are empty; exiting");
+        if paused.is_empty() {
+            tracing::info!("All queues are empty; exiting");
+        }
         return;
     }
     if unserved.is_empty() {
@@ -479,10 +492,38 @@ async fn unserved_with_events(
     (out, listed_all)
 }
 
-/// Whether the broker counts no ready event in any of `queues` (for
-/// `exit_when_empty`). A broker that cannot say is taken as "not empty".
+/// The paused queues among `served` (none when the broker cannot pause).
+async fn paused_of(broker: &dyn Broker, served: &[String]) -> Vec<String> {
+    broker.paused_among(served).await.unwrap_or_else(|e| {
+        tracing::debug!("cannot tell which queues are paused: {e}");
+        Vec::new()
+    })
+}
+
+/// The paused queues among `served` that hold events, with their counts.
+async fn paused_with_events(broker: &dyn Broker, served: &[String]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for q in paused_of(broker, served).await {
+        match broker.depth(&q).await {
+            Ok(d) => {
+                let n = d.waiting + d.scheduled.unwrap_or(0);
+                if n > 0 {
+                    out.push((q, n));
+                }
+            }
+            Err(e) => tracing::warn!("Cannot count the events of queue `{q}`: {e}"),
+        }
+    }
+    out
+}
+
+/// Whether the broker counts no ready event in any of `queues` that is not
+/// paused (for `exit_when_empty`: events of a paused queue wait for its
+/// resume, not for this poller). A broker that cannot say is taken as "not
+/// empty".
 async fn nothing_ready(broker: &dyn Broker, queues: &[String]) -> bool {
-    for q in queues {
+    let paused = paused_of(broker, queues).await;
+    for q in queues.iter().filter(|q| !paused.contains(q)) {
         match broker.depth(q).await {
             Ok(d) if d.waiting == 0 => {}
             Ok(_) => return false,

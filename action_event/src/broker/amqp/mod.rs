@@ -23,6 +23,7 @@
 //! | `hold` | long events: renewal through hold queues |
 //! | `dead` | the dead queue and its admin commands |
 //! | `status` | answering status pings, and asking for them |
+//! | `pause` | paused queues: a marker queue per paused queue, read at most every 250 ms |
 //!
 //! Following one publish: [`Broker::publish`] → `Inner::publish_envelope`
 //! (`publish`) → `Inner::route` (picks a delay level, `delay`) →
@@ -54,6 +55,7 @@ mod delay;
 mod delivery;
 mod hold;
 mod options;
+mod pause;
 mod publish;
 mod recover;
 mod status;
@@ -95,6 +97,8 @@ pub use wire::{HEADER_DIED_AT, HEADER_NAME, HEADER_QUEUE, HEADER_RUN_AT};
 /// ```
 pub struct AmqpBroker {
     inner: Arc<Inner>,
+    /// This handle's copy of the paused queues (`pause`).
+    paused: super::paused::PauseCache,
 }
 
 /// The shared state, one part per module; each part's fields are private
@@ -150,7 +154,10 @@ impl AmqpBroker {
         inner.open_publisher().await?;
         tokio::spawn(consume::reaper(Arc::downgrade(&inner)));
         tokio::spawn(hold::renewer(Arc::downgrade(&inner)));
-        Ok(AmqpBroker { inner })
+        Ok(AmqpBroker {
+            inner,
+            paused: Default::default(),
+        })
     }
 
     /// The queue-name prefix in use.
@@ -249,7 +256,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
-        self.inner.take(queues, wait).await
+        super::paused::take(self, queues, wait).await
     }
 
     async fn give_back(&self) -> Result<(), Error> {
@@ -316,5 +323,21 @@ impl Broker for AmqpBroker {
 
     async fn pollers(&self, wait: Duration) -> Result<Option<Vec<PollerReport>>, Error> {
         self.inner.pollers(wait).await
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        self.pause(queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        self.pause(queue, false).await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, Error> {
+        self.paused_known().await
+    }
+
+    async fn paused_among(&self, queues: &[String]) -> Result<Vec<String>, Error> {
+        self.inner.paused_among(queues).await
     }
 }

@@ -25,6 +25,7 @@
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
+//! | [`pause`]   | paused queues: the table `paused_queues`                             |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), action_event::Error> {
@@ -51,6 +52,7 @@ pub mod depth;
 pub mod lease;
 pub mod options;
 pub mod owner;
+pub mod pause;
 pub mod publish;
 pub mod schema;
 pub mod settle;
@@ -104,6 +106,8 @@ pub const HOT_QUERIES: &[(&str, &str)] = &[
 pub struct SqliteBroker {
     inner: Arc<Inner>,
     heartbeat: tokio::task::AbortHandle,
+    /// This handle's copy of the paused queues ([`pause`]).
+    paused: crate::broker::paused::PauseCache,
 }
 
 impl std::fmt::Debug for SqliteBroker {
@@ -183,7 +187,11 @@ impl SqliteBroker {
         let heartbeat = runtime
             .spawn(lease::heartbeat(Arc::downgrade(&inner), every))
             .abort_handle();
-        Ok(SqliteBroker { inner, heartbeat })
+        Ok(SqliteBroker {
+            inner,
+            heartbeat,
+            paused: Default::default(),
+        })
     }
 
     fn tag<'a>(&self, delivery: &'a Delivery) -> Result<&'a Tag, Error> {
@@ -209,7 +217,7 @@ impl Broker for SqliteBroker {
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
-        claim::take(self, queues, wait).await
+        crate::broker::paused::take(self, queues, wait).await
     }
 
     async fn give_back(&self) -> Result<(), Error> {
@@ -255,6 +263,18 @@ impl Broker for SqliteBroker {
 
     async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
         depth::queues_with_events(self).await
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, false).await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, Error> {
+        pause::list(self).await
     }
 }
 

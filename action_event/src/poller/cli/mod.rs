@@ -6,6 +6,7 @@
 //! - [`status`]: the pollers of this machine, and of every machine when the
 //!   broker offers that view;
 //! - [`queue`]: queue one event from the shell;
+//! - [`pause`]: pause and resume queues on every poller;
 //! - [`dead`]: list, show, retry and purge dead events;
 //! - [`generate`]: generate an event's code in a Cargo project.
 //!
@@ -28,6 +29,7 @@ use crate::State;
 mod dead;
 mod generate;
 mod logging;
+mod pause;
 mod queue;
 mod start;
 mod status;
@@ -41,7 +43,7 @@ use start::RunArgs;
     name = "poller",
     version = concat!("(action_event ", env!("CARGO_PKG_VERSION"), ")"),
     about = "Runs the events of this app: takes them from the broker, highest priority queue first",
-    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
+    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller pause low                         no poller starts a `low` event until `poller resume low`\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,6 +66,11 @@ enum Command {
     Status(status::StatusArgs),
     /// Queue an event: `queue hello_world name=world [queue=high] [delay=30s]`.
     Queue(queue::QueueArgs),
+    /// Pause queues on every poller of every machine: running events
+    /// finish, none of theirs start until `resume`; nothing is lost.
+    Pause(pause::PauseArgs),
+    /// Resume paused queues: pollers take their events again within a second.
+    Resume(pause::ResumeArgs),
     /// Dead events: list, show, retry, purge.
     Dead(dead::DeadArgs),
     /// Generate code in the Cargo project of the current directory.
@@ -134,6 +141,8 @@ where
         Some(Command::Status(a)) => one_shot(|| async move { status::run(&a).await }),
         Some(Command::Queue(a)) => one_shot(|| async move { queue::run(&a).await }),
         Some(Command::Dead(a)) => one_shot(|| async move { dead::run(&a).await }),
+        Some(Command::Pause(a)) => one_shot(|| async move { pause::pause(&a).await }),
+        Some(Command::Resume(a)) => one_shot(|| async move { pause::resume(&a).await }),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `poller status`: the pollers of this machine from their PID files; with
 //! a broker that offers it (RabbitMQ), also the live pollers of every
-//! machine.
+//! machine; and the paused queues (`Paused queues: low`, or `none`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,17 +37,43 @@ const STATUS_WAIT: Duration = Duration::from_millis(1500);
 /// warning, not an error: the PID-file table is printed already.
 async fn broker_status(args: &StatusArgs) {
     let url = broker::resolve_url(args.broker.broker.as_deref());
-    // SQLite's view is the PID files: do not open (or create) its file.
+    // SQLite's view is the PID files: do not open (or create) its file,
+    // only read its paused queues when it exists.
     if url.starts_with("sqlite:") {
+        let path = url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap_or("");
+        if Path::new(path).exists() {
+            let ask = async {
+                let b = broker::connect(&url).await?;
+                super::pause::paused_line(&*b).await
+            };
+            match tokio::time::timeout(STATUS_BOUND, ask).await {
+                Ok(Ok(line)) => println!("{line}"),
+                Ok(Err(e)) => eprintln!("warning: cannot tell which queues are paused: {e}"),
+                Err(_) => eprintln!("warning: cannot tell which queues are paused: no answer"),
+            }
+        }
         return;
     }
     let ask = async {
         let b = broker::connect(&url).await?;
-        b.pollers(STATUS_WAIT).await
+        let paused = super::pause::paused_line(&*b).await;
+        b.pollers(STATUS_WAIT).await.map(|p| (p, paused))
     };
     let pollers = match tokio::time::timeout(STATUS_BOUND, ask).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return,
+        Ok(Ok((pollers, paused))) => {
+            match paused {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("warning: cannot tell which queues are paused: {e}"),
+            }
+            match pollers {
+                Some(p) => p,
+                None => return,
+            }
+        }
         Ok(Err(e)) => {
             eprintln!("warning: cannot list the pollers of other machines: {e}");
             return;

@@ -117,6 +117,35 @@ impl Inner {
             .clone()
     }
 
+    /// The queues this handle has taken from.
+    pub(super) fn slot_names(&self) -> Vec<String> {
+        lock(&self.consume.slots).keys().cloned().collect()
+    }
+
+    /// Stops consuming `queue` (it was seen paused): cancels its consumer
+    /// and returns its buffered events to the queue (`nack`, requeue).
+    /// Events handed out from it stay in hand. The next `take` that names
+    /// the queue subscribes again.
+    pub(super) async fn stop_consuming(&self, queue: &str) {
+        let Some(slot) = lock(&self.consume.slots).get(queue).cloned() else {
+            return;
+        };
+        let _g = slot.sub_lock.lock().await;
+        let (sub, buf) = {
+            let mut st = lock(&slot.st);
+            st.clear = false;
+            (st.sub.take(), std::mem::take(&mut st.buf))
+        };
+        if sub.is_some() || !buf.is_empty() {
+            tracing::debug!(
+                queue,
+                n = buf.len(),
+                "queue paused: consumer cancelled, buffered events returned"
+            );
+            unsubscribe(sub, buf).await;
+        }
+    }
+
     pub(super) async fn take(
         &self,
         queues: &[String],
