@@ -95,7 +95,8 @@ impl PauseCache {
         seen.paused = Arc::new(set);
     }
 
-    /// The queues of the copy that are paused (whatever its age).
+    /// The queues the copy names, paused or looked at (whatever its age).
+    #[cfg(feature = "amqp")]
     pub(crate) fn known(&self) -> Vec<String> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: BTreeSet<String> = seen.paused.iter().cloned().collect();
