@@ -45,6 +45,8 @@ macro_rules! contract_suite {
                 events_taken_ahead_go_back_when_their_owner_closes,
                 an_event_in_hand_comes_back_when_its_owner_is_lost,
                 depth_counts_waiting_events,
+                pause_and_resume_a_queue,
+                a_pause_reaches_a_taker_that_holds_events_ahead,
             ],
             multi_thread: [
                 two_brokers_take_every_event_exactly_once,
@@ -719,4 +721,174 @@ async fn depth_counts_waiting_events<F: Backend>(f: F) {
     assert_eq!(b.depth("nope").await.expect("depth").waiting, 0);
     b.ack(&held).await.expect("ack");
     f.clean(&b).await;
+}
+
+/// A paused queue gives nothing to `take` while the others still go in
+/// strict priority; the pause is durable and shared (a new handle sees it);
+/// events queued while paused wait; resume brings them all, once each.
+async fn pause_and_resume_a_queue<F: Backend>(f: F) {
+    let a = f.open().await;
+    let all = qs(&["high", "medium", "low"]);
+    for i in 0..4 {
+        for q in ["low", "medium", "high"] {
+            a.publish(&Envelope::new("e", q, json!({ "i": i })))
+                .await
+                .expect("publish");
+        }
+    }
+    assert!(a.pause_queue("").await.is_err(), "an empty name is refused");
+    a.pause_queue("medium").await.expect("pause");
+    a.pause_queue("medium")
+        .await
+        .expect("pausing twice is fine");
+    assert_eq!(a.paused_among(&all).await.expect("among"), qs(&["medium"]));
+    assert!(
+        a.paused_queues()
+            .await
+            .expect("list")
+            .contains(&"medium".into())
+    );
+
+    // Strict priority among the others, nothing from `medium`.
+    let mut order = Vec::new();
+    while let Some(d) = a.take(&all, F::NOTHING).await.expect("take") {
+        order.push(d.queue.clone());
+        a.ack(&d).await.expect("ack");
+    }
+    assert_eq!(
+        order,
+        qs(&["high", "high", "high", "high", "low", "low", "low", "low"])
+    );
+    assert_eq!(a.depth("medium").await.expect("depth").waiting, 4);
+    // (Closed: RabbitMQ would push the next `low` event to its consumer.)
+    F::close(a).await;
+
+    // A new handle (a poller started after the pause) sees it at once.
+    let b = f.open().await;
+    assert_eq!(b.paused_among(&all).await.expect("among"), qs(&["medium"]));
+    for i in 4..6 {
+        b.publish(&Envelope::new("e", "medium", json!({ "i": i })))
+            .await
+            .expect("publish");
+    }
+    b.publish(&Envelope::new("e", "low", json!({ "i": 9 })))
+        .await
+        .expect("publish");
+    let d = b
+        .take(&all, SOON)
+        .await
+        .expect("take")
+        .expect("the low one");
+    assert_eq!(d.queue, "low");
+    b.ack(&d).await.expect("ack");
+    assert!(b.take(&all, F::NOTHING).await.expect("take").is_none());
+    assert!(
+        b.take(&qs(&["medium"]), F::NOTHING)
+            .await
+            .expect("take")
+            .is_none()
+    );
+    assert_eq!(b.depth("medium").await.expect("depth").waiting, 6);
+
+    // Resumed through another handle: `b`, which saw it paused, sees the
+    // resume within 250 ms.
+    let c = f.open().await;
+    c.resume_queue("medium").await.expect("resume");
+    c.resume_queue("medium")
+        .await
+        .expect("resuming twice is fine");
+    assert!(c.paused_among(&all).await.expect("among").is_empty());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + SOON;
+    while got.len() < 6 && Instant::now() < deadline {
+        if let Some(d) = b
+            .take(&all, Duration::from_millis(200))
+            .await
+            .expect("take")
+        {
+            assert_eq!(d.queue, "medium");
+            got.push(env_of(&d).params["i"].as_u64().expect("i"));
+            b.ack(&d).await.expect("ack");
+        }
+    }
+    assert_eq!(
+        got,
+        vec![0, 1, 2, 3, 4, 5],
+        "every medium event, in order, once each"
+    );
+    assert!(b.take(&all, F::NOTHING).await.expect("take").is_none());
+    f.clean(&b).await;
+}
+
+/// A taker that already holds events of a queue ahead of `take` (batch
+/// claim, prefetch) sees the pause another handle makes within a second:
+/// it starts none of them after that, and gives them back to the queue,
+/// where they count as waiting; resume hands them all out.
+async fn a_pause_reaches_a_taker_that_holds_events_ahead<F: Backend>(f: F) {
+    let admin = f.open().await;
+    let low = qs(&["low"]);
+    for n in 0..20 {
+        admin
+            .publish(&Envelope::new("e", "low", json!({ "n": n })))
+            .await
+            .expect("publish");
+    }
+    let taker = f.open().await;
+    let first = taker.take(&low, SOON).await.expect("take").expect("event");
+    taker.ack(&first).await.expect("ack");
+    admin.pause_queue("low").await.expect("pause");
+    let paused_at = Instant::now();
+    // The taker looks at the pause state at most every 250 ms; once it
+    // has looked (its first `take` 250 ms after the pause), it hands out
+    // nothing of `low`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        taker
+            .take(&low, Duration::from_millis(100))
+            .await
+            .expect("take")
+            .is_none(),
+        "an event of a paused queue was handed out after the pause was seen"
+    );
+    let left = 19;
+    // What the taker held ahead goes back to the queue: all of it waits.
+    let deadline = paused_at + Duration::from_secs(1);
+    loop {
+        let waiting = admin.depth("low").await.expect("depth").waiting;
+        if waiting == left {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} of {left} events wait in the paused queue 1 s after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        taker
+            .take(&low, Duration::from_millis(300))
+            .await
+            .expect("take")
+            .is_none()
+    );
+    admin.resume_queue("low").await.expect("resume");
+    let mut got = 0;
+    let deadline = Instant::now() + SOON;
+    while got < left && Instant::now() < deadline {
+        if let Some(d) = taker
+            .take(&low, Duration::from_millis(200))
+            .await
+            .expect("take")
+        {
+            got += 1;
+            taker.ack(&d).await.expect("ack");
+        }
+    }
+    assert_eq!(
+        got, left,
+        "every event held back by the pause runs after resume"
+    );
+    assert!(taker.take(&low, F::NOTHING).await.expect("take").is_none());
+    f.clean(&taker).await;
+    f.clean(&admin).await;
 }
