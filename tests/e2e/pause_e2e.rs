@@ -25,6 +25,9 @@ async fn pause_stops_a_queue_on_two_pollers_and_resume_restarts_it() {
 async fn pause_and_resume(backend: &Backend) {
     let w = World::new(backend);
     let what = format!("{backend:?}");
+    // Made before the pollers start: three processes creating one SQLite
+    // file at once may find it locked while it switches to WAL.
+    let client = w.client().await;
     let mut a = w.spawn("a.log", &["--id", "a", "--concurrency", "2", "start"]);
     let mut b = w.spawn("b.log", &["--id", "b", "--concurrency", "2", "start"]);
 
@@ -103,7 +106,6 @@ async fn pause_and_resume(backend: &Backend) {
     );
     // ... and every other one waits in the queue (given back by both pollers).
     let want = (before.len() - started.len() + during.len()) as u64;
-    let client = w.client().await;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let waiting = client.broker().depth("low").await.expect("depth").waiting;
@@ -118,6 +120,22 @@ async fn pause_and_resume(backend: &Backend) {
     }
     let status = w.run_ok(&["status", "--pid-dir", "none"]);
     assert!(status.contains("Paused queues: low"), "{what}: {status}");
+
+    // A poller told to exit when empty does not wait for a paused queue,
+    // and says what waits there.
+    let out = w.run(&["--exit-when-empty"]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what}: {log}");
+    assert!(
+        log.contains(&format!(
+            "{want} event(s) wait in paused queues: low ({want})"
+        )),
+        "{what}: {log}"
+    );
 
     let out = w.run_ok(&["resume", "low"]);
     assert!(out.contains("Resumed queue low"), "{what}: {out}");

@@ -334,6 +334,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Takes the next ready event, trying `queues` in order (strict
     /// priority: a later queue is looked at only when every earlier one had
     /// nothing ready). Waits up to `wait` for one; `None` when none came.
+    /// Paused queues ([`Broker::pause_queue`]) are left out.
     ///
     /// ```no_run
     /// # async fn run(broker: &dyn action_event::broker::Broker, delivery: action_event::broker::Delivery) -> Result<(), action_event::Error> {
