@@ -129,6 +129,29 @@ impl RabbitCluster {
         format!("amqp://guest:guest@{}/%2f{q}", hosts.join(","))
     }
 
+    /// Every queue whose name starts with `prefix`, with the index of the
+    /// node leading it (`None`: a classic queue, or no leader known), asked
+    /// of the first live node.
+    pub fn leaders(&self, prefix: &str) -> Vec<(String, Option<usize>)> {
+        let Some(node) = self.nodes.iter().find(|x| x.accepts()) else {
+            return Vec::new();
+        };
+        let out = node.ctl(&["list_queues", "name", "leader", "--no-table-headers"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let name = it.next()?;
+                name.starts_with(prefix).then(|| {
+                    let leader = it
+                        .next()
+                        .and_then(|ld| self.nodes.iter().position(|x| x.name() == ld));
+                    (name.to_string(), leader)
+                })
+            })
+            .collect()
+    }
+
     /// The index of the node that leads quorum queue `queue` (full name),
     /// asked of any live node; `None` if no live node knows one.
     pub fn leader_of(&self, queue: &str) -> Option<usize> {

@@ -295,10 +295,11 @@ impl RabbitNode {
         &self.name
     }
 
-    /// The pid of the node's Erlang VM (`beam.smp`), found in `/proc` by its
-    /// node name.
+    /// The pid of the node's Erlang VM (`beam.smp`), found in `/proc` by
+    /// its `-home` argument: the node's own temporary directory (RabbitMQ
+    /// 3.10 does not put the node name on the command line).
     pub fn vm_pid(&self) -> Option<u32> {
-        let sname = self.name.split('@').next().unwrap_or(&self.name);
+        let home = self.dir.path().as_os_str().as_encoded_bytes();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -314,11 +315,8 @@ impl RabbitNode {
             let is_beam = args
                 .first()
                 .is_some_and(|a| a.ends_with(b"beam.smp") || a.ends_with(b"beam"));
-            let named = args.windows(2).any(|w| {
-                (w[0] == b"-sname" || w[0] == b"-name")
-                    && (w[1] == sname.as_bytes() || w[1] == self.name.as_bytes())
-            });
-            if is_beam && named {
+            let ours = args.windows(2).any(|w| w[0] == b"-home" && w[1] == home);
+            if is_beam && ours {
                 return Some(pid);
             }
         }

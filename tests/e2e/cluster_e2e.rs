@@ -245,16 +245,24 @@ fn failover_under_load(cluster: &mut RabbitCluster) {
     let pids: Vec<u32> = pollers.0.iter().map(|p| p.id()).collect();
     let acked: Acked = Arc::default();
     let producer = rt.spawn(produce(w.url.clone(), "load", N, acked.clone()));
-    // At 30 %: kill -9 the node that leads the work queue.
+    // At 30 %: kill -9 the node that leads the work queue (looked up
+    // before: `rabbitmqctl` takes a second or two).
     let t = Instant::now();
+    while acked.lock().expect("lock").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no event queued in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let leader = cluster.leader_of(&queue).expect("the work queue's leader");
     while acked.lock().expect("lock").len() < N * 3 / 10 {
         assert!(
             t.elapsed() < Duration::from_secs(300),
             "30 % not reached in 300 s"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let leader = cluster.leader_of(&queue).expect("the work queue's leader");
     let before_ends = w.records().iter().filter(|r| r.what == "end").count();
     cluster.node_mut(leader).kill_vm();
     let killed_at = now_ms();
@@ -361,22 +369,19 @@ fn delays_survive(cluster: &mut RabbitCluster) {
         .find(|r| r.tag == "retrying" && r.what == "fail")
         .map(|r| r.ms)
         .expect("fail record");
-    // Kill the node leading the delay queue(s) holding them.
-    let delay_queues: Vec<String> = cluster
-        .node(0)
-        .ctl_ok(&["list_queues", "name", "messages", "--no-table-headers"])
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (name, n) = (it.next()?, it.next()?.parse::<u64>().ok()?);
-            (name.starts_with(&format!("{prefix}delay.")) && n > 0).then(|| name.to_string())
-        })
-        .collect();
+    // Kill the node leading the delay queues holding them (quorum queues
+    // count their messages only every few seconds: the levels declared
+    // are the ones in use).
+    let delay_queues = cluster.leaders(&format!("{prefix}delay."));
     assert!(
         !delay_queues.is_empty(),
         "the two events wait in the delay ladder"
     );
-    let leader = cluster.leader_of(&delay_queues[0]).expect("a leader");
+    let leader = delay_queues[0].1.expect("a leader");
+    assert!(
+        delay_queues.iter().all(|(_, l)| *l == Some(leader)),
+        "one node leads every delay queue in use: {delay_queues:?}"
+    );
     cluster.node_mut(leader).kill_vm();
     eprintln!("delays: killed node {leader}, leader of {delay_queues:?}");
     let records = w.wait_records(Duration::from_secs(60), "both to run", |r| {
