@@ -149,19 +149,40 @@ type Acked = Arc<Mutex<HashMap<String, u64>>>;
 /// (confirmed); the Ok'd tags with their time go to `acked`, failures are
 /// counted and retried under a new tag.
 async fn produce(url: String, tag: &'static str, n: usize, acked: Acked) -> usize {
+    produce_until(url, tag, n, acked, Arc::default(), Duration::ZERO).await
+}
+
+/// Like [`produce`], until `stop` is set (or `n` are Ok'd), each task
+/// pausing `pace` between sends.
+async fn produce_until(
+    url: String,
+    tag: &'static str,
+    n: usize,
+    acked: Acked,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pace: Duration,
+) -> usize {
     let client = Client::connect(&url).await.expect("connect");
     let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let (client, acked, failed, next) =
-            (client.clone(), acked.clone(), failed.clone(), next.clone());
+        let (client, acked, failed, next, stop) = (
+            client.clone(),
+            acked.clone(),
+            failed.clone(),
+            next.clone(),
+            stop.clone(),
+        );
         set.spawn(async move {
             let mut attempt = 0usize;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= n {
+                if i >= n || stop.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
+                }
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
                 }
                 loop {
                     attempt += 1;
@@ -232,17 +253,23 @@ fn failover_under_load(cluster: &mut RabbitCluster) {
             .expect("prefix")
     );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Poller i lists node i first: the two start on different nodes.
     let mut pollers = Pollers(
         (0..2)
             .map(|i| {
-                w.spawn(
-                    &format!("p{i}.log"),
-                    &["--concurrency", "16", "--queues", "medium"],
-                )
+                let log = std::fs::File::create(w.path().join(format!("p{i}.log"))).expect("log");
+                let out = log.try_clone().expect("log");
+                w.poller(&["--concurrency", "16", "--queues", "medium"])
+                    .env("ACTION_EVENT_URL", on_node(cluster, &w, i))
+                    .stdout(out)
+                    .stderr(log)
+                    .spawn()
+                    .expect("spawn poller")
             })
             .collect(),
     );
     let pids: Vec<u32> = pollers.0.iter().map(|p| p.id()).collect();
+    status_lists(&w, &on_node(cluster, &w, 2), &pids, "before the kill");
     let acked: Acked = Arc::default();
     let producer = rt.spawn(produce(w.url.clone(), "load", N, acked.clone()));
     // At 30 %: kill -9 the node that leads the work queue (looked up
@@ -318,12 +345,57 @@ fn failover_under_load(cluster: &mut RabbitCluster) {
             "{what} went on after {back} ms (limit 10 s)"
         );
     }
+    let survivor = (0..3).find(|i| *i != leader).expect("a live node");
+    status_lists(
+        &w,
+        &on_node(cluster, &w, survivor),
+        &pids,
+        "after the failover",
+    );
     for p in &mut pollers.0 {
         assert!(alive(p), "a poller exited: {}", w.log("p0.log"));
         stop(p, "poller");
     }
     cluster.node_mut(leader).restart_vm();
     cluster.wait_running(3);
+}
+
+/// `w`'s URL with node `first` listed first.
+fn on_node(cluster: &RabbitCluster, w: &World, first: usize) -> String {
+    w.url
+        .replacen(&cluster.url_from(0, ""), &cluster.url_from(first, ""), 1)
+}
+
+/// `poller status` through `url` lists every poller in `pids` (within 30 s:
+/// a poller whose node just died answers again once it reconnected).
+fn status_lists(w: &World, url: &str, pids: &[u32], when: &str) {
+    let started = Instant::now();
+    loop {
+        let out = w
+            .poller(&["status", "--broker", url])
+            .output()
+            .expect("run poller status");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let table = stdout.split("Pollers on ").nth(1).unwrap_or("");
+        let listed = |pid: &u32| {
+            table
+                .lines()
+                .any(|l| l.split_whitespace().any(|t| t == pid.to_string()))
+        };
+        if pids.iter().all(listed) {
+            eprintln!(
+                "status {when}: both pollers listed after {:?}",
+                started.elapsed()
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "status {when} does not list pollers {pids:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn delays_survive(cluster: &mut RabbitCluster) {
@@ -411,7 +483,6 @@ fn delays_survive(cluster: &mut RabbitCluster) {
 }
 
 fn rolling_restart(cluster: &mut RabbitCluster) {
-    const N: usize = 4_000;
     let w = world(cluster, 0, "&prefetch=64");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut pollers = Pollers(
@@ -425,31 +496,51 @@ fn rolling_restart(cluster: &mut RabbitCluster) {
             .collect(),
     );
     let acked: Acked = Arc::default();
-    let producer = rt.spawn(produce(w.url.clone(), "roll", N, acked.clone()));
+    let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 16 tasks, one send each per 100 ms at most: events go in (and out)
+    // during every restart, not only before the first.
+    let producer = rt.spawn(produce_until(
+        w.url.clone(),
+        "roll",
+        usize::MAX,
+        acked.clone(),
+        halt.clone(),
+        Duration::from_millis(100),
+    ));
+    let ok_now = || acked.lock().expect("lock").len();
+    let mut during = Vec::new();
     for i in 0..cluster.len() {
-        // Each node goes only once some events went through since the last.
-        let seen = acked.lock().expect("lock").len();
+        // Each node goes once 300 more events went through since the last.
+        let seen = ok_now();
         let t = Instant::now();
-        while acked.lock().expect("lock").len() < (seen + 200).min(N)
-            && t.elapsed() < Duration::from_secs(60)
-        {
+        while ok_now() < seen + 300 {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "rolling restart: no progress before node {i}'s restart"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let s = Instant::now();
+        let (s, before) = (Instant::now(), ok_now());
         cluster.node_mut(i).stop_vm();
         cluster.node_mut(i).restart_vm();
         cluster.wait_running(3);
+        let went_in = ok_now() - before;
+        during.push(went_in);
         eprintln!(
-            "rolling restart: node {i} restarted in {:?}, {} Ok'd so far",
-            s.elapsed(),
-            acked.lock().expect("lock").len()
+            "rolling restart: node {i} stopped and restarted in {:?}; {went_in} events Ok'd meanwhile",
+            s.elapsed()
         );
     }
+    halt.store(true, std::sync::atomic::Ordering::SeqCst);
     let failed = rt.block_on(producer).expect("producer");
     let (dups, _) = all_ran(&w, &acked, Duration::from_secs(300), "rolling restart");
     eprintln!(
         "rolling restart: {} Ok'd, all ran, 0 lost, {dups} duplicate run(s), {failed} queue! error(s)",
         acked.lock().expect("lock").len()
+    );
+    assert!(
+        during.iter().all(|n| *n > 0),
+        "events went in while each node restarted: {during:?}"
     );
     for p in &mut pollers.0 {
         assert!(alive(p), "a poller exited");

@@ -143,3 +143,88 @@ fn classic_to_quorum_is_refused_with_the_way_to_migrate_which_loses_nothing() {
     assert!(lost.is_empty(), "lost in the migration: {lost:?}");
     assert_eq!(ends.len(), 400);
 }
+
+/// Long events on quorum queues: past a third of `consumer_timeout` the
+/// event is renewed through a *quorum* hold queue (at-least-once
+/// dead-lettering), and when its poller is killed with SIGKILL it comes
+/// back to its work queue from there and runs again on another poller.
+/// On a private node with a 3 s `consumer_timeout` (as consumer_timeout_e2e).
+#[test]
+fn a_held_event_on_quorum_queues_runs_again_after_a_sigkill() {
+    use action_event_test_support::rabbit_node::{self, RabbitNode};
+    if !rabbit_node::available_or_skip() {
+        return;
+    }
+    let node = RabbitNode::start("consumer_timeout = 3000");
+    node.ctl_ok(&[
+        "eval",
+        "application:set_env(rabbit, channel_tick_interval, 500).",
+    ]);
+    let mut w = World::new(&Backend::Amqp);
+    w.url = format!(
+        "{}?prefix=qh.&consumer_timeout=3s&queue_type=quorum",
+        node.url()
+    );
+    // Hold queues with one unacked message, with their type.
+    let held = || -> Vec<(String, String)> {
+        node.ctl_ok(&[
+            "list_queues",
+            "name",
+            "type",
+            "messages_unacknowledged",
+            "--no-table-headers",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, kind, unacked) = (it.next()?, it.next()?, it.next()?);
+            (name.starts_with("qh.hold.") && unacked == "1")
+                .then(|| (name.to_string(), kind.to_string()))
+        })
+        .collect()
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(w.queue_records(1, "medium", "long", 20_000));
+    let mut p = w.spawn("p.log", &["--queues", "medium"]);
+    w.wait_records(Duration::from_secs(30), "the long event to start", |r| {
+        r.iter().any(|r| r.tag == "long-0")
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let holds = loop {
+        let h = held();
+        if !h.is_empty() {
+            break h;
+        }
+        assert!(
+            Instant::now() < until,
+            "never held in a hold queue:\n{}",
+            w.log("p.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        holds.iter().all(|(_, kind)| kind == "quorum"),
+        "hold queues are quorum queues: {holds:?}"
+    );
+    send_signal(&p, SIGKILL);
+    let _ = p.wait();
+    let killed = Instant::now();
+    let mut q = w.spawn("q.log", &["--queues", "medium"]);
+    let records = w.wait_records(Duration::from_secs(90), "the event to run again", |r| {
+        r.iter().any(|r| r.what == "end" && r.tag == "long-0")
+    });
+    let back = killed.elapsed();
+    stop(&mut q, "second poller");
+    let starts: Vec<_> = records.iter().filter(|r| r.what == "start").collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(
+        starts[1].pid,
+        q.id(),
+        "the second run is the other poller's"
+    );
+    assert_eq!(ends_by_tag(&w.records()).get("long-0"), Some(&1));
+    eprintln!(
+        "quorum hold queue {:?}: the held event ended on the second poller {back:?} after the kill (20 s handler)",
+        holds[0].0
+    );
+}
