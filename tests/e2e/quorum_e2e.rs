@@ -109,8 +109,7 @@ fn classic_to_quorum_is_refused_with_the_way_to_migrate_which_loses_nothing() {
                 )
                 .await
         })
-        .err()
-        .expect("declaring a classic queue as quorum fails");
+        .expect_err("declaring a classic queue as quorum fails");
     let text = err.to_string();
     eprintln!("classic -> quorum under one prefix: {text}");
     assert!(
