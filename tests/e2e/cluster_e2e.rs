@@ -270,19 +270,23 @@ fn failover_under_load(cluster: &mut RabbitCluster) {
     );
     let pids: Vec<u32> = pollers.0.iter().map(|p| p.id()).collect();
     status_lists(&w, &on_node(cluster, &w, 2), &pids, "before the kill");
-    let acked: Acked = Arc::default();
-    let producer = rt.spawn(produce(w.url.clone(), "load", N, acked.clone()));
-    // At 30 %: kill -9 the node that leads the work queue (looked up
-    // before: `rabbitmqctl` takes a second or two).
+    // The node that leads the work queue (the pollers declared it), looked
+    // up before the run: `rabbitmqctl` takes seconds on a busy machine.
     let t = Instant::now();
-    while acked.lock().expect("lock").is_empty() {
+    let leader = loop {
+        if let Some(l) = cluster.leader_of(&queue) {
+            break l;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "no event queued in 60 s"
+            "no leader for {queue}"
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let leader = cluster.leader_of(&queue).expect("the work queue's leader");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let acked: Acked = Arc::default();
+    let producer = rt.spawn(produce(w.url.clone(), "load", N, acked.clone()));
+    // At 30 %: kill -9 that node's VM.
+    let t = Instant::now();
     while acked.lock().expect("lock").len() < N * 3 / 10 {
         assert!(
             t.elapsed() < Duration::from_secs(300),
