@@ -11,6 +11,7 @@ mod amqp;
 mod child;
 mod event;
 mod fw;
+mod quorum;
 mod report;
 mod sqlite;
 
@@ -56,7 +57,9 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Only the row groups named (comma-separated: enqueue, process, latency,
-    /// memory, scale, two), e.g. while working on one of them.
+    /// memory, scale, two, quorum), e.g. while working on one of them.
+    /// `quorum` (quorum queues on private nodes and a 3-node cluster) runs
+    /// only when named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many times the enqueue and processing rows run; each side's best
@@ -308,6 +311,9 @@ async fn run(args: Args) -> ExitCode {
                 report.push(r);
             }
         }
+    }
+    if quorum::wanted(&plan) {
+        quorum::rows(&plan, &mut report).await;
     }
     report.notes.extend(notes(&plan));
 

@@ -25,6 +25,8 @@ pub struct RabbitNode {
     dir: tempfile::TempDir,
     name: String,
     port: u16,
+    /// The Erlang distribution port (kept across restarts).
+    dist: u16,
     tls: Option<(u16, TlsFiles)>,
     child: Option<Child>,
 }
@@ -170,6 +172,12 @@ impl RabbitNode {
     }
 
     fn boot(conf: &str, tls: bool) -> RabbitNode {
+        RabbitNode::boot_with(conf, tls, None)
+    }
+
+    /// Boots a node; with `cookie`, its Erlang cookie is that (the nodes of
+    /// a cluster share one) instead of a fresh random one.
+    pub(crate) fn boot_with(conf: &str, tls: bool, cookie: Option<&str>) -> RabbitNode {
         assert!(
             available(),
             "rabbitmq-server is not installed at {} (set RABBITMQ_BIN)",
@@ -210,24 +218,41 @@ impl RabbitNode {
         )
         .expect("write rabbitmq.conf");
         std::fs::write(p.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
-        let log = std::fs::File::create(p.join("server.out")).expect("server.out");
-        let err = log.try_clone().expect("server.out");
+        if let Some(cookie) = cookie {
+            write_cookie(p, cookie);
+        }
         let mut node = RabbitNode {
             name,
             port,
+            dist,
             tls,
             child: None,
             dir,
         };
-        let child = node
+        node.spawn_and_wait();
+        node
+    }
+
+    /// Starts the VM (again: same node name, ports and data) and waits until
+    /// it accepts connections and has booted.
+    fn spawn_and_wait(&mut self) {
+        let p = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.join("server.out"))
+            .expect("server.out");
+        let err = log.try_clone().expect("server.out");
+        let child = self
             .command("rabbitmq-server")
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
             .expect("start rabbitmq-server");
-        node.child = Some(child);
+        self.child = Some(child);
+        let node = self;
         let started = Instant::now();
         loop {
             let tls_up = node.tls.as_ref().is_none_or(|(tls_port, _)| {
@@ -237,12 +262,12 @@ impl RabbitNode {
                 // The port opens before the boot finishes: wait for it.
                 let out = node.ctl(&["await_startup"]);
                 if out.status.success() {
-                    return node;
+                    return;
                 }
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            if started.elapsed() > Duration::from_secs(120) {
                 panic!(
-                    "private RabbitMQ node {} did not start in 60 s:\n{}",
+                    "private RabbitMQ node {} did not start in 120 s:\n{}",
                     node.name,
                     std::fs::read_to_string(node.dir.path().join("server.out")).unwrap_or_default()
                 );
@@ -263,6 +288,90 @@ impl RabbitNode {
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", p.join("enabled_plugins"))
             .env("RABBITMQ_PID_FILE", p.join("pid"));
         c
+    }
+
+    /// The Erlang node name (`aetest...@localhost`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pid of the node's Erlang VM (`beam.smp`), found in `/proc` by
+    /// its `-home` argument: the node's own temporary directory (RabbitMQ
+    /// 3.10 does not put the node name on the command line).
+    pub fn vm_pid(&self) -> Option<u32> {
+        let home = self.dir.path().as_os_str().as_encoded_bytes();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_beam = args
+                .first()
+                .is_some_and(|a| a.ends_with(b"beam.smp") || a.ends_with(b"beam"));
+            let ours = args.windows(2).any(|w| w[0] == b"-home" && w[1] == home);
+            if is_beam && ours {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// `kill -9` of the node's Erlang VM (no shutdown of any kind: its
+    /// connections drop, its disk stays as it was), then waits (at most
+    /// 30 s) until it is gone and the AMQP port refuses connections.
+    pub fn kill_vm(&mut self) {
+        let pid = self.vm_pid().expect("the node's beam.smp process");
+        let out = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .output()
+            .expect("run kill");
+        assert!(out.status.success(), "kill -9 {pid}: {out:?}");
+        let since = Instant::now();
+        while self.vm_pid().is_some() || self.accepts() {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "VM {pid} still there"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the node's VM the orderly way (`rabbitmqctl stop`) and waits
+    /// until it is gone.
+    pub fn stop_vm(&mut self) {
+        let _ = self.ctl(&["stop"]);
+        let since = Instant::now();
+        while self.vm_pid().is_some() || self.accepts() {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "VM of {} still there",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the VM again after [`RabbitNode::kill_vm`] or
+    /// [`RabbitNode::stop_vm`] (same name, ports and data: a cluster member
+    /// rejoins its cluster) and waits until it has booted.
+    pub fn restart_vm(&mut self) {
+        assert!(self.vm_pid().is_none(), "{} is still running", self.name);
+        self.spawn_and_wait();
     }
 
     /// Whether the AMQP port accepts TCP connections.
@@ -377,8 +486,21 @@ impl RabbitNode {
     }
 }
 
+/// Writes the Erlang cookie into `home` (the node's and its CLI tools'
+/// `$HOME`), readable by its owner only, as Erlang demands.
+fn write_cookie(home: &Path, cookie: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.join(".erlang.cookie");
+    std::fs::write(&path, cookie).expect("write .erlang.cookie");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+        .expect("chmod .erlang.cookie");
+}
+
 impl Drop for RabbitNode {
     fn drop(&mut self) {
+        if self.child.is_none() && self.vm_pid().is_none() {
+            return;
+        }
         let _ = self.ctl(&["stop"]);
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -390,6 +512,10 @@ impl Drop for RabbitNode {
             }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Never leave a VM behind (the script above may not be its parent).
+        if let Some(pid) = self.vm_pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
         }
     }
 }

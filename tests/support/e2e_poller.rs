@@ -192,6 +192,22 @@ impl Process for OverridesFuseEvent {
     }
 }
 
+/// Records `start`, then aborts the whole poller process (SIGABRT): an
+/// event that kills its poller every time, as a segfault or an OOM kill
+/// would (no error, no retry counted by the poller).
+#[derive(Debug, Serialize, Deserialize)]
+#[action_event]
+struct AbortEvent {
+    tag: String,
+}
+
+impl Process for AbortEvent {
+    async fn process(self, cx: &Context) -> Result<()> {
+        cx.state::<Recorder>()?.line("start", cx, &self.tag)?;
+        std::process::abort();
+    }
+}
+
 /// A before filter that halts every event it runs for.
 async fn halt_always(_cx: &mut Context) -> Result<Flow> {
     Ok(Flow::Halt)

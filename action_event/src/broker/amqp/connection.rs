@@ -45,6 +45,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 
 use super::Inner;
+use super::options::Options;
 use super::recover::{PROBE_EVERY, RETRY_MIN, Role};
 use crate::Error;
 
@@ -81,6 +82,16 @@ fn describe_amqp_error(e: &lapin::Error) -> String {
                 .and_then(|s| s.split_once("': "))
                 .map(|(_, d)| d)
                 .unwrap_or("");
+            if arg == "x-queue-type" {
+                return format!(
+                    "queue `{name}` already exists with another queue type ({detail}), and a queue's \
+                     type cannot change: the URL's `queue_type` does not match the queues this prefix \
+                     already has. To move to quorum queues without losing events, give the new URL \
+                     (`queue_type=quorum`) a new `prefix`, move producers and pollers to it, and keep \
+                     one poller on the old URL until its queues are empty (README: *Moving from \
+                     classic to quorum queues*)"
+                );
+            }
             return format!(
                 "{kind} `{name}` already exists with different arguments: `{arg}` differs ({detail}); \
                  delete the {kind} or use another `prefix` in the URL"
@@ -162,6 +173,46 @@ async fn probe_within(
     }
 }
 
+/// [`probe`]s every host of the URL in turn, starting with the one that
+/// answered last; Ok as soon as one answers (and it becomes the one tried
+/// first), else the first host's error (all of them when there are several).
+pub(super) async fn probe_any(opts: &Options) -> Result<(), ProbeError> {
+    probe_hosts(opts, PROBE_TIMEOUT).await
+}
+
+async fn probe_hosts(opts: &Options, within: Duration) -> Result<(), ProbeError> {
+    let n = opts.hosts.len();
+    let start = opts.host_cursor.load(Ordering::Relaxed) % n.max(1);
+    let mut errors: Vec<ProbeError> = Vec::new();
+    for i in 0..n {
+        let idx = (start + i) % n;
+        match probe_within(&opts.hosts[idx], &opts.tls, within).await {
+            Ok(()) => {
+                opts.host_cursor.store(idx, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() <= 1 {
+        return Err(errors.pop().unwrap_or(ProbeError {
+            tls: false,
+            message: "no host in the URL".into(),
+        }));
+    }
+    Err(ProbeError {
+        tls: errors.iter().all(|e| e.tls),
+        message: format!(
+            "no node of the cluster answers: {}",
+            errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
+}
+
 pub(super) async fn op<T>(
     what: &str,
     fut: impl std::future::Future<Output = lapin::Result<T>>,
@@ -184,9 +235,47 @@ impl Inner {
         self.connect_with(role, true).await
     }
 
-    /// A connection; with `recover`, lapin's automatic recovery is on.
+    /// A connection to the first host of the URL that takes one, starting
+    /// with the one that answered last (see `options`, *Several hosts*);
+    /// with `recover` and a single host, lapin's automatic recovery is on
+    /// (with several it is not: it would only reconnect to the same node).
     pub(super) async fn connect_with(
         &self,
+        role: &str,
+        recover: bool,
+    ) -> Result<Connection, String> {
+        let n = self.opts.hosts.len();
+        if n <= 1 {
+            return self.connect_to(&self.opts.lapin_url, role, recover).await;
+        }
+        let start = self.opts.host_cursor.load(Ordering::Relaxed) % n;
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let url = &self.opts.hosts[idx];
+            // A dead node refuses at once; a probe keeps a hung one from
+            // costing `OP_TIMEOUT`.
+            if let Err(e) = probe_within(url, &self.opts.tls, PROBE_TIMEOUT).await {
+                errors.push(e.message);
+                continue;
+            }
+            match self.connect_to(url, role, false).await {
+                Ok(c) => {
+                    self.opts.host_cursor.store(idx, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(format!(
+            "no node of the cluster takes a connection: {}",
+            errors.join("; ")
+        ))
+    }
+
+    async fn connect_to(
+        &self,
+        lapin_url: &str,
         role: &str,
         recover: bool,
     ) -> Result<Connection, String> {
@@ -210,19 +299,15 @@ impl Inner {
         // socket that does not connect yet is left to lapin's retries, as for
         // `amqp://`.
         if recover
-            && self.opts.lapin_url.starts_with("amqps:")
-            && let Err(e) = probe(&self.opts.lapin_url, &self.opts.tls).await
+            && lapin_url.starts_with("amqps:")
+            && let Err(e) = probe(lapin_url, &self.opts.tls).await
             && e.tls
         {
             return Err(e.message);
         }
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let connect = Connection::connect_with_config(
-            &self.opts.lapin_url,
-            props,
-            self.opts.tls.clone(),
-            runtime,
-        );
+        let connect =
+            Connection::connect_with_config(lapin_url, props, self.opts.tls.clone(), runtime);
         match tokio::time::timeout(OP_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(describe_amqp_error(&e)),
@@ -245,11 +330,10 @@ impl Inner {
         Ok(ch)
     }
 
-    /// Whether the broker answers now: a probe that waits at most 200 ms.
+    /// Whether the broker (any node of the URL) answers now: a probe that
+    /// waits at most 200 ms per host.
     pub(super) async fn reachable(&self) -> bool {
-        probe_within(&self.opts.lapin_url, &self.opts.tls, PROBE_EVERY)
-            .await
-            .is_ok()
+        probe_hosts(&self.opts, PROBE_EVERY).await.is_ok()
     }
 
     /// Reports the loss of `conn` to the [`Link`](super::recover::Link) as a loss of `role` (and

@@ -101,7 +101,7 @@ impl Inner {
             body: data.clone(),
             taken: now,
         };
-        if self.early(slot, &tag, &data).await {
+        if self.poisoned(&slot.name, &tag, &data).await || self.early(slot, &tag, &data).await {
             return None;
         }
         let tag = self.register(tag);

@@ -45,7 +45,9 @@
 //! wait at most a few seconds, see *Strict priority*); and the way back after
 //! a crash is RabbitMQ's own dead-lettering, which is not confirmed
 //! internally on classic queues (a broker crash at that moment could lose
-//! the event).
+//! the event). With `queue_type=quorum` hold queues are quorum queues that
+//! dead-letter at-least-once (see `topology::expiring_args`), which closes
+//! that hole.
 //!
 //! If the broker closes a channel anyway (its `consumer_timeout` is lower
 //! than the URL's, or a renewal kept failing), the consume side resubscribes
@@ -63,7 +65,6 @@ use std::time::Duration;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::time::Instant;
 
@@ -254,9 +255,7 @@ impl Inner {
             }
         };
         let fetched = async {
-            let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), i64_of(ms(HOLD_TTL)));
-            args.insert("x-dead-letter-exchange".into(), long_str(""));
+            let mut args = self.expiring_args(ms(HOLD_TTL));
             args.insert(
                 "x-dead-letter-routing-key".into(),
                 long_str(&tag.full_queue),

@@ -21,6 +21,7 @@
 //! | `tag` | what a handed-out delivery carries until it is settled |
 //! | `delivery` | handing an event out, `ack` and `release` of it |
 //! | `hold` | long events: renewal through hold queues |
+//! | `poison` | quorum queues: an event delivered `delivery_limit` times without a settlement is dead |
 //! | `dead` | the dead queue and its admin commands |
 //! | `status` | answering status pings, and asking for them |
 //! | `pause` | paused queues: a marker queue per paused queue, read at most every 250 ms |
@@ -56,6 +57,7 @@ mod delivery;
 mod hold;
 mod options;
 mod pause;
+mod poison;
 mod publish;
 mod recover;
 mod status;
@@ -82,7 +84,8 @@ use recover::Link;
 use topology::Topology;
 
 pub use options::{
-    DEFAULT_CONSUMER_TIMEOUT, DEFAULT_PREFETCH, DEFAULT_PREFIX, DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_CONSUMER_TIMEOUT, DEFAULT_DELIVERY_LIMIT, DEFAULT_PREFETCH, DEFAULT_PREFIX,
+    DEFAULT_PUBLISH_TIMEOUT,
 };
 pub use wire::{HEADER_DIED_AT, HEADER_NAME, HEADER_QUEUE, HEADER_RUN_AT};
 
@@ -135,7 +138,7 @@ impl AmqpBroker {
     /// ```
     pub async fn open(url: &str) -> Result<AmqpBroker, Error> {
         let opts = options::parse_url(url)?;
-        connection::probe(&opts.lapin_url, &opts.tls)
+        connection::probe_any(&opts)
             .await
             .map_err(|e| match e.tls {
                 true => Error::broker(&redact_url(url), e.message),

@@ -221,7 +221,19 @@ impl Inner {
                         ret.reply_code, ret.reply_text
                     )));
                 }
-                Ok(Ok(Confirmation::Nack(_))) => "the broker nacked the message".to_string(),
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    // A quorum queue's leader died: RabbitMQ 3.10 may go on
+                    // nacking everything on that channel (measured: 60 s and
+                    // more, on a cluster that had a new leader in 0.2 s). A
+                    // fresh confirm channel publishes at once: close this
+                    // one, `pub_conn` opens another (see cluster_e2e).
+                    let ch = p.confirm.clone();
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(OP_TIMEOUT, ch.close(200, "nacked".into())).await;
+                    });
+                    "the broker nacked the message".to_string()
+                }
                 Ok(Ok(Confirmation::NotRequested)) => {
                     return Err(self.err("publisher confirms are not on"));
                 }

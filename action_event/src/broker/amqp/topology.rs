@@ -3,7 +3,9 @@
 //! # Topology (see `docs/wire-format.md`)
 //!
 //! Declared idempotently and lazily, on every (re)connect:
-//! - `<prefix><queue>`: one durable classic queue per queue name, no arguments.
+//! - `<prefix><queue>`: one durable queue per queue name: classic with no
+//!   arguments, or `x-queue-type=quorum` with `queue_type=quorum` (see
+//!   `options`, *Quorum queues*).
 //! - `<prefix>dead`: durable queue of [`DeadEvent`](crate::broker::DeadEvent) JSON documents.
 //! - the delay ladder (see `delay`).
 //!
@@ -22,6 +24,7 @@ use lapin::types::FieldTable;
 use tokio::time::Instant;
 
 use super::connection::{OP_TIMEOUT, TopoErr, op};
+use super::options::QueueType;
 use super::publish::PubConn;
 use super::wire::{i64_of, long_str};
 use super::{Inner, lock};
@@ -65,6 +68,32 @@ impl Inner {
 
     pub(super) fn delay_name(&self, level: u64) -> String {
         format!("{}delay.{level}", self.opts.prefix)
+    }
+
+    /// Arguments of a work queue or of the dead queue: none for classic
+    /// queues, `x-queue-type=quorum` for quorum ones.
+    pub(super) fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.opts.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), long_str("quorum"));
+        }
+        args
+    }
+
+    /// Arguments of a queue whose messages expire (`ttl_ms`) and are
+    /// dead-lettered through the default exchange: a delay level, a hold
+    /// queue. On quorum queues the dead-lettering is at-least-once (it
+    /// needs `x-overflow=reject-publish`): a node dying while it moves an
+    /// expired message to its work queue loses nothing.
+    pub(super) fn expiring_args(&self, ttl_ms: u64) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert("x-message-ttl".into(), i64_of(ttl_ms));
+        args.insert("x-dead-letter-exchange".into(), long_str(""));
+        if self.opts.queue_type == QueueType::Quorum {
+            args.insert("x-dead-letter-strategy".into(), long_str("at-least-once"));
+            args.insert("x-overflow".into(), long_str("reject-publish"));
+        }
+        args
     }
 
     /// Declares what a publish needs, once per (re)connect.
@@ -121,10 +150,11 @@ impl Inner {
         name: &str,
         level: Option<u64>,
     ) -> Result<u32, TopoErr> {
-        let mut args = FieldTable::default();
-        if let Some(l) = level {
-            args.insert("x-message-ttl".into(), i64_of(l));
-            args.insert("x-dead-letter-exchange".into(), long_str(""));
+        let args = match level {
+            Some(l) => self.expiring_args(l),
+            None => self.queue_args(),
+        };
+        if level.is_some() {
             op(
                 "declare exchange",
                 ch.exchange_declare(

@@ -122,12 +122,17 @@ pub(super) fn republish_properties(props: &BasicProperties, run_at: u64) -> Basi
 }
 
 /// A copy of a message's properties for a renewal copy: persistent, without
-/// the dead-lettering headers (see [`republish_properties`]).
+/// the dead-lettering headers and the broker's delivery count (see [`republish_properties`]).
 pub(super) fn copy_properties(props: &BasicProperties) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(h) = props.headers() {
         for (k, v) in h.inner() {
-            if k.as_str() == "x-death" || k.as_str().starts_with("x-first-death") {
+            // `x-delivery-count` is the broker's count of this delivery: a
+            // copy is a new message (see `poison`).
+            if k.as_str() == "x-death"
+                || k.as_str().starts_with("x-first-death")
+                || k.as_str() == "x-delivery-count"
+            {
                 continue;
             }
             headers.insert(k.clone(), v.clone());

@@ -177,7 +177,7 @@ impl Inner {
                 ch.queue_declare(
                     slot.full.as_str().into(),
                     QueueDeclareOptions::durable(),
-                    FieldTable::default(),
+                    self.queue_args(),
                 ),
             )
             .await?;
