@@ -256,6 +256,13 @@ impl Broker for SqliteBroker {
     async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
         depth::queues_with_events(self).await
     }
+
+    // --- perf ---
+
+    /// One transaction: every envelope is stored, or none.
+    async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
+        publish::publish_many(self, envelopes).await
+    }
 }
 
 fn now_i64() -> i64 {
