@@ -25,10 +25,12 @@ use crate::event::{Context, Event};
 use crate::registry::registry;
 
 mod current;
+mod many;
 pub(crate) use current::{
     Current, LocalQueue, count_local_mode, replace_thread_current, scope_current,
 };
 use current::{installed, outside_test_mode};
+pub use many::queue_many;
 
 /// A handle on a broker for queueing events. Cheap to clone.
 ///
@@ -651,6 +653,39 @@ pub trait QueueExt: Event {
     ) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
         let req = QueueRequest::typed(self).map(|r| r.at(at));
         async move { req?.send().await }
+    }
+
+    /// Queues every event of `events` on its handler's queue in one batch
+    /// through the current client, as [`queue_many`] does: all are checked
+    /// first (nothing is queued if one fails), then stored together; the
+    /// ids come back in order.
+    ///
+    /// ```no_run
+    /// use action_event::prelude::*;
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "low")]
+    /// pub struct ResizeEvent { pub image: u64 }
+    /// impl Process for ResizeEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    /// # async fn run() -> Result<()> {
+    /// let batch: Vec<ResizeEvent> = (0..1000).map(|image| ResizeEvent { image }).collect();
+    /// let ids = ResizeEvent::queue_many(&batch).await?;
+    /// assert_eq!(ids.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    fn queue_many<'a, I>(
+        events: I,
+    ) -> impl Future<Output = Result<Vec<EventId>, Error>> + Send + 'static
+    where
+        I: IntoIterator<Item = &'a Self>,
+        Self: 'a,
+    {
+        let reqs = events
+            .into_iter()
+            .map(QueueRequest::typed)
+            .collect::<Result<Vec<_>, Error>>();
+        async move { queue_many(reqs?).await }
     }
 }
 

@@ -251,7 +251,7 @@ pub use action_event_macros::skip_before_filter;
 /// # Ok(()) }
 /// ```
 pub use action_event_macros::queue;
-pub use client::{Client, QueueExt, QueueRequest};
+pub use client::{Client, QueueExt, QueueRequest, queue_many};
 pub use dispatch::{Failure, FailureKind, Outcome};
 pub use envelope::{Envelope, EventId};
 pub use error::{BoxError, Error, redact_url};

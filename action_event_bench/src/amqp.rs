@@ -18,6 +18,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+mod procs;
+
 use crate::Plan;
 use crate::child::{self, ChildSpec};
 use crate::event::{self, clock_ns, percentiles};
@@ -85,7 +87,7 @@ where
     I: IntoIterator,
     I::Item: AsRef<[u8]>,
 {
-    let mut inflight = VecDeque::with_capacity(window);
+    let mut inflight = VecDeque::with_capacity(window.min(4096));
     let mut n = 0;
     for body in bodies {
         let confirm = ch
@@ -395,19 +397,54 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
                 fw = fw_enqueue_rate(&r).await.map(|x| x.max(*best));
             }
         }
+        let row = raw
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(|&b| {
+                let baseline = format!(
+                    "lapin publish, all {} confirms in flight, same bytes: {}",
+                    thousands(n),
+                    fmt_rate(b)
+                );
+                match r.skipped(&what, baseline.clone()) {
+                    Some(row) => Ok(row),
+                    None => fw.map(|f| {
+                        Row::new(B, &what)
+                            .framework(fmt_rate(f))
+                            .baseline(baseline)
+                            .ratio(f / b)
+                            .target(Target::AtLeast(0.9))
+                    }),
+                }
+            });
+        report.push_result(B, &what, row);
+
+        let what = format!(
+            "Enqueue {}: one `queue_many` call (bulk: every confirm in flight, returns when all are confirmed)",
+            thousands(n)
+        );
+        let mut bulk: anyhow::Result<f64> = Ok(0.0);
+        for _ in 0..plan.reps {
+            if r.fw_skip.is_none()
+                && let Ok(best) = &bulk
+            {
+                bulk = fw_bulk_rate(&r).await.map(|x| x.max(*best));
+            }
+        }
         let row = raw.and_then(|b| {
             let baseline = format!(
-                "lapin publish, {WINDOW} confirms in flight, same bytes: {}",
+                "lapin publish, all {} confirms in flight, same bytes: {}",
+                thousands(n),
                 fmt_rate(b)
             );
             match r.skipped(&what, baseline.clone()) {
                 Some(row) => Ok(row),
-                None => fw.map(|f| {
+                None => bulk.map(|f| {
                     Row::new(B, &what)
                         .framework(fmt_rate(f))
                         .baseline(baseline)
                         .ratio(f / b)
-                        .target(Target::AtLeast(0.9))
+                        .target(Target::AtLeast(1.0))
                 }),
             }
         });
@@ -447,6 +484,11 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
             };
             report.push_result(B, &what, row);
         }
+    }
+
+    if plan.wants("procs") {
+        eprintln!("rabbitmq: processing in own processes");
+        procs::rows(&r, report).await;
     }
 
     if plan.wants("latency") {
@@ -501,7 +543,7 @@ async fn raw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
         .map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
-    raw_publish(&r.pch, &q, &bodies, WINDOW).await?;
+    raw_publish(&r.pch, &q, &bodies, usize::MAX).await?;
     let raw = rate(n, started.elapsed());
     let stored = declare(&r.pch, &q).await?;
     r.drop_queue(&q).await;
@@ -518,6 +560,23 @@ async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
         let elapsed = fw::enqueue(&client, n, r.plan.enqueue_tasks).await?;
         let waiting = client.broker().depth("medium").await?.waiting;
         ensure!(waiting == n, "queue! stored {waiting} of {n}");
+        Ok(rate(n, elapsed))
+    }
+    .await;
+    drop(client);
+    cleanup_prefix(&r.pch, &prefix).await;
+    result
+}
+
+/// One `queue_many` call of `n` events: events/s.
+async fn fw_bulk_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+    let n = r.plan.n;
+    let (url, prefix) = r.fw_url("bulk");
+    let client = Client::connect(&url).await?;
+    let result = async {
+        let elapsed = fw::enqueue_bulk(&client, n).await?;
+        let waiting = client.broker().depth("medium").await?.waiting;
+        ensure!(waiting == n, "queue_many stored {waiting} of {n}");
         Ok(rate(n, elapsed))
     }
     .await;

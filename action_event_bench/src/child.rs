@@ -24,6 +24,10 @@ pub enum Kind {
     RawSqlite,
     /// The hand-written lapin consumer.
     RawAmqp,
+    /// The poller as an app's binary runs it (`poller::main_with_args`:
+    /// its runtime from `--threads`, its INFO log to `--log-file`), on the
+    /// queues `high medium low`; `--events` is the count it must reach.
+    Poller,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,6 +57,12 @@ pub struct ChildArgs {
     idle_ms: u64,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Runtime threads (raw-amqp, poller): 1 = a current-thread runtime.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// The poller's log file (poller).
+    #[arg(long)]
+    log_file: Option<String>,
 }
 
 /// The arguments of one child.
@@ -86,6 +96,22 @@ impl ChildSpec {
         let mut s = Self::new("raw-amqp", url, mode, events, idle_ms);
         s.0.extend(["--queue".into(), queue.into()]);
         s
+    }
+    /// The poller binary's own path draining `events`, INFO log to `log`.
+    pub fn poller(url: &str, events: u64, concurrency: usize, log: &Path) -> ChildSpec {
+        let mut s = Self::new("poller", url, "drain", events, "0");
+        s.0.extend([
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--log-file".into(),
+            log.display().to_string(),
+        ]);
+        s
+    }
+    /// Runs the child's runtime on `threads` threads (1: current-thread).
+    pub fn threads(mut self, threads: usize) -> ChildSpec {
+        self.0.extend(["--threads".into(), threads.to_string()]);
+        self
     }
 }
 
@@ -201,9 +227,22 @@ fn ready_go() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(0)
+}
+
+/// `threads` 1: a current-thread runtime; 0: tokio's default multi-thread
+/// one (a worker per CPU); N: multi-thread with N workers.
+fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    Ok(b.enable_all().build()?)
 }
 
 fn run(a: &ChildArgs) -> anyhow::Result<(u64, Duration)> {
@@ -247,8 +286,35 @@ fn run(a: &ChildArgs) -> anyhow::Result<(u64, Duration)> {
             };
             Ok((done, started.elapsed()))
         }
+        Kind::Poller => {
+            let probe = Probe::new(a.events, None);
+            let mut args = vec![
+                "poller".to_string(),
+                "--broker".into(),
+                a.target.clone(),
+                "--queues".into(),
+                "high medium low".into(),
+                "--concurrency".into(),
+                a.concurrency.to_string(),
+                "--exit-when-empty".into(),
+            ];
+            if a.threads > 0 {
+                args.extend(["--threads".into(), a.threads.to_string()]);
+            }
+            if let Some(log) = &a.log_file {
+                args.extend(["--log-file".into(), log.clone()]);
+            }
+            ready_go()?;
+            let started = Instant::now();
+            let code = action_event::poller::main_with_args(args, State::new().with(probe.clone()));
+            ensure!(code == ExitCode::SUCCESS, "the poller exited with {code:?}");
+            let reached = probe.reached().with_context(|| {
+                format!("the poller ran {} of {} events", probe.done(), a.events)
+            })?;
+            Ok((probe.done(), reached.duration_since(started)))
+        }
         Kind::RawAmqp => {
-            let rt = runtime()?;
+            let rt = runtime_with(a.threads)?;
             let conn = rt.block_on(crate::amqp::raw_connect(&a.target, "bench-raw-child"))?;
             ready_go()?;
             let started = Instant::now();

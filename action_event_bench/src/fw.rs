@@ -94,6 +94,22 @@ pub async fn enqueue(client: &Client, n: u64, tasks: u64) -> anyhow::Result<Dura
     Ok(started.elapsed())
 }
 
+/// `n` events queued in one `queue_many` call through the global client
+/// (set to `client`); the requests are built inside the timer, as an app
+/// builds them. Returns the wall time.
+pub async fn enqueue_bulk(client: &Client, n: u64) -> anyhow::Result<Duration> {
+    client.clone().set_global();
+    let started = Instant::now();
+    let ids =
+        action_event::queue_many((0..n).map(|i| QueueRequest::new(NAME).param("i", i))).await?;
+    ensure!(
+        ids.len() as u64 == n,
+        "queue_many returned {} ids for {n}",
+        ids.len()
+    );
+    Ok(started.elapsed())
+}
+
 /// Fills a backlog through the client, `window` sends in flight (untimed setup).
 pub async fn fill(client: &Client, n: u64, window: usize) -> anyhow::Result<()> {
     futures_util::stream::iter(0..n)

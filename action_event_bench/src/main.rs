@@ -56,10 +56,10 @@ struct Args {
     /// root; with --quick, target/BENCHMARKS.quick.md).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only the row groups named (comma-separated: enqueue, process, latency,
-    /// memory, scale, two, quorum), e.g. while working on one of them.
-    /// `quorum` (quorum queues on private nodes and a 3-node cluster) runs
-    /// only when named here.
+    /// Only the row groups named (comma-separated: enqueue, process, procs,
+    /// latency, memory, scale, two, quorum), e.g. while working on one of
+    /// them. `quorum` (quorum queues on private nodes and a 3-node cluster)
+    /// runs only when named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many times the enqueue and processing rows run; each side's best
@@ -378,9 +378,17 @@ fn notes(plan: &Plan) -> Vec<String> {
             sqlite::RAW_POLL
         ),
         format!(
-            "RabbitMQ baselines: separate publish and consume connections; publishing is \
-             persistent with {} confirms in flight; the consumer has prefetch {} and acks in a \
-             spawned task. The pollers' URLs set `prefetch={}` too (the default is 32).",
+            "RabbitMQ baselines: separate publish and consume connections; the enqueue \
+             baseline publishes persistent messages with every confirm in flight (all N \
+             published before the first confirm is awaited; backlogs for the drain rows are \
+             filled with {} in flight); the consumer has prefetch {} and acks in a spawned task. \
+             The pollers' URLs set `prefetch={}` too (the default is 32). The rows \"in own \
+             processes\" run each side as a child process: the raw consumer on a \
+             current-thread or a multi-thread tokio runtime, the poller through \
+             `poller::main_with_args` (the poller binary's path: `--threads` picks its \
+             runtime, its default INFO log goes to a file, checked to hold a `Finished \
+             processing` line per event); their CPU is user + system of that process per \
+             event (/proc/self/stat), the broker's not counted.",
             amqp::WINDOW,
             amqp::PREFETCH,
             amqp::PREFETCH
@@ -392,8 +400,9 @@ fn notes(plan: &Plan) -> Vec<String> {
              to N (each event ran once).",
             2
         ),
-        "No tracing subscriber is installed: the poller's per-event log lines cost nothing here, \
-         unlike in a real poller writing its log."
+        "In-process rows install no tracing subscriber: the poller's per-event log lines cost \
+         nothing there; the RabbitMQ rows \"in own processes\" write the default INFO log to \
+         a file, as a deployed poller does."
             .into(),
         format!(
             "Numbers are noisy: {} shares its CPUs with the broker and with other work; compare \

@@ -227,6 +227,31 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
                 .target(floor.clone())
         });
         report.push_result(B, &what, r);
+
+        let what = format!(
+            "Enqueue {}: one `queue_many` call (bulk: one transaction)",
+            thousands(n)
+        );
+        let r = async {
+            let (mut f, mut b) = (0f64, 0f64);
+            for _ in 0..plan.reps {
+                let (fr, br) = enqueue_bulk(plan, dir).await?;
+                (f, b) = (f.max(fr), b.max(br));
+            }
+            Ok::<_, anyhow::Error>((f, b))
+        }
+        .await
+        .map(|(f, b)| {
+            Row::new(B, &what)
+                .framework(fmt_rate(f))
+                .baseline(format!(
+                    "rusqlite INSERT loop in one transaction, same bytes: {}",
+                    fmt_rate(b)
+                ))
+                .ratio(f / b)
+                .target(Target::AtLeast(1.0))
+        });
+        report.push_result(B, &what, r);
     }
 
     if plan.wants("process") {
@@ -337,6 +362,43 @@ async fn enqueue(plan: &Plan, dir: &Path) -> anyhow::Result<(f64, f64)> {
             let now = now_ms() as i64;
             stmt.execute(params![id, "medium", event::NAME, body, now, now])?;
         }
+        Ok(started.elapsed())
+    })
+    .await?;
+    let stored = depth(&raw_db).await?;
+    ensure!(stored == n, "raw loop stored {stored} of {n}");
+    Ok((rate(n, fw_time), rate(n, raw_time)))
+}
+
+/// One `queue_many` call of `n` against the raw loop inserting the same
+/// bodies in one transaction: (framework, raw) events/s.
+async fn enqueue_bulk(plan: &Plan, dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let n = plan.n;
+    let fw_db = Db::fresh(dir, "bulk-fw");
+    let client = Client::connect(&fw_db.url()).await?;
+    let fw_time = fw::enqueue_bulk(&client, n).await?;
+    drop(client);
+    let stored = depth(&fw_db).await?;
+    ensure!(stored == n, "queue_many stored {stored} of {n}");
+
+    let raw_db = Db::fresh(dir, "bulk-raw");
+    raw_db.create().await?;
+    let path = raw_db.path.clone();
+    let raw_time = blocking(move || {
+        let bodies = (0..n)
+            .map(|i| event::body(i, None))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut conn = raw_conn(&path)?;
+        let started = Instant::now();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(RAW_INSERT)?;
+            let now = now_ms() as i64;
+            for (id, body) in &bodies {
+                stmt.execute(params![id, "medium", event::NAME, body, now, now])?;
+            }
+        }
+        tx.commit()?;
         Ok(started.elapsed())
     })
     .await?;

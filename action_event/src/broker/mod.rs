@@ -575,4 +575,30 @@ pub trait Broker: Send + Sync + 'static {
         let all = self.paused_queues().await?;
         Ok(queues.iter().filter(|q| all.contains(q)).cloned().collect())
     }
+
+    // --- perf ---
+
+    /// Stores every envelope durably, like [`Broker::publish`] on each, and
+    /// returns once all of them are stored (RabbitMQ: every one confirmed).
+    /// What an `Err` leaves depends on the backend: SQLite stores all or
+    /// none (one transaction); RabbitMQ pipelines the publishes, so after
+    /// an `Err` some may be stored (publishing the same envelopes again is
+    /// safe: ids are kept, and the SQLite backend skips an id it has).
+    /// The default publishes one at a time, stopping at the first error.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// use action_event::Envelope;
+    /// let batch: Vec<Envelope> = (0..100)
+    ///     .map(|i| Envelope::new("resize", "low", serde_json::json!({ "image": i })))
+    ///     .collect();
+    /// broker.publish_many(&batch).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
+        for envelope in envelopes {
+            self.publish(envelope).await?;
+        }
+        Ok(())
+    }
 }

@@ -314,11 +314,12 @@ impl Poller {
                     let span = event_span(&delivery, envelope.as_ref().ok());
                     if let Ok(env) = &envelope {
                         span.in_scope(|| {
+                            // `params` formats straight into the line: no String of its own.
                             tracing::info!(
                                 "Processing {}:{} ({})",
                                 delivery.queue,
                                 env.id,
-                                env.params_json()
+                                env.params
                             )
                         });
                     }
@@ -331,11 +332,13 @@ impl Poller {
                     let handler = Running::enter(&shared.handlers);
                     let shared = shared.clone();
                     let hard = hard_rx.clone();
+                    // Boxed: the event's future is large, and a task moves
+                    // what it is given into its cell; a box moves as a pointer.
                     tasks.spawn(
-                        async move {
+                        Box::pin(async move {
                             run_one(&shared, delivery, envelope, hard, permit, handler).await;
                             drop(running);
-                        }
+                        })
                         .instrument(span),
                     );
                 }

@@ -47,11 +47,13 @@ macro_rules! contract_suite {
                 depth_counts_waiting_events,
                 pause_and_resume_a_queue,
                 a_pause_reaches_a_taker_that_holds_events_ahead,
+                publish_many_stores_the_batch_in_order,
             ],
             multi_thread: [
                 two_brokers_take_every_event_exactly_once,
                 delays_do_not_block_each_other,
                 retry_goes_through_the_same_delay_twice,
+                concurrent_batches_and_single_publishes_all_arrive_once,
             ]
         );
     };
@@ -891,4 +893,103 @@ async fn a_pause_reaches_a_taker_that_holds_events_ahead<F: Backend>(f: F) {
     assert!(taker.take(&low, F::NOTHING).await.expect("take").is_none());
     f.clean(&taker).await;
     f.clean(&admin).await;
+}
+
+/// `publish_many`: every event of the batch is stored when it returns
+/// (counted before any take), each queue keeps the batch's order, a
+/// delayed one waits for its time, and an empty batch stores nothing.
+async fn publish_many_stores_the_batch_in_order<F: Backend>(f: F) {
+    let b = f.open().await;
+    b.publish_many(&[]).await.expect("empty batch");
+    assert_eq!(b.depth("low").await.expect("depth").waiting, 0);
+
+    let mut batch: Vec<Envelope> = (0..150)
+        .map(|i| Envelope::new("e", ["low", "high", "low"][i % 3], json!({ "i": i })))
+        .collect();
+    let mut later = Envelope::new("e", "high", json!({ "later": true }));
+    later.run_at_ms = Some(now_ms() + 1_500);
+    batch.push(later.clone());
+    b.publish_many(&batch).await.expect("publish_many");
+    assert_eq!(b.depth("low").await.expect("depth").waiting, 100);
+    assert_eq!(b.depth("high").await.expect("depth").waiting, 50);
+
+    for q in ["high", "low"] {
+        let want: Vec<&Envelope> = batch
+            .iter()
+            .filter(|e| e.queue == q && e.run_at_ms.is_none())
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let d = b
+                .take(&qs(&[q]), SOON)
+                .await
+                .expect("take")
+                .expect("every event of the batch");
+            got.push(env_of(&d));
+            b.ack(&d).await.expect("ack");
+        }
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "order of `{q}`");
+    }
+    // Only the delayed one is left, and not before its time.
+    let d = b
+        .take(&qs(&["high", "low"]), SOON)
+        .await
+        .expect("take")
+        .expect("the delayed event");
+    assert_eq!(env_of(&d).id, later.id);
+    assert!(now_ms() + 50 >= later.run_at_ms.unwrap_or(0), "taken early");
+    b.ack(&d).await.expect("ack");
+    assert!(
+        b.take(&qs(&["high", "low"]), F::NOTHING)
+            .await
+            .expect("take")
+            .is_none()
+    );
+    f.clean(&b).await;
+}
+
+/// Batches and single publishes from many tasks at once (SQLite commits
+/// them together): each event arrives exactly once.
+async fn concurrent_batches_and_single_publishes_all_arrive_once<F: Backend>(f: F) {
+    let b = Arc::new(f.open().await);
+    let mut tasks = Vec::new();
+    let mut sent = HashSet::new();
+    for t in 0..8 {
+        let batch: Vec<Envelope> = (0..40)
+            .map(|i| Envelope::new("e", "medium", json!({ "t": t, "i": i })))
+            .collect();
+        let single = Envelope::new("e", "medium", json!({ "t": t, "single": true }));
+        sent.extend(batch.iter().map(|e| e.id));
+        sent.insert(single.id);
+        let b = Arc::clone(&b);
+        tasks.push(tokio::spawn(async move {
+            b.publish_many(&batch).await.expect("publish_many");
+            b.publish(&single).await.expect("publish");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(
+        b.depth("medium").await.expect("depth").waiting,
+        sent.len() as u64
+    );
+    let mut got = HashSet::new();
+    while got.len() < sent.len() {
+        let d = b
+            .take(&qs(&["medium"]), SOON)
+            .await
+            .expect("take")
+            .expect("every event");
+        assert!(got.insert(env_of(&d).id), "an event came twice");
+        b.ack(&d).await.expect("ack");
+    }
+    assert_eq!(got, sent);
+    assert!(
+        b.take(&qs(&["medium"]), F::NOTHING)
+            .await
+            .expect("take")
+            .is_none()
+    );
+    f.clean(&b).await;
 }

@@ -16,6 +16,7 @@
 //! | `wire` | message properties and headers of events, copies and dead events |
 //! | `topology` | queue and exchange names, idempotent declarations per publish epoch |
 //! | `publish` | the publish connection and its confirm channel, confirmed publishes |
+//! | `publish_many` | bulk publishing: a batch's confirms all in flight at once |
 //! | `delay` | the delay ladder: levels, picking one, early events sent round again |
 //! | `consume` | `take`: per-queue consumers and buffers (`slot`), strict priority (`priority`), consume generations (`generation`) |
 //! | `tag` | what a handed-out delivery carries until it is settled |
@@ -59,6 +60,7 @@ mod options;
 mod pause;
 mod poison;
 mod publish;
+mod publish_many;
 mod recover;
 mod status;
 mod tag;
@@ -342,5 +344,11 @@ impl Broker for AmqpBroker {
 
     async fn paused_among(&self, queues: &[String]) -> Result<Vec<String>, Error> {
         self.inner.paused_among(queues).await
+    }
+
+    // --- perf ---
+
+    async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
+        self.inner.publish_envelopes(envelopes).await
     }
 }

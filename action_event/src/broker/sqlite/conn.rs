@@ -87,7 +87,7 @@ pub(super) struct Inner {
     /// and the guard can move to the blocking pool with the operation.
     pub(super) state: Arc<tokio::sync::Mutex<State>>,
     /// Publishes waiting for the connection (see [`super::publish`]).
-    pub(super) publishes: std::sync::Mutex<Vec<Pending<NewRow>>>,
+    pub(super) publishes: std::sync::Mutex<Vec<Pending<Vec<NewRow>>>>,
     /// Acks waiting for the connection (see [`super::settle`]).
     pub(super) acks: std::sync::Mutex<Vec<Pending<Tag>>>,
 }

@@ -276,6 +276,13 @@ impl Broker for SqliteBroker {
     async fn paused_queues(&self) -> Result<Vec<String>, Error> {
         pause::list(self).await
     }
+
+    // --- perf ---
+
+    /// One transaction: every envelope is stored, or none.
+    async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
+        publish::publish_many(self, envelopes).await
+    }
 }
 
 fn now_i64() -> i64 {

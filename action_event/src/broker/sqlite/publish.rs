@@ -25,8 +25,31 @@ pub(super) struct NewRow {
 /// Concurrent publishes are committed together (group commit): each
 /// returns once the transaction holding its row committed.
 pub(super) async fn publish(broker: &SqliteBroker, envelope: &Envelope) -> Result<(), Error> {
+    publish_many(broker, std::slice::from_ref(envelope)).await
+}
+
+/// Stores every envelope in one transaction, all or none (see
+/// [`Broker::publish_many`](crate::broker::Broker::publish_many)); it joins
+/// the group commit of concurrent publishes like a single one.
+pub(super) async fn publish_many(
+    broker: &SqliteBroker,
+    envelopes: &[Envelope],
+) -> Result<(), Error> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
     let now = now_i64();
-    let row = NewRow {
+    let rows = envelopes
+        .iter()
+        .map(|envelope| new_row(envelope, now))
+        .collect();
+    broker
+        .group_commit(|inner| &inner.publishes, rows, insert_rows)
+        .await
+}
+
+fn new_row(envelope: &Envelope, now: i64) -> NewRow {
+    NewRow {
         event_id: envelope.id.to_string(),
         queue: envelope.queue.clone(),
         name: envelope.name.clone(),
@@ -36,14 +59,11 @@ pub(super) async fn publish(broker: &SqliteBroker, envelope: &Envelope) -> Resul
             0 => now,
             ms => ms_i64(ms),
         },
-    };
-    broker
-        .group_commit(|inner| &inner.publishes, row, insert_rows)
-        .await
+    }
 }
 
-/// Stores `rows` in one transaction (one autocommit insert for a single row).
-fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), Error> {
+/// Stores `batches` in one transaction (one autocommit insert for a single row).
+fn insert_rows(inner: &Inner, state: &mut State, batches: &[Vec<NewRow>]) -> Result<(), Error> {
     let insert = |conn: &Connection, row: &NewRow| -> Result<(), Error> {
         let n = conn
             .prepare_cached(INSERT)
@@ -63,5 +83,11 @@ fn insert_rows(inner: &Inner, state: &mut State, rows: &[NewRow]) -> Result<(), 
         }
         Ok(())
     };
-    each_in_one_tx(inner, state, "publish", rows, insert)
+    if let [batch] = batches {
+        return each_in_one_tx(inner, state, "publish", batch, insert);
+    }
+    let rows: Vec<&NewRow> = batches.iter().flatten().collect();
+    each_in_one_tx(inner, state, "publish", &rows, |conn, row| {
+        insert(conn, row)
+    })
 }

@@ -46,6 +46,15 @@ pub(super) struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub(super) concurrency: usize,
 
+    /// Runtime threads: 1 runs the poller on one thread (a current-thread
+    /// runtime: no hops between threads, the least CPU per event, but a
+    /// handler that blocks its thread stalls every other event, the
+    /// timeouts and the signals); N > 1 a multi-thread runtime with N
+    /// workers. Default: a worker per CPU (tokio's default), which measured
+    /// as fast or faster on a shared 2-core machine (see BENCHMARKS.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(super) threads: Option<u16>,
+
     /// Broker URL (default: $ACTION_EVENT_URL, else sqlite://action_event.db).
     #[arg(long)]
     pub(super) broker: Option<String>,
@@ -247,10 +256,7 @@ pub(super) fn main(cli: RunArgs, args: &[OsString], state: State) -> ExitCode {
         return ExitCode::FAILURE;
     }
     crate::poller::log_panics();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(cli.threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poller: cannot start the async runtime: {e}");
@@ -267,6 +273,24 @@ pub(super) fn main(cli: RunArgs, args: &[OsString], state: State) -> ExitCode {
             eprintln!("poller: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The poller's runtime (`--threads`): current-thread for 1, multi-thread
+/// with that many workers for more, tokio's default (a worker per CPU)
+/// when not given.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n.max(1)))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
 }
 
