@@ -23,6 +23,7 @@
 //! | `hold` | long events: renewal through hold queues |
 //! | `dead` | the dead queue and its admin commands |
 //! | `status` | answering status pings, and asking for them |
+//! | `tick` | periodic ticks: the single-active-consumer lease |
 //!
 //! Following one publish: [`Broker::publish`] → `Inner::publish_envelope`
 //! (`publish`) → `Inner::route` (picks a delay level, `delay`) →
@@ -58,6 +59,7 @@ mod publish;
 mod recover;
 mod status;
 mod tag;
+mod tick;
 mod topology;
 mod wire;
 
@@ -111,6 +113,7 @@ struct Inner {
     topology: Topology,
     consume: Consume,
     holds: Holds,
+    ticks: tick::Ticks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,6 +149,7 @@ impl AmqpBroker {
             topology: Topology::new(),
             consume: Consume::new(),
             holds: Holds::new(),
+            ticks: tick::Ticks::new(),
         });
         inner.open_publisher().await?;
         tokio::spawn(consume::reaper(Arc::downgrade(&inner)));
@@ -316,5 +320,17 @@ impl Broker for AmqpBroker {
 
     async fn pollers(&self, wait: Duration) -> Result<Option<Vec<PollerReport>>, Error> {
         self.inner.pollers(wait).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        self.inner.tick_state().await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        self.inner.tick_claim(claim).await
+    }
+
+    async fn tick_last(&self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        self.inner.tick_last().await
     }
 }

@@ -25,6 +25,7 @@
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
+//! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), action_event::Error> {
@@ -54,6 +55,7 @@ pub mod owner;
 pub mod publish;
 pub mod schema;
 pub mod settle;
+pub mod tick;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -255,6 +257,14 @@ impl Broker for SqliteBroker {
 
     async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
         depth::queues_with_events(self).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        tick::state(self).await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        tick::claim(self, claim).await
     }
 }
 

@@ -173,6 +173,8 @@ fn init_schema(conn: &mut Connection, url: &str, path: &Path) -> Result<(), Erro
     if version < 2 {
         tx.execute_batch(OWNERS).map_err(fail)?;
     }
+    // Unversioned tables: created if missing, whatever the version.
+    tx.execute_batch(super::tick::SCHEMA).map_err(fail)?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;
