@@ -27,6 +27,7 @@ mod consumer_timeout_e2e;
 mod demo_events;
 mod failures_e2e;
 mod observability;
+mod periodic_e2e;
 mod poller_e2e;
 mod sqlite_recovery_e2e;
 mod status_e2e;
