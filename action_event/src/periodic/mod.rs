@@ -14,17 +14,22 @@
 //! - RabbitMQ: a lease. The queue `<prefix>periodic.lease` is a
 //!   single-active-consumer queue holding one message, the last tick queued
 //!   per event; the poller the broker delivers it to holds the lease and
-//!   queues the ticks. For each tick it publishes the event (confirmed),
-//!   then the new state message (confirmed), then acks the old one. When
-//!   the holder's connection dies the broker requeues the state message and
-//!   hands it to another poller, which resumes after the last tick recorded.
+//!   queues the ticks. For each tick it sends the event and the new state
+//!   message back to back on one channel, waits for both confirms, then
+//!   acks the old state. When the holder's connection dies the broker
+//!   requeues the state message and hands it to another poller, which
+//!   resumes after the last tick recorded.
 //!
 //! Each tick's event has a deterministic id, [`tick_id`] (event name +
-//! scheduled time), so that a duplicate is recognisable. The window that
-//! remains on RabbitMQ: a holder killed after the broker confirmed the
-//! tick's event and before it confirmed the new state message (a few
-//! milliseconds each tick); the next holder queues that tick again, with
-//! the same id. SQLite has no such window (one transaction).
+//! scheduled time), so that a duplicate is recognisable. The windows that
+//! remain on RabbitMQ: a holder killed after the broker received the tick's
+//! event and before it received the state message sent right after it (the
+//! next holder queues that tick again, with the same id); and a holder cut
+//! off by a network partition that has not noticed yet (until heartbeats
+//! time out) queuing a tick that the next holder queues too. SQLite has no
+//! such window (one transaction).
+//!
+//! Missed ticks and the 5-second grace: see [`plan`] and [`Missed`].
 //!
 //! Params: a periodic event is queued with its `Default` value (a periodic
 //! event without `Default` is a compile error).

@@ -8,7 +8,8 @@
 //! - `cron = "..."`: the occurrences of the expression on the wall clock of
 //!   `timezone` (UTC when none is given), with croner's DST rules: a time
 //!   that a spring-forward change skips runs at the first valid instant
-//!   after the gap (once); a time that an autumn change repeats runs once,
+//!   after the gap (02:30 in Berlin on 29 March 2026 runs at 03:00 CEST,
+//!   once); a time that an autumn change repeats runs once,
 //!   at its first occurrence. So a job at 09:30 in Berlin runs once on the
 //!   days the clocks change, at 09:30 local time.
 
@@ -106,19 +107,13 @@ impl Schedule {
         match &self.kind {
             Kind::Every { ms: p } => ms.div_euclid(*p).checked_add(1)?.checked_mul(*p),
             Kind::Cron { cron, tz, .. } => {
-                let start = at(tz, ms)?;
-                let next = cron.find_next_occurrence(&start, false).ok()?;
-                let next = next.timestamp_millis();
-                // croner works in whole seconds: skip an occurrence in the
-                // same second as `ms` (at or before it).
-                if next <= ms {
-                    let later = at(tz, next.div_euclid(1000) * 1000 + 1000)?;
-                    return cron
-                        .find_next_occurrence(&later, true)
-                        .ok()
-                        .map(|d| d.timestamp_millis());
-                }
-                Some(next)
+                // croner works in whole seconds (and keeps a start's
+                // fraction): from the second `ms` falls in, every later
+                // occurrence is a whole second after `ms`.
+                let start = at(tz, ms.div_euclid(1000) * 1000)?;
+                cron.find_next_occurrence(&start, false)
+                    .ok()
+                    .map(|d| d.timestamp_millis().div_euclid(1000) * 1000)
             }
         }
     }
@@ -185,5 +180,120 @@ pub fn format_tick(ms: i64) -> String {
         Some(d) if ms % 1000 == 0 => d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         None => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .expect("a time")
+            .timestamp_millis()
+    }
+
+    /// The `n` ticks after `from`, in UTC.
+    fn ticks(s: &Schedule, from: &str, n: usize) -> Vec<String> {
+        let mut at = ms(from);
+        (0..n)
+            .map(|_| {
+                at = s.next_after(at).expect("a next tick");
+                format_tick(at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn berlin_0930_runs_once_a_day_across_both_changes() {
+        let s = Schedule::cron("0 30 9 * * *", Some("Europe/Berlin")).unwrap();
+        // 29 March 2026: CET (UTC+1) -> CEST (UTC+2) at 02:00.
+        assert_eq!(
+            ticks(&s, "2026-03-28T00:00:00Z", 3),
+            [
+                "2026-03-28T08:30:00Z",
+                "2026-03-29T07:30:00Z",
+                "2026-03-30T07:30:00Z"
+            ]
+        );
+        // 25 October 2026: CEST -> CET at 03:00.
+        assert_eq!(
+            ticks(&s, "2026-10-24T00:00:00Z", 3),
+            [
+                "2026-10-24T07:30:00Z",
+                "2026-10-25T08:30:00Z",
+                "2026-10-26T08:30:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn new_york_0930_weekdays_across_both_changes() {
+        let s = Schedule::cron("0 30 9 * * Mon-Fri", Some("America/New_York")).unwrap();
+        // 8 March 2026 (a Sunday): EST (UTC-5) -> EDT (UTC-4).
+        assert_eq!(
+            ticks(&s, "2026-03-06T00:00:00Z", 2),
+            ["2026-03-06T14:30:00Z", "2026-03-09T13:30:00Z"]
+        );
+        // 1 November 2026 (a Sunday): EDT -> EST.
+        assert_eq!(
+            ticks(&s, "2026-10-30T00:00:00Z", 2),
+            ["2026-10-30T13:30:00Z", "2026-11-02T14:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn times_in_the_gap_or_the_overlap_run_once() {
+        // Berlin 02:30 does not exist on 29 March 2026 and happens twice on
+        // 25 October 2026: one tick on each of those days.
+        let s = Schedule::cron("0 30 2 * * *", Some("Europe/Berlin")).unwrap();
+        let spring = ticks(&s, "2026-03-28T12:00:00Z", 2);
+        assert_eq!(spring[1], "2026-03-30T00:30:00Z", "{spring:?}");
+        // skipped by the change: at 03:00 CEST, the first instant after the gap
+        assert_eq!(spring[0], "2026-03-29T01:00:00Z", "{spring:?}");
+        assert_eq!(
+            ticks(&s, "2026-10-24T12:00:00Z", 2),
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]
+        );
+        // New York 01:30 happens twice on 1 November 2026: once.
+        let s = Schedule::cron("0 30 1 * * *", Some("America/New_York")).unwrap();
+        assert_eq!(
+            ticks(&s, "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn every_counts_real_time_through_a_change() {
+        let s = Schedule::every_ms(3_600_000).unwrap();
+        assert_eq!(
+            ticks(&s, "2026-03-29T00:10:00Z", 3),
+            [
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T02:00:00Z",
+                "2026-03-29T03:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn latest_at_or_before_counts_the_tick_at_that_second() {
+        let s = Schedule::cron("*/10 * * * * *", None).unwrap();
+        assert_eq!(
+            s.latest_at_or_before(ms("2026-01-01T00:00:10Z")),
+            Some(ms("2026-01-01T00:00:10Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(ms("2026-01-01T00:00:09.999Z")),
+            Some(ms("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:10Z")),
+            Some(ms("2026-01-01T00:00:20Z"))
+        );
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:09.5Z")),
+            Some(ms("2026-01-01T00:00:10Z"))
+        );
     }
 }
