@@ -337,6 +337,34 @@ fn steady(backend: Backend) {
         );
         assert_eq!(dups, 0, "{event}: duplicates with no poller killed\n{logs}");
     }
+    // `poller status` shows each periodic event with its last tick (read
+    // from the broker, every poller stopped) and its next one.
+    let out = Command::new(PERIODIC_POLLER)
+        .arg("status")
+        .current_dir(f.w.path())
+        .env("ACTION_EVENT_URL", &f.w.url)
+        .output()
+        .expect("run status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "status failed: {status}");
+    let last = c.ticks(ONCE).last().copied().expect("ticks");
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{ONCE} ")))
+        .unwrap_or_else(|| panic!("no {ONCE} row:\n{status}"));
+    assert!(
+        row.contains("every 1s") && row.contains(&action_event::periodic::format_tick(last)),
+        "{row}\n(last tick queued: {})",
+        action_event::periodic::format_tick(last)
+    );
+    let digest = status
+        .lines()
+        .find(|l| l.starts_with("morning_digest "))
+        .unwrap_or_else(|| panic!("no morning_digest row:\n{status}"));
+    assert!(
+        digest.contains("cron 0 30 9 * * Mon-Fri (Europe/Berlin)") && digest.contains("never"),
+        "{digest}"
+    );
 }
 
 /// 3 pollers for 60 s, one SIGKILLed every 10 s and replaced.

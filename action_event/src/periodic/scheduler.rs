@@ -7,7 +7,8 @@
 //! let broker = action_event::broker::connect("sqlite://action_event.db").await?;
 //! let registry = action_event::registry()?;
 //! let task = action_event::periodic::scheduler::spawn(broker, registry);
-//! # drop(task);
+//! // ... later, when the poller stops:
+//! task.stop().await;
 //! # Ok(()) }
 //! ```
 
@@ -26,13 +27,35 @@ use super::{Step, TickClaim, format_tick, plan};
 /// whether it got it).
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
-/// Stops the scheduler when dropped.
+/// The running scheduler: [`SchedulerTask::stop`] lets a claim in progress
+/// finish (so the broker's records stay in step with what was queued);
+/// dropping it aborts at once.
 #[derive(Debug)]
-pub struct SchedulerTask(Option<tokio::task::JoinHandle<()>>);
+pub struct SchedulerTask(
+    Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+);
+
+impl SchedulerTask {
+    /// Stops after the claim in progress, if any (waiting at most 5 s).
+    pub async fn stop(mut self) {
+        if let Some((stop, mut handle)) = self.0.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(Duration::from_secs(5), &mut handle)
+                .await
+                .is_err()
+            {
+                handle.abort();
+            }
+        }
+    }
+}
 
 impl Drop for SchedulerTask {
     fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
+        if let Some((_, h)) = self.0.take() {
             h.abort();
         }
     }
@@ -57,18 +80,26 @@ pub fn spawn(broker: Arc<dyn Broker>, registry: &'static Registry) -> SchedulerT
             );
         }
     }
-    SchedulerTask(Some(tokio::spawn(run(broker, events))))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    SchedulerTask(Some((stop, tokio::spawn(run(broker, events, stopped)))))
 }
 
-async fn run(broker: Arc<dyn Broker>, events: Vec<&'static EventInfo>) {
+async fn run(
+    broker: Arc<dyn Broker>,
+    events: Vec<&'static EventInfo>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let started = ms_now();
     let mut holder = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match round(&*broker, &events, started, &mut holder).await {
+        if *stop.borrow() {
+            return;
+        }
+        let pause = match round(&*broker, &events, started, &mut holder).await {
             Ok(sleep) => {
                 backoff = Duration::from_millis(100);
-                tokio::time::sleep(sleep).await;
+                sleep
             }
             Err(e) if e.to_string().contains("no periodic ticks") => {
                 tracing::warn!("Periodic events are not queued by this poller: {e}");
@@ -76,9 +107,14 @@ async fn run(broker: Arc<dyn Broker>, events: Vec<&'static EventInfo>) {
             }
             Err(e) => {
                 tracing::warn!("Periodic ticks: {e}; trying again in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                let pause = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                pause
             }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
         }
     }
 }

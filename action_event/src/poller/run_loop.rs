@@ -286,7 +286,7 @@ impl Poller {
         // Every poller queues the ticks of periodic events, whatever queues
         // it serves (the broker decides which poller queues each tick);
         // stopped when the loop returns.
-        let _scheduler = crate::periodic::scheduler::spawn(shared.broker.clone(), shared.registry);
+        let scheduler = crate::periodic::scheduler::spawn(shared.broker.clone(), shared.registry);
 
         let exit = loop {
             while tasks.try_join_next().is_some() {}
@@ -392,6 +392,9 @@ impl Poller {
         if exit == ExitReason::Empty {
             log_empty(&*shared.broker, shared.registry, &config.queues).await;
         }
+        // No tick queued by a poller on its way out (a claim in progress
+        // finishes first).
+        scheduler.stop().await;
         finish_in_hand(
             &mut tasks,
             &exit,
