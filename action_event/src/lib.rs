@@ -86,6 +86,7 @@ mod dispatch;
 pub mod envelope;
 mod error;
 mod event;
+pub mod periodic;
 pub mod poller;
 mod registry;
 pub mod testing;
@@ -306,6 +307,7 @@ pub mod __private {
     pub use crate::client::QueueRequest;
     pub use crate::event::Result;
     pub use crate::event::{BaseEvent, Event, ParamsError, Process};
+    pub use crate::periodic::{PeriodicDecl, periodic_params};
     pub use crate::registry::{
         BoxFuture, EventDecl, FilterDecl, Handler, ParentDecl, SkipDecl, call_filter, decode,
         process,

@@ -65,6 +65,8 @@ pub struct EventDecl {
     pub filters: &'static [FilterDecl],
     pub skips: &'static [SkipDecl],
     pub handler: Option<Handler>,
+    /// `every`/`cron`: the event is queued by the pollers' scheduler.
+    pub periodic: Option<crate::periodic::PeriodicDecl>,
 }
 
 /// The `extends = T` of an [`EventDecl`]. Generated code only.
@@ -223,6 +225,8 @@ pub struct EventInfo {
     pub chain: Vec<ChainFilter>,
     /// Base types, nearest first.
     pub ancestors: Vec<&'static str>,
+    /// Its schedule, for a periodic event (`every`/`cron`).
+    pub periodic: Option<crate::periodic::Periodic>,
     type_id: TypeId,
     pub(crate) handler: &'static Handler,
 }
@@ -237,6 +241,7 @@ impl fmt::Debug for EventInfo {
             .field("timeout", &self.timeout)
             .field("chain", &self.chain)
             .field("ancestors", &self.ancestors)
+            .field("periodic", &self.periodic)
             .finish_non_exhaustive()
     }
 }
@@ -399,6 +404,16 @@ impl Registry {
                 .iter()
                 .find_map(|l| l.timeout_ms)
                 .map(Duration::from_millis);
+            let periodic = match &d.periodic {
+                Some(p) => match crate::periodic::Periodic::from_decl(d.name, p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             by_type.insert((d.type_id)(), d.name);
             events.insert(
                 d.name,
@@ -410,6 +425,7 @@ impl Registry {
                     timeout,
                     chain,
                     ancestors: lineage[1..].iter().map(|l| (l.type_name)()).collect(),
+                    periodic,
                     type_id: (d.type_id)(),
                     handler,
                 },
@@ -629,6 +645,7 @@ mod tests {
         filters: &[],
         skips: &[],
         handler: None,
+        periodic: None,
     };
     static CYCLE_B: EventDecl = EventDecl {
         type_name: tn_b,
@@ -645,6 +662,7 @@ mod tests {
         filters: &[],
         skips: &[],
         handler: None,
+        periodic: None,
     };
 
     #[test]

@@ -29,6 +29,7 @@ mod demo_events;
 mod failures_e2e;
 mod observability;
 mod pause_e2e;
+mod periodic_e2e;
 mod poller_e2e;
 mod quorum_e2e;
 mod sqlite_recovery_e2e;

@@ -601,4 +601,56 @@ pub trait Broker: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    // --- periodic ---
+
+    /// What this broker knows of the periodic ticks: whether it may queue
+    /// them now and the last tick queued per event (see
+    /// [`crate::periodic`]). The default: this backend has none.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// let state = broker.tick_state().await?;
+    /// println!("holder: {}, last ticks: {:?}", state.holder, state.last);
+    /// # Ok(()) }
+    /// ```
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        Err(Error::broker(
+            &self.url(),
+            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+        ))
+    }
+
+    /// Claims one tick: if the last tick of `claim.name` is still
+    /// `claim.expected` (and, on RabbitMQ, this broker holds the lease),
+    /// queues `claim.envelope` and records `claim.tick` as the last tick,
+    /// together; `Ok(false)` when another poller was first.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// use action_event::periodic::TickClaim;
+    /// let won = broker.tick_claim(&TickClaim { name: "sweep".into(), expected: None, tick: 0, envelope: None }).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        let _ = claim;
+        Err(Error::broker(
+            &self.url(),
+            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+        ))
+    }
+
+    /// The last tick queued per event, for `poller status` (RabbitMQ: as
+    /// the lease holder last published it). The default: [`Broker::tick_state`]'s.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// for (event, tick) in broker.tick_last().await? {
+    ///     println!("{event}: {}", action_event::periodic::format_tick(tick));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn tick_last(&self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        Ok(self.tick_state().await?.last)
+    }
 }

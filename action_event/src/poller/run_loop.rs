@@ -283,6 +283,10 @@ impl Poller {
         if let Err(e) = shared.broker.announce(presence).await {
             tracing::warn!("This poller may not show in `poller status` of other machines: {e}");
         }
+        // Every poller queues the ticks of periodic events, whatever queues
+        // it serves (the broker decides which poller queues each tick);
+        // stopped when the loop returns.
+        let scheduler = crate::periodic::scheduler::spawn(shared.broker.clone(), shared.registry);
 
         let exit = loop {
             while tasks.try_join_next().is_some() {}
@@ -391,6 +395,9 @@ impl Poller {
         if exit == ExitReason::Empty {
             log_empty(&*shared.broker, shared.registry, &config.queues).await;
         }
+        // No tick queued by a poller on its way out (a claim in progress
+        // finishes first).
+        scheduler.stop().await;
         finish_in_hand(
             &mut tasks,
             &exit,

@@ -23,6 +23,19 @@ pub struct Args {
     pub retries: Option<(u32, Span)>,
     /// Milliseconds, at least 1.
     pub timeout: Option<(u64, Span)>,
+    /// Milliseconds, at least 1000.
+    pub every: Option<(u64, Span)>,
+    pub cron: Option<LitStr>,
+    pub timezone: Option<LitStr>,
+    /// `missed = "skip"` (true) or `"once"` (false).
+    pub missed: Option<(bool, Span)>,
+}
+
+impl Args {
+    /// `every` or `cron` was given.
+    pub fn is_periodic(&self) -> bool {
+        self.every.is_some() || self.cron.is_some()
+    }
 }
 
 /// An event (or base) that expands without errors.
@@ -108,6 +121,16 @@ pub fn check(input: Input) -> Result<Checked, Rejected> {
         ));
     }
 
+    for e in super::periodic::combine(&super::periodic::Given {
+        every: args.every.map(|(_, s)| s),
+        cron: args.cron.as_ref().map(|l| l.span()),
+        timezone: args.timezone.as_ref().map(|l| l.span()),
+        missed: args.missed.map(|(_, s)| s),
+        base: args.base,
+    }) {
+        errors.push(e);
+    }
+
     let is_base = args.base.is_some();
     if is_base {
         if let Some(name) = &args.name {
@@ -170,6 +193,10 @@ fn check_arg(arg: &RawArg, out: &mut Args) -> syn::Result<()> {
         Key::Extends => out.extends.is_some(),
         Key::Retries => out.retries.is_some(),
         Key::Timeout => out.timeout.is_some(),
+        Key::Every => out.every.is_some(),
+        Key::Cron => out.cron.is_some(),
+        Key::Timezone => out.timezone.is_some(),
+        Key::Missed => out.missed.is_some(),
     };
     if present {
         return Err(syn::Error::new_spanned(
@@ -184,6 +211,10 @@ fn check_arg(arg: &RawArg, out: &mut Args) -> syn::Result<()> {
         Key::Extends => "extends = ApplicationEvent",
         Key::Retries => "retries = 3",
         Key::Timeout => "timeout = \"30s\"",
+        Key::Every => "every = \"5m\"",
+        Key::Cron => "cron = \"0 30 9 * * Mon-Fri\"",
+        Key::Timezone => "timezone = \"Europe/Berlin\"",
+        Key::Missed => "missed = \"skip\"",
     };
     if arg.key == Key::Base {
         // Recorded even when written wrong, so that the checks that depend
@@ -216,7 +247,13 @@ fn check_arg(arg: &RawArg, out: &mut Args) -> syn::Result<()> {
         }
     };
     match arg.key {
-        Key::Queue | Key::Name | Key::Timeout => {
+        Key::Queue
+        | Key::Name
+        | Key::Timeout
+        | Key::Every
+        | Key::Cron
+        | Key::Timezone
+        | Key::Missed => {
             let lit = match value {
                 syn::Expr::Lit(syn::ExprLit {
                     lit: syn::Lit::Str(s),
@@ -232,6 +269,22 @@ fn check_arg(arg: &RawArg, out: &mut Args) -> syn::Result<()> {
                 Key::Name => {
                     check_event_name(&lit)?;
                     out.name = Some(lit);
+                }
+                Key::Every => {
+                    let ms = super::periodic::every(&lit)?;
+                    out.every = Some((ms, lit.span()));
+                }
+                Key::Cron => {
+                    super::periodic::cron(&lit)?;
+                    out.cron = Some(lit);
+                }
+                Key::Timezone => {
+                    super::periodic::timezone(&lit)?;
+                    out.timezone = Some(lit);
+                }
+                Key::Missed => {
+                    let skip = super::periodic::missed(&lit)?;
+                    out.missed = Some((skip, lit.span()));
                 }
                 _ => {
                     let d = crate::duration::parse("timeout", &lit)?;

@@ -34,6 +34,33 @@ pub fn expand(ev: &Checked) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    let periodic = if args.is_periodic() && !*is_base {
+        let every = args.every.map(|(ms, _)| ms).unwrap_or(0);
+        let cron = args.cron.as_ref().map(|l| l.value()).unwrap_or_default();
+        let tz = args
+            .timezone
+            .as_ref()
+            .map(|l| l.value())
+            .unwrap_or_default();
+        let skip = args.missed.map(|(skip, _)| skip).unwrap_or(false);
+        // Spanned on the struct's name: a periodic event without `Default`
+        // is reported there, once.
+        let params = quote_spanned! {ident.span()=>
+            ::action_event::__private::periodic_params::<#ident>
+        };
+        quote! {
+            ::core::option::Option::Some(#private::PeriodicDecl {
+                every_ms: #every,
+                cron: #cron,
+                timezone: #tz,
+                skip_missed: #skip,
+                params: #params,
+            })
+        }
+    } else {
+        quote!(::core::option::Option::None)
+    };
+
     let mut checks = TokenStream::new();
     let parent = match &args.extends {
         Some(p) => {
@@ -137,6 +164,7 @@ pub fn expand(ev: &Checked) -> TokenStream {
                     filters: &[#(#filter_decls),*],
                     skips: &[#(#skip_decls),*],
                     handler: #handler,
+                    periodic: #periodic,
                 }
             }
         };

@@ -8,6 +8,8 @@
 //! #[action_event]
 //! #[action_event(queue = "high", name = "hello", extends = Base, retries = 3, timeout = "30s")]
 //! #[action_event(base, queue = "low", retries = 5)]
+//! #[action_event(every = "5m", missed = "skip")]              // periodic
+//! #[action_event(cron = "0 30 9 * * Mon-Fri", timezone = "Europe/Berlin")]
 //! ```
 
 use proc_macro2::TokenStream;
@@ -15,6 +17,7 @@ use proc_macro2::TokenStream;
 mod check;
 mod expand;
 mod parse;
+mod periodic;
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     match check::check(parse::parse(args, item)) {

@@ -9,9 +9,11 @@ use syn::spanned::Spanned;
 
 use crate::filters::{self, Kind};
 
-pub const VALID_KEYS: &str = "`queue = \"high\"`, `name = \"...\"`, `base`, `extends = SomeBase`, `retries = 3`, `timeout = \"30s\"`";
+pub const VALID_KEYS: &str = "`queue = \"high\"`, `name = \"...\"`, `base`, `extends = SomeBase`, `retries = 3`, `timeout = \"30s\"`, `every = \"5m\"`, `cron = \"0 30 9 * * Mon-Fri\"`, `timezone = \"Europe/Berlin\"`, `missed = \"skip\"`";
 
-const KEYS: [&str; 6] = ["queue", "name", "base", "extends", "retries", "timeout"];
+const KEYS: [&str; 10] = [
+    "queue", "name", "base", "extends", "retries", "timeout", "every", "cron", "timezone", "missed",
+];
 
 /// The keys of `#[action_event(...)]`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,10 @@ pub enum Key {
     Extends,
     Retries,
     Timeout,
+    Every,
+    Cron,
+    Timezone,
+    Missed,
 }
 
 impl Key {
@@ -33,6 +39,10 @@ impl Key {
             "extends" => Key::Extends,
             "retries" => Key::Retries,
             "timeout" => Key::Timeout,
+            "every" => Key::Every,
+            "cron" => Key::Cron,
+            "timezone" => Key::Timezone,
+            "missed" => Key::Missed,
             _ => return None,
         })
     }
@@ -45,6 +55,10 @@ impl Key {
             Key::Extends => "extends",
             Key::Retries => "retries",
             Key::Timeout => "timeout",
+            Key::Every => "every",
+            Key::Cron => "cron",
+            Key::Timezone => "timezone",
+            Key::Missed => "missed",
         }
     }
 }
@@ -95,6 +109,8 @@ pub struct Struct {
 //     #[action_event]
 //     #[action_event(queue = "high", name = "hello", extends = Base, retries = 3, timeout = "30s")]
 //     #[action_event(base, queue = "low", retries = 5)]
+//     #[action_event(every = "5m", missed = "skip")]
+//     #[action_event(cron = "0 30 9 * * Mon-Fri", timezone = "Europe/Berlin")]
 pub fn parse(args: TokenStream, item: TokenStream) -> Input {
     Input {
         args: split_args(args).into_iter().map(parse_arg).collect(),
@@ -212,6 +228,10 @@ fn suggest(written: &str) -> Option<&'static str> {
         "abstract" => Some("base"),
         "deadline" | "time_limit" | "timeout_secs" => Some("timeout"),
         "event" | "event_name" | "rename" => Some("name"),
+        "interval" | "period" | "repeat" => Some("every"),
+        "schedule" | "crontab" => Some("cron"),
+        "tz" | "time_zone" | "zone" => Some("timezone"),
+        "misfire" | "catch_up" | "catchup" | "missed_ticks" => Some("missed"),
         _ => None,
     };
     alias.or_else(|| {

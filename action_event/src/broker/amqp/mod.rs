@@ -26,6 +26,7 @@
 //! | `dead` | the dead queue and its admin commands |
 //! | `status` | answering status pings, and asking for them |
 //! | `pause` | paused queues: a marker queue per paused queue, read at most every 250 ms |
+//! | `tick` | periodic ticks: the single-active-consumer lease |
 //!
 //! Following one publish: [`Broker::publish`] → `Inner::publish_envelope`
 //! (`publish`) → `Inner::route` (picks a delay level, `delay`) →
@@ -64,6 +65,7 @@ mod publish_many;
 mod recover;
 mod status;
 mod tag;
+mod tick;
 mod topology;
 mod wire;
 
@@ -120,6 +122,7 @@ struct Inner {
     topology: Topology,
     consume: Consume,
     holds: Holds,
+    ticks: tick::Ticks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +158,7 @@ impl AmqpBroker {
             topology: Topology::new(),
             consume: Consume::new(),
             holds: Holds::new(),
+            ticks: tick::Ticks::new(),
         });
         inner.open_publisher().await?;
         tokio::spawn(consume::reaper(Arc::downgrade(&inner)));
@@ -350,5 +354,17 @@ impl Broker for AmqpBroker {
 
     async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
         self.inner.publish_envelopes(envelopes).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        self.inner.tick_state().await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        self.inner.tick_claim(claim).await
+    }
+
+    async fn tick_last(&self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        self.inner.tick_last().await
     }
 }

@@ -26,6 +26,7 @@
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
+//! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), action_event::Error> {
@@ -56,6 +57,7 @@ pub mod pause;
 pub mod publish;
 pub mod schema;
 pub mod settle;
+pub mod tick;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -282,6 +284,14 @@ impl Broker for SqliteBroker {
     /// One transaction: every envelope is stored, or none.
     async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
         publish::publish_many(self, envelopes).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        tick::state(self).await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        tick::claim(self, claim).await
     }
 }
 

@@ -173,8 +173,10 @@ fn init_schema(conn: &mut Connection, url: &str, path: &Path) -> Result<(), Erro
     if version < 2 {
         tx.execute_batch(OWNERS).map_err(fail)?;
     }
-    // Tables added without a version bump (older builds ignore them).
+    // Tables added without a version bump, created if missing whatever the
+    // version (older builds ignore them): paused queues, periodic ticks.
     tx.execute_batch(super::pause::TABLE).map_err(fail)?;
+    tx.execute_batch(super::tick::SCHEMA).map_err(fail)?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;

@@ -1,6 +1,8 @@
 //! `poller status`: the pollers of this machine from their PID files; with
 //! a broker that offers it (RabbitMQ), also the live pollers of every
-//! machine; and the paused queues (`Paused queues: low`, or `none`).
+//! machine; the paused queues (`Paused queues: low`, or `none`); then
+//! each periodic event with its schedule, the last tick queued and the
+//! next tick.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use clap::Args;
 
 use super::{BrokerArg, Failed, PidDirArg};
 use crate::poller::pidfile;
-use crate::{broker, redact_url};
+use crate::{broker, periodic, redact_url};
 
 #[derive(Debug, Args)]
 pub(super) struct StatusArgs {
@@ -23,7 +25,78 @@ pub(super) struct StatusArgs {
 pub(super) async fn run(args: &StatusArgs) -> Result<(), Failed> {
     pid_file_status(&args.pid_dir.pid_dir);
     broker_status(args).await;
+    periodic_status(args).await;
     Ok(())
+}
+
+/// Each periodic event of this binary: its schedule, the last tick queued
+/// (as the broker records it) and the next tick.
+async fn periodic_status(args: &StatusArgs) {
+    let Ok(registry) = crate::registry() else {
+        return;
+    };
+    let events: Vec<_> = registry
+        .events()
+        .filter_map(|e| e.periodic.as_ref().map(|p| (e, p)))
+        .collect();
+    if events.is_empty() {
+        return;
+    }
+    let url = broker::resolve_url(args.broker.broker.as_deref());
+    // A SQLite file that does not exist has no ticks: not created here.
+    let missing_file = url
+        .strip_prefix("sqlite://")
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .is_some_and(|path| !Path::new(path).exists());
+    let ask = async {
+        if missing_file {
+            return Ok(Default::default());
+        }
+        broker::connect(&url).await?.tick_last().await
+    };
+    let last = match tokio::time::timeout(STATUS_BOUND, ask).await {
+        Ok(Ok(last)) => Some(last),
+        Ok(Err(e)) => {
+            eprintln!("warning: cannot read the last periodic ticks: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: cannot read the last periodic ticks: {} did not answer within {}",
+                redact_url(&url),
+                humantime::format_duration(STATUS_BOUND)
+            );
+            None
+        }
+    };
+    println!();
+    println!("Periodic events:");
+    println!(
+        "{:<24} {:<8} {:<44} {:<22} NEXT TICK",
+        "EVENT", "QUEUE", "SCHEDULE", "LAST TICK QUEUED"
+    );
+    let now = i64::try_from(crate::envelope::now_ms()).unwrap_or(i64::MAX);
+    for (event, periodic) in events {
+        let last_tick = last.as_ref().and_then(|l| l.get(event.name).copied());
+        let shown_last = match (&last, last_tick) {
+            (None, _) => "?".to_string(),
+            (Some(_), None) => "never".to_string(),
+            (Some(_), Some(t)) => periodic::format_tick(t),
+        };
+        let next = periodic
+            .schedule
+            .next_after(now)
+            .map(periodic::format_tick)
+            .unwrap_or_else(|| "none".to_string());
+        let mut schedule = periodic.schedule.to_string();
+        if periodic.missed == periodic::Missed::Skip {
+            schedule.push_str(", missed: skip");
+        }
+        println!(
+            "{:<24} {:<8} {:<44} {:<22} {}",
+            event.name, event.queue, schedule, shown_last, next
+        );
+    }
 }
 
 /// How long `status` waits for the broker before it gives up on the
