@@ -104,7 +104,9 @@ impl Inner {
     }
 
     async fn declare_tick_queues(&self, ch: &Channel) -> Result<(), TopoErr> {
-        let mut sac = FieldTable::default();
+        // Quorum queues with `queue_type=quorum`, like the work queues: the
+        // lease must outlive the node it lives on.
+        let mut sac = self.queue_args();
         sac.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         let lease = self.lease_name();
         op(
@@ -113,7 +115,7 @@ impl Inner {
         )
         .await?;
         self.topology.record(false, &lease);
-        let mut one = FieldTable::default();
+        let mut one = self.queue_args();
         one.insert("x-max-length".into(), i64_of(1));
         let state = self.tick_state_name();
         op(
