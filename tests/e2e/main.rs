@@ -28,6 +28,7 @@ mod demo_events;
 mod failures_e2e;
 mod observability;
 mod poller_e2e;
+mod postgres_tx_e2e;
 mod sqlite_recovery_e2e;
 mod status_e2e;
 mod status_recovery_e2e;
