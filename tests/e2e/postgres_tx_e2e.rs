@@ -176,3 +176,62 @@ async fn app_process() {
     out.flush().expect("flush");
     tokio::time::sleep(Duration::from_secs(3600)).await;
 }
+
+async fn schema_exists(c: &mut sqlx::PgConnection, schema: &str) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
+    )
+    .bind(schema)
+    .fetch_one(c)
+    .await
+    .expect("query")
+}
+
+/// `poller migrate --print` prints the SQL and touches nothing; `poller
+/// migrate` applies it once (a second run finds it up to date); the
+/// printed SQL applied by hand makes a schema a broker with `migrate=off`
+/// accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_migrate_applies_or_prints() {
+    if !postgres_available() {
+        return;
+    }
+    let w = World::new(&Backend::Postgres);
+    let schema = w.schema().expect("schema");
+    let printed = w.run_ok(&["migrate", "--print"]);
+    assert!(
+        printed.contains(&format!("CREATE TABLE {schema}.events")),
+        "{printed}"
+    );
+    let mut c = sqlx::PgConnection::connect(POSTGRES_URL)
+        .await
+        .expect("connect");
+    assert!(
+        !schema_exists(&mut c, &schema).await,
+        "--print touches nothing"
+    );
+    let out = w.run_ok(&["migrate"]);
+    assert!(out.contains("applied migration 1"), "{out}");
+    assert!(schema_exists(&mut c, &schema).await);
+    let again = w.run_ok(&["migrate"]);
+    assert!(!again.contains("applied"), "{again}");
+    assert!(again.contains("schema up to date"), "{again}");
+
+    // A team that applies the printed SQL itself, then opens with migrate=off.
+    let other = format!("test_{}", uuid_like());
+    let url = format!("{POSTGRES_URL}?schema={other}&migrate=off");
+    let Err(err) = action_event::broker::connect(&url).await else {
+        panic!("opened a schema that is not migrated, with migrate=off");
+    };
+    assert!(err.to_string().contains("poller migrate"), "{err}");
+    let sql = action_event::broker::postgres::migration_sql(&other).expect("sql");
+    sqlx::raw_sql(&sql)
+        .execute(&mut c)
+        .await
+        .expect("apply by hand");
+    let b = action_event::broker::connect(&url)
+        .await
+        .expect("migrated by hand");
+    drop(b);
+    drop_postgres_schema(&other);
+}

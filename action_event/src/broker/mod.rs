@@ -96,7 +96,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
         #[cfg(not(feature = "tls"))]
         "amqps" => Err(feature_off(url, "tls")),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::open_boxed(url.to_string()).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBroker::open(url).await?)),
         #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => Err(feature_off(url, "postgres")),
         other => Err(Error::BadUrl {

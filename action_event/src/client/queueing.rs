@@ -107,22 +107,13 @@ impl Future for Queueing {
                     "a `Queueing` was polled after it finished".into(),
                 )));
             };
-            self.running = Some(Box::pin(send(request)));
+            self.running = Some(Box::pin(async move { request?.send_now().await }));
         }
         match self.running.as_mut() {
             Some(fut) => fut.as_mut().poll(cx),
             None => Poll::Pending,
         }
     }
-}
-
-/// The send, as an opaque `Send` future: proving `Send` here rather than
-/// where it is boxed avoids rustc's "not general enough" errors on the
-/// references held across its awaits.
-fn send(
-    request: Result<QueueRequest, Error>,
-) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
-    async move { request?.send_now().await }
 }
 
 impl std::fmt::Debug for Queueing {

@@ -68,6 +68,17 @@ pub mod settle;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
 
+/// [`migration_sql`] for the schema a `postgres://` URL names (`?schema=`,
+/// default `action_event`): what `poller migrate --print` prints.
+///
+/// ```
+/// let sql = action_event::broker::postgres::migration_sql_for_url("postgres://h/db?schema=jobs").unwrap();
+/// assert!(sql.contains("CREATE TABLE jobs.events"));
+/// ```
+pub fn migration_sql_for_url(url: &str) -> Result<String, Error> {
+    migration_sql(&Options::parse(url)?.schema)
+}
+
 use options::Options;
 
 /// The PostgreSQL broker. See the [module docs](self).
@@ -156,12 +167,8 @@ impl PostgresBroker {
     /// # Ok(()) }
     /// ```
     pub async fn open(url: &str) -> Result<PostgresBroker, Error> {
-        open_boxed(url.to_string()).await
-    }
-
-    async fn open_owned(url: String) -> Result<PostgresBroker, Error> {
-        let cfg = Options::parse(&url)?;
-        let redacted = redact_url(&url);
+        let cfg = Options::parse(url)?;
+        let redacted = redact_url(url);
         let connect: PgConnectOptions = cfg.connect_url.parse().map_err(|e| Error::BadUrl {
             url: redacted.clone(),
             message: format!("{e}"),
@@ -369,15 +376,6 @@ impl Broker for PostgresBroker {
     fn as_postgres(&self) -> Option<&PostgresBroker> {
         Some(self)
     }
-}
-
-/// [`PostgresBroker::open`] as a boxed future: `broker::connect` awaits it
-/// without its state machine becoming part of every caller's (which made
-/// rustc fail to prove callers' futures `Send`: "not general enough").
-pub(super) fn open_boxed(
-    url: String,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<PostgresBroker, Error>> + Send>> {
-    Box::pin(PostgresBroker::open_owned(url))
 }
 
 pub(super) fn now_i64() -> i64 {
