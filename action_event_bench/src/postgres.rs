@@ -426,7 +426,7 @@ async fn scale(plan: &Plan, size: u64) -> anyhow::Result<(Duration, Duration, Ro
     let raw_cost = raw_drain(&place, sample, 8).await? / sample as u32;
     place.drop_schema().await;
     let row = Row::new(B, "")
-        .framework(format!("{}/event", fmt_us(fw_cost)))
-        .baseline(format!("{}/event (sqlx loop)", fmt_us(raw_cost)));
+        .framework(fmt_us(fw_cost))
+        .baseline(format!("{} (sqlx loop)", fmt_us(raw_cost)));
     Ok((fw_cost, raw_cost, row))
 }
