@@ -26,11 +26,15 @@ use crate::registry::registry;
 
 mod current;
 mod many;
+mod queueing;
+#[cfg(feature = "postgres")]
+mod transactional;
 pub(crate) use current::{
     Current, LocalQueue, count_local_mode, replace_thread_current, scope_current,
 };
 use current::{installed, outside_test_mode};
 pub use many::queue_many;
+pub use queueing::Queueing;
 
 /// A handle on a broker for queueing events. Cheap to clone.
 ///
@@ -506,7 +510,14 @@ impl QueueRequest {
     /// let id = action_event::QueueRequest::new("hello_world").param("name", "world").send().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn send(self) -> Result<EventId, Error> {
+    ///
+    /// The [`Queueing`] it returns is a future; with the `postgres`
+    /// feature, [`Queueing::on`] queues in the app's transaction instead.
+    pub fn send(self) -> Queueing {
+        Queueing::new(Ok(self))
+    }
+
+    async fn send_now(self) -> Result<EventId, Error> {
         let envelope = self.into_envelope()?;
         match installed() {
             Some(Current::Local(local)) => local.send(envelope).await,
@@ -601,9 +612,10 @@ pub trait QueueExt: Event {
     /// event.queue().await?;
     /// # Ok(()) }
     /// ```
-    fn queue(&self) -> impl Future<Output = Result<EventId, Error>> + Send + 'static {
-        let req = QueueRequest::typed(self);
-        async move { req?.send().await }
+    /// With the `postgres` feature, `event.queue().on(&mut tx).await?`
+    /// queues it in the app's transaction ([`Queueing::on`]).
+    fn queue(&self) -> Queueing {
+        Queueing::new(QueueRequest::typed(self))
     }
 
     /// Queues this event on `queue`.

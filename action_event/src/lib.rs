@@ -252,12 +252,24 @@ pub use action_event_macros::skip_before_filter;
 /// # Ok(()) }
 /// ```
 pub use action_event_macros::queue;
-pub use client::{Client, QueueExt, QueueRequest, queue_many};
+pub use client::{Client, QueueExt, QueueRequest, Queueing, queue_many};
+
 pub use dispatch::{Failure, FailureKind, Outcome};
 pub use envelope::{Envelope, EventId};
 pub use error::{BoxError, Error, redact_url};
 pub use event::{BaseEvent, Context, Event, EventParams, Flow, Process, State};
 pub use registry::{ChainFilter, DEFAULT_QUEUE, DEFAULT_RETRIES, EventInfo, Registry, registry};
+/// sqlx, re-exported (feature `postgres`): the driver whose connections and
+/// transactions [`Queueing::on`] takes. Name this one (or the same 0.8
+/// version) so that the app's `Transaction` is the type action_event expects.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), action_event::sqlx::Error> {
+/// let pool = action_event::sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub use sqlx;
 
 /// What the library's own functions return: its [`Error`], which says what
 /// failed, wraps the cause, and tells a retry from a mistake

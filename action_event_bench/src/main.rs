@@ -11,6 +11,7 @@ mod amqp;
 mod child;
 mod event;
 mod fw;
+mod postgres;
 mod quorum;
 mod report;
 mod sqlite;
@@ -27,6 +28,7 @@ use crate::report::{Report, thousands};
 enum BackendArg {
     Sqlite,
     Amqp,
+    Postgres,
     All,
 }
 
@@ -52,6 +54,13 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
+    /// The PostgreSQL to use (each row works in a schema of its own).
+    #[arg(
+        long,
+        env = "ACTION_EVENT_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
     /// Where to write the markdown (default: BENCHMARKS.md at the workspace
     /// root; with --quick, target/BENCHMARKS.quick.md).
     #[arg(long)]
@@ -110,6 +119,7 @@ pub struct Plan {
     pub limit: Duration,
     pub exe: PathBuf,
     pub amqp_url: String,
+    pub postgres_url: String,
     pub run_id: String,
 }
 
@@ -208,14 +218,30 @@ async fn run(args: Args) -> ExitCode {
         limit: Duration::from_secs(if quick { 120 } else { 1_800 }),
         exe,
         amqp_url: args.amqp_url.clone(),
+        postgres_url: args.postgres_url.clone(),
         run_id: format!(
             "{:x}{:x}",
             action_event::envelope::now_ms() % 0xff_ffff,
             std::process::id()
         ),
     };
-    let want_sqlite = args.backend != BackendArg::Amqp;
-    let want_amqp = args.backend != BackendArg::Sqlite;
+    let want_sqlite = matches!(args.backend, BackendArg::Sqlite | BackendArg::All);
+    let want_amqp = matches!(args.backend, BackendArg::Amqp | BackendArg::All);
+    let want_postgres = matches!(args.backend, BackendArg::Postgres | BackendArg::All);
+    let require_postgres = args.backend == BackendArg::Postgres
+        || std::env::var("ACTION_EVENT_REQUIRE_POSTGRES").as_deref() == Ok("1");
+    let postgres_up = if want_postgres {
+        match postgres::available(&args.postgres_url).await {
+            Ok(()) => Ok(()),
+            Err(reason) if require_postgres => {
+                eprintln!("action_event_bench: {reason} (required)");
+                return ExitCode::FAILURE;
+            }
+            Err(reason) => Err(reason),
+        }
+    } else {
+        Ok(())
+    };
     let require_amqp = args.backend == BackendArg::Amqp
         || std::env::var("ACTION_EVENT_REQUIRE_AMQP").as_deref() == Ok("1");
 
@@ -314,6 +340,28 @@ async fn run(args: Args) -> ExitCode {
     }
     if quorum::wanted(&plan) {
         quorum::rows(&plan, &mut report).await;
+    }
+    if want_postgres {
+        match postgres_up {
+            Ok(()) => {
+                if let Err(e) = postgres::rows(&plan, &mut report).await {
+                    let mut r = report::Row::new("postgres", "PostgreSQL rows");
+                    r.status = Some(format!("error: {e:#}"));
+                    report.push(r);
+                }
+                report.notes.push(
+                    "PostgreSQL baselines: a sqlx pool of 10 connections (the broker's default \
+                     `pool`) on the same database, on tables the broker created; enqueue = one \
+                     INSERT per event from 64 tasks, bulk = one `INSERT .. SELECT * FROM UNNEST(..)` \
+                     per 1,000 events; drain = per task: `UPDATE .. WHERE id = (SELECT .. FOR UPDATE \
+                     SKIP LOCKED) RETURNING` on high, medium, low in turn, decode, DELETE by id and \
+                     claim. Idle CPU counts this process only (4 brokers, their LISTEN and \
+                     heartbeat), not the PostgreSQL server's."
+                        .into(),
+                );
+            }
+            Err(reason) => report.skip("postgres", "All PostgreSQL rows", String::new(), &reason),
+        }
     }
     report.notes.extend(notes(&plan));
 

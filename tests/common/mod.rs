@@ -24,6 +24,7 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub enum Backend {
     Sqlite,
     Amqp,
+    Postgres,
 }
 
 /// The backends this machine offers: SQLite always; RabbitMQ when it
@@ -40,7 +41,51 @@ pub fn backends() -> Vec<Backend> {
     if (only.is_empty() || only.contains("amqp")) && amqp_available() {
         v.push(Backend::Amqp);
     }
+    if (only.is_empty() || only.contains("postgres")) && postgres_available() {
+        v.push(Backend::Postgres);
+    }
     v
+}
+
+/// The shared PostgreSQL the tests use (trust auth, database `test`).
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Whether PostgreSQL answers on 127.0.0.1:5432; loud when it does not
+/// (a failure when `ACTION_EVENT_REQUIRE_POSTGRES=1`).
+pub fn postgres_available() -> bool {
+    let up = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().expect("address"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !up {
+        if std::env::var("ACTION_EVENT_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+            panic!("no PostgreSQL at 127.0.0.1:5432 and ACTION_EVENT_REQUIRE_POSTGRES=1");
+        }
+        eprintln!(
+            "SKIPPED: no PostgreSQL at 127.0.0.1:5432: the PostgreSQL part of this test did not run"
+        );
+    }
+    up
+}
+
+/// Drops a test's PostgreSQL schema, from any context (a `Drop`, inside or
+/// outside a runtime): on a thread of its own with a runtime of its own.
+pub fn drop_postgres_schema(schema: &str) {
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use action_event::sqlx::Connection;
+            if let Ok(mut c) = action_event::sqlx::PgConnection::connect(POSTGRES_URL).await {
+                let _ = action_event::sqlx::query(&sql).execute(&mut c).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Whether RabbitMQ answers on 127.0.0.1:5672; loud when it does not.
@@ -78,6 +123,9 @@ impl World {
                 dir.path().join("events.db").display()
             ),
             Backend::Amqp => format!("{AMQP_URL}?prefix=test.{}.", uuid_like()),
+            Backend::Postgres => {
+                format!("{POSTGRES_URL}?schema=test_{}&lease=2s&pool=4", uuid_like())
+            }
         };
         let record = dir.path().join("record.txt");
         World {
@@ -95,6 +143,16 @@ impl World {
         let sep = if url.contains('?') { '&' } else { '?' };
         w.url = format!("{url}{sep}prefix=test.{}.", uuid_like());
         w
+    }
+
+    /// The PostgreSQL schema of this world (`None` on other backends).
+    pub fn schema(&self) -> Option<String> {
+        self.url
+            .split("schema=")
+            .nth(1)
+            .and_then(|p| p.split('&').next())
+            .map(str::to_string)
+            .filter(|_| matches!(self.backend, Backend::Postgres))
     }
 
     /// The broker URL without its query (`prefix` and other options).
@@ -200,6 +258,27 @@ impl World {
                         now
                     ],
                 )
+                .expect("insert a raw row");
+            }
+            Backend::Postgres => {
+                let schema = self.schema().expect("a schema");
+                let mut c =
+                    <action_event::sqlx::PgConnection as action_event::sqlx::Connection>::connect(
+                        POSTGRES_URL,
+                    )
+                    .await
+                    .expect("connect to PostgreSQL");
+                let now = action_event::envelope::now_ms() as i64;
+                action_event::sqlx::query(&format!(
+                    "INSERT INTO {schema}.events (event_id, queue, name, body, visible_at, queued_at) \
+                     VALUES ($1, $2, NULL, $3, $4, $4)"
+                ))
+                .bind(format!("raw-{}", uuid_like()))
+                .bind(queue)
+                .bind(String::from_utf8_lossy(body).into_owned())
+                .bind(now)
+                .execute(&mut c)
+                .await
                 .expect("insert a raw row");
             }
             Backend::Amqp => {
@@ -482,5 +561,14 @@ pub fn wait_log(w: &World, log: &str, needle: &str) {
             w.log(log)
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for World {
+    /// A PostgreSQL world's schema goes with it.
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema() {
+            drop_postgres_schema(&schema);
+        }
     }
 }

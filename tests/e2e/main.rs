@@ -31,6 +31,7 @@ mod observability;
 mod pause_e2e;
 mod periodic_e2e;
 mod poller_e2e;
+mod postgres_tx_e2e;
 mod quorum_e2e;
 mod sqlite_recovery_e2e;
 mod status_e2e;

@@ -244,7 +244,7 @@ async fn metrics_endpoint_reports_counters_a_histogram_and_queue_depth() {
             get(m, "action_event_events_scheduled", &[("queue", "medium")])
         };
         match backend {
-            Backend::Sqlite => assert_eq!(scheduled(&m), Some(1.0)),
+            Backend::Sqlite | Backend::Postgres => assert_eq!(scheduled(&m), Some(1.0)),
             Backend::Amqp => assert_eq!(scheduled(&m), None),
         }
         let age = get(
@@ -266,7 +266,7 @@ async fn metrics_endpoint_reports_counters_a_histogram_and_queue_depth() {
         .await;
         let (_, body) = http_get(port, "/metrics").expect("scrape");
         let m2 = parse_metrics(&body);
-        if let Backend::Sqlite = backend {
+        if let Backend::Sqlite | Backend::Postgres = backend {
             assert_eq!(scheduled(&m2), Some(2.0), "{backend:?}");
         }
 

@@ -119,6 +119,7 @@ impl Fleet {
                 })
                 .max()
                 .map(|(_, i)| i),
+            Backend::Postgres => unreachable!("the periodic cases run on SQLite and RabbitMQ"),
         }
     }
 
@@ -128,6 +129,7 @@ impl Fleet {
         let queued = match self.w.backend {
             Backend::Sqlite => sqlite_ticks(&self.w),
             Backend::Amqp => amqp_ticks(&self.w),
+            Backend::Postgres => unreachable!("the periodic cases run on SQLite and RabbitMQ"),
         };
         let mut logged: BTreeMap<(String, String), usize> = BTreeMap::new();
         for log in &self.logs {

@@ -2,7 +2,8 @@
 //! it (the poller, `queue!`) knows which backend it talks to.
 //!
 //! A backend is chosen by one URL ([`connect`]): `sqlite://path.db` (the
-//! default, [`DEFAULT_URL`]) or `amqp://user:pass@host:5672/vhost`.
+//! default, [`DEFAULT_URL`]), `amqp://user:pass@host:5672/vhost` or
+//! `postgres://user@host/db` (feature `postgres`).
 //!
 //! ```no_run
 //! use action_event::broker;
@@ -26,6 +27,8 @@ use crate::{Error, redact_url};
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub(crate) mod paused;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -93,16 +96,27 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
         "amqps" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
         #[cfg(not(feature = "tls"))]
         "amqps" => Err(feature_off(url, "tls")),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBroker::open(url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(feature_off(url, "postgres")),
         other => Err(Error::BadUrl {
             url: redact_url(url),
-            message: format!("unknown scheme `{other}`: use `sqlite://` or `amqp://`"),
+            message: format!(
+                "unknown scheme `{other}`: use `sqlite://`, `amqp://` or `postgres://`"
+            ),
         }),
     }
 }
 
 /// The error for a URL whose backend this build of action_event left out: it
 /// names the Cargo feature and the line that turns it on.
-#[cfg(not(all(feature = "sqlite", feature = "amqp", feature = "tls")))]
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "amqp",
+    feature = "tls",
+    feature = "postgres"
+)))]
 pub(crate) fn feature_off(url: &str, feature: &str) -> Error {
     let scheme = url.split("://").next().unwrap_or("");
     Error::BadUrl {
@@ -652,5 +666,23 @@ pub trait Broker: Send + Sync + 'static {
     /// ```
     async fn tick_last(&self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
         Ok(self.tick_state().await?.last)
+    }
+
+    // --- postgres ---
+
+    /// This broker as the PostgreSQL broker, if it is one: transactional
+    /// enqueue ([`crate::QueueRequest::on`]) needs its schema. The default
+    /// is `None` (every other backend).
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) {
+    /// if let Some(pg) = broker.as_postgres() {
+    ///     println!("tables in schema {}", pg.schema());
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    fn as_postgres(&self) -> Option<&postgres::PostgresBroker> {
+        None
     }
 }

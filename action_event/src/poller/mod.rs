@@ -18,7 +18,7 @@ mod decide;
 mod generate;
 #[cfg(feature = "metrics")]
 mod metrics;
-mod pidfile;
+pub(crate) mod pidfile;
 mod run_loop;
 mod run_one;
 mod shutdown;

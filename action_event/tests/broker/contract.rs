@@ -84,6 +84,7 @@ macro_rules! contract_suite {
 
 contract_suite!(sqlite, crate::test_support::Sqlite);
 contract_suite!(amqp, crate::test_support::Amqp);
+contract_suite!(postgres, crate::test_support::Postgres);
 
 /// Published, waiting, taken (and then held: neither waiting nor taken
 /// again), acked (and then gone).

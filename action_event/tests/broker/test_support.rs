@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use action_event::Envelope;
 use action_event::broker::amqp::AmqpBroker;
+use action_event::broker::postgres::PostgresBroker;
 use action_event::broker::sqlite::SqliteBroker;
 use action_event::broker::{Broker, DeadEvent, Delivery};
 use action_event::envelope::{AttemptError, now_ms};
@@ -239,4 +240,91 @@ pub async fn drain_numbered<B: Broker>(
 /// `(queue, n)` for each of `numbers`.
 pub fn numbered(queue: &str, numbers: &[u64]) -> Vec<(String, u64)> {
     numbers.iter().map(|i| (queue.to_string(), *i)).collect()
+}
+
+/// The PostgreSQL backend: the shared server (`ACTION_EVENT_POSTGRES_URL`,
+/// default `postgres://postgres@127.0.0.1:5432/test`) with a schema of its
+/// own per fixture, dropped by `clean`.
+pub struct Postgres {
+    pub schema: String,
+}
+
+/// The shared PostgreSQL's URL: `ACTION_EVENT_POSTGRES_URL` or the local default.
+pub fn postgres_base_url() -> String {
+    std::env::var("ACTION_EVENT_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A schema name no other test uses.
+pub fn new_schema() -> String {
+    format!("test_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The URL of `schema` on the shared server with `extra` options (`&lease=1s`).
+pub fn postgres_url(schema: &str, extra: &str) -> String {
+    let base = postgres_base_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}schema={schema}&pool=4{extra}")
+}
+
+/// Opens a broker on `schema`, or returns `None` (after a loud message)
+/// when there is no PostgreSQL and it is not required
+/// (`ACTION_EVENT_REQUIRE_POSTGRES=1`).
+pub async fn open_postgres(schema: &str, extra: &str) -> Option<PostgresBroker> {
+    match PostgresBroker::open(&postgres_url(schema, extra)).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let url = action_event::redact_url(&postgres_base_url());
+            if std::env::var("ACTION_EVENT_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("no PostgreSQL at {url} but ACTION_EVENT_REQUIRE_POSTGRES=1: {e}");
+            }
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: no PostgreSQL at {url}: {e} ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// Drops `schema` and everything in it.
+pub async fn drop_schema(pool: &action_event::sqlx::PgPool, schema: &str) {
+    action_event::sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(pool)
+        .await
+        .expect("drop schema");
+}
+
+impl Backend for Postgres {
+    type Broker = PostgresBroker;
+    const NOTHING: Duration = Duration::ZERO;
+    const SCHEDULED_COUNTED: bool = true;
+    const RETRY_SETS_RUN_AT: bool = false;
+
+    async fn new() -> Option<Self> {
+        let f = Postgres {
+            schema: new_schema(),
+        };
+        drop(open_postgres(&f.schema, "").await?);
+        Some(f)
+    }
+    async fn open(&self) -> PostgresBroker {
+        open_postgres(&self.schema, "")
+            .await
+            .expect("PostgreSQL answered a moment ago")
+    }
+    async fn open_mortal(&self) -> PostgresBroker {
+        // Its events come back once its owner lock is gone; the lease is
+        // the fallback.
+        open_postgres(&self.schema, "&lease=2s")
+            .await
+            .expect("PostgreSQL answered a moment ago")
+    }
+    async fn close(b: PostgresBroker) {
+        drop(b);
+    }
+    async fn clean(&self, b: &PostgresBroker) {
+        drop_schema(b.pool(), &self.schema).await;
+    }
 }

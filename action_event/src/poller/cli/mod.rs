@@ -29,6 +29,7 @@ use crate::State;
 mod dead;
 mod generate;
 mod logging;
+mod migrate;
 mod pause;
 mod queue;
 mod start;
@@ -43,7 +44,7 @@ use start::RunArgs;
     name = "poller",
     version = concat!("(action_event ", env!("CARGO_PKG_VERSION"), ")"),
     about = "Runs the events of this app: takes them from the broker, highest priority queue first",
-    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller pause low                         no poller starts a `low` event until `poller resume low`\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
+    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller pause low                         no poller starts a `low` event until `poller resume low`\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n  poller migrate --print                   the PostgreSQL schema's SQL\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,6 +76,8 @@ enum Command {
     Dead(dead::DeadArgs),
     /// Generate code in the Cargo project of the current directory.
     Generate(generate::GenerateArgs),
+    /// Bring the broker's schema up to date (PostgreSQL), or `--print` its SQL.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// `--broker`, for the subcommands that talk to the broker.
@@ -143,6 +146,7 @@ where
         Some(Command::Dead(a)) => one_shot(|| async move { dead::run(&a).await }),
         Some(Command::Pause(a)) => one_shot(|| async move { pause::pause(&a).await }),
         Some(Command::Resume(a)) => one_shot(|| async move { pause::resume(&a).await }),
+        Some(Command::Migrate(a)) => one_shot(|| async move { migrate::run(&a).await }),
     }
 }
 
