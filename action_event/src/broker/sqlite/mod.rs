@@ -256,6 +256,13 @@ impl Broker for SqliteBroker {
     async fn queues_with_events(&self) -> Result<Option<Vec<String>>, Error> {
         depth::queues_with_events(self).await
     }
+
+    async fn scheduled_list(
+        &self,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::broker::ScheduledEvent>>, Error> {
+        depth::scheduled_list(self, limit).await
+    }
 }
 
 fn now_i64() -> i64 {

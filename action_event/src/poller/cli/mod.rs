@@ -7,7 +7,8 @@
 //!   broker offers that view;
 //! - [`queue`]: queue one event from the shell;
 //! - [`dead`]: list, show, retry and purge dead events;
-//! - [`generate`]: generate an event's code in a Cargo project.
+//! - [`generate`]: generate an event's code in a Cargo project;
+//! - `web`: the dashboard and /metrics (feature `web`).
 //!
 //! Each subcommand takes only its own flags: `poller dead list --concurrency 8`
 //! is a usage error (exit 2) naming the subcommand `--concurrency` belongs to.
@@ -32,6 +33,8 @@ mod queue;
 mod start;
 mod status;
 mod stop;
+#[cfg(feature = "web")]
+mod web;
 
 use start::RunArgs;
 
@@ -41,7 +44,7 @@ use start::RunArgs;
     name = "poller",
     version = concat!("(action_event ", env!("CARGO_PKG_VERSION"), ")"),
     about = "Runs the events of this app: takes them from the broker, highest priority queue first",
-    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
+    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller web --bind 127.0.0.1:9188         the dashboard at http://127.0.0.1:9188/\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +71,10 @@ enum Command {
     Dead(dead::DeadArgs),
     /// Generate code in the Cargo project of the current directory.
     Generate(generate::GenerateArgs),
+    /// Serve the dashboard (queues, pollers, events, dead letters) and
+    /// /metrics: `web --bind 127.0.0.1:9188 [--auth basic:USER:PASS] [--read-only]`.
+    #[cfg(feature = "web")]
+    Web(web::WebArgs),
 }
 
 /// `--broker`, for the subcommands that talk to the broker.
@@ -134,6 +141,8 @@ where
         Some(Command::Status(a)) => one_shot(|| async move { status::run(&a).await }),
         Some(Command::Queue(a)) => one_shot(|| async move { queue::run(&a).await }),
         Some(Command::Dead(a)) => one_shot(|| async move { dead::run(&a).await }),
+        #[cfg(feature = "web")]
+        Some(Command::Web(a)) => one_shot(|| async move { web::run(&a).await }),
     }
 }
 
