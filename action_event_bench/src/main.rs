@@ -13,6 +13,7 @@ mod event;
 mod fw;
 mod report;
 mod sqlite;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,7 +57,7 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Only the row groups named (comma-separated: enqueue, process, latency,
-    /// memory, scale, two), e.g. while working on one of them.
+    /// memory, scale, two, web), e.g. while working on one of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many times the enqueue and processing rows run; each side's best
@@ -286,6 +287,14 @@ async fn run(args: Args) -> ExitCode {
 
     if want_sqlite && let Err(e) = sqlite::rows(&plan, &mut report).await {
         let mut r = report::Row::new("sqlite", "SQLite rows");
+        r.status = Some(format!("error: {e:#}"));
+        report.push(r);
+    }
+    if want_sqlite
+        && plan.wants("web")
+        && let Err(e) = web::rows(&plan, &mut report).await
+    {
+        let mut r = report::Row::new("sqlite", "Dashboard rows");
         r.status = Some(format!("error: {e:#}"));
         report.push(r);
     }

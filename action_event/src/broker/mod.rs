@@ -243,6 +243,7 @@ pub struct InFlight {
 ///     id: "1".into(), host: "web1".into(), pid: 42, queues: vec!["high".into()],
 ///     concurrency: 4, broker: "amqp://guest:***@127.0.0.1:5672/%2f".into(),
 ///     started_at_ms: 0, in_flight: vec![], counts: Default::default(),
+///     version: "0.1.0".into(),
 /// };
 /// let json = serde_json::to_string(&r).unwrap();
 /// assert_eq!(serde_json::from_str::<PollerReport>(&json).unwrap(), r);
@@ -270,6 +271,9 @@ pub struct PollerReport {
     /// all zero then.
     #[serde(default)]
     pub counts: PollerCounts,
+    /// The action_event version the poller runs (empty from older pollers).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// How many runs a poller has finished since it started, by outcome; part

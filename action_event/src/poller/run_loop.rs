@@ -155,6 +155,7 @@ impl Presence for PollerPresence {
             started_at_ms: i.started_at_ms,
             in_flight: self.in_flight.list(),
             counts: self.tally.counts(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }

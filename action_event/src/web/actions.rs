@@ -43,24 +43,24 @@ impl Form {
 }
 
 /// Read-only and CSRF checks; the form when both pass.
-fn admit(state: &AppState, body: &[u8]) -> Result<Form, Response> {
+fn admit(state: &AppState, body: &[u8]) -> Result<Form, Box<Response>> {
     if state.config.read_only {
-        return Err(html::error(
+        return Err(Box::new(html::error(
             StatusCode::FORBIDDEN,
             "this dashboard is read-only: it changes nothing",
-        ));
+        )));
     }
     let form = Form::parse(body);
     match form.get("csrf") {
         Some(t) if same(t.as_bytes(), state.csrf.as_bytes()) => Ok(form),
-        Some(_) => Err(html::error(
+        Some(_) => Err(Box::new(html::error(
             StatusCode::FORBIDDEN,
             "the form's CSRF token is not this dashboard's (was it restarted? reload the page and try again)",
-        )),
-        None => Err(html::error(
+        ))),
+        None => Err(Box::new(html::error(
             StatusCode::FORBIDDEN,
             "the form has no CSRF token: changes must come from the dashboard's own pages",
-        )),
+        ))),
     }
 }
 
@@ -72,7 +72,7 @@ fn broker_failed(what: &str, e: &Error) -> Response {
 /// `id`s, or (`all=1`) every one matching the filters. `None` means every
 /// one matching the broker-side filter (no error-text filter), done in one
 /// call.
-async fn targets(state: &AppState, form: &Form) -> Result<Option<Vec<String>>, Response> {
+async fn targets(state: &AppState, form: &Form) -> Result<Option<Vec<String>>, Box<Response>> {
     if let Some(one) = form.get("one") {
         return Ok(Some(vec![one.to_string()]));
     }
@@ -86,16 +86,16 @@ async fn targets(state: &AppState, form: &Form) -> Result<Option<Vec<String>>, R
     }
     let ids = form.all("id");
     if ids.is_empty() {
-        return Err(html::error(
+        return Err(Box::new(html::error(
             StatusCode::BAD_REQUEST,
             "no dead event selected: tick at least one, or use \"all matching\"",
-        ));
+        )));
     }
     Ok(Some(ids))
 }
 
 /// Runs `op` on each id; unknown ids are collected, not fatal unless all are.
-async fn each<F, Fut>(ids: &[String], what: &str, op: F) -> Result<u64, Response>
+async fn each<F, Fut>(ids: &[String], what: &str, op: F) -> Result<u64, Box<Response>>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<u64, Error>>,
@@ -106,23 +106,23 @@ where
         match tokio::time::timeout(BROKER_BOUND, op(id.clone())).await {
             Ok(Ok(n)) => done += n,
             Ok(Err(Error::NoSuchDeadEvent(id))) => missing.push(id),
-            Ok(Err(e)) => return Err(broker_failed(what, &e)),
+            Ok(Err(e)) => return Err(Box::new(broker_failed(what, &e))),
             Err(_) => {
-                return Err(html::error(
+                return Err(Box::new(html::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!("{what}: no answer from the broker within 5s"),
-                ));
+                )));
             }
         }
     }
     if done == 0 && !missing.is_empty() {
-        return Err(html::error(
+        return Err(Box::new(html::error(
             StatusCode::NOT_FOUND,
             &format!(
                 "no dead event with id {} (retried or purged already?)",
                 missing.join(", ")
             ),
-        ));
+        )));
     }
     Ok(done)
 }
@@ -134,11 +134,11 @@ pub(super) async fn dead_retry(
 ) -> Response {
     let form = match admit(&state, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let broker = state.config.broker.clone();
     let n = match targets(&state, &form).await {
-        Err(r) => return r,
+        Err(r) => return *r,
         Ok(None) => match tokio::time::timeout(
             BROKER_BOUND,
             broker.dead_retry(None, &form.filters().broker_filter()),
@@ -161,7 +161,7 @@ pub(super) async fn dead_retry(
         .await
         {
             Ok(n) => n,
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     Redirect::to(&format!("{base}/dead?retried={n}")).into_response()
@@ -174,12 +174,12 @@ pub(super) async fn dead_purge(
 ) -> Response {
     let form = match admit(&state, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let broker = state.config.broker.clone();
     let targets = match targets(&state, &form).await {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if form.get("confirm") != Some("yes") {
         return confirm_purge(&state, &base, &form, targets.as_deref()).await;
@@ -207,7 +207,7 @@ pub(super) async fn dead_purge(
         .await
         {
             Ok(n) => n,
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     Redirect::to(&format!("{base}/dead?purged={n}")).into_response()
@@ -224,7 +224,7 @@ async fn confirm_purge(
         Some(ids) => ids.len(),
         None => match matching(state, &form.filters()).await {
             Ok(d) => d.len(),
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     let mut hidden = html::csrf_field(&state.csrf);
@@ -258,7 +258,7 @@ async fn pause_or_resume(
     pause: bool,
 ) -> Response {
     if let Err(r) = admit(state, body) {
-        return r;
+        return *r;
     }
     if queue.trim().is_empty() {
         return html::error(StatusCode::BAD_REQUEST, "no queue named");

@@ -16,9 +16,9 @@
 //!     .pid_dir("tmp/pids")
 //!     .auth(Auth::Bearer("s3cret".into()))
 //!     .router();
-//! let app = axum::Router::new().nest("/jobs", jobs);
+//! let app = action_event::web::axum::Router::new().nest("/jobs", jobs);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await?;
+//! action_event::web::axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -62,6 +62,9 @@ use axum::routing::{get, post};
 
 use crate::broker::Broker;
 pub use auth::Auth;
+/// The axum this dashboard is built with, for nesting [`Dashboard::router`]
+/// without a version mismatch.
+pub use axum;
 
 /// How often the dashboard samples the pollers' reports by default.
 pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -209,7 +212,7 @@ impl Dashboard {
     /// ```no_run
     /// # async fn run() -> Result<(), action_event::Error> {
     /// # let broker = action_event::broker::connect("sqlite://a.db").await?;
-    /// let app = axum::Router::new().nest("/jobs", action_event::web::Dashboard::new(broker).router());
+    /// let app = action_event::web::axum::Router::new().nest("/jobs", action_event::web::Dashboard::new(broker).router());
     /// # Ok(()) }
     /// ```
     pub fn router(self) -> Router {
@@ -245,8 +248,8 @@ impl Dashboard {
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let broker = action_event::broker::connect("sqlite://action_event.db").await?;
-/// let app = axum::Router::new().nest("/jobs", action_event::web::router(broker));
-/// axum::serve(tokio::net::TcpListener::bind("127.0.0.1:3000").await?, app).await?;
+/// let app = action_event::web::axum::Router::new().nest("/jobs", action_event::web::router(broker));
+/// action_event::web::axum::serve(tokio::net::TcpListener::bind("127.0.0.1:3000").await?, app).await?;
 /// # Ok(()) }
 /// ```
 pub fn router(broker: Arc<dyn Broker>) -> Router {

@@ -72,11 +72,12 @@ impl Filters {
     }
 }
 
-/// The dead events matching `filters`, newest first.
+/// The dead events matching `filters`, newest first. (The error is the
+/// page to answer with, boxed: a `Response` is large.)
 pub(in crate::web) async fn matching(
     state: &AppState,
     filters: &Filters,
-) -> Result<Vec<DeadEvent>, Response> {
+) -> Result<Vec<DeadEvent>, Box<Response>> {
     let listed = match tokio::time::timeout(
         BROKER_BOUND,
         state.config.broker.dead_list(&filters.broker_filter()),
@@ -84,12 +85,17 @@ pub(in crate::web) async fn matching(
     .await
     {
         Ok(Ok(l)) => l,
-        Ok(Err(e)) => return Err(html::error(StatusCode::BAD_GATEWAY, &e.to_string())),
+        Ok(Err(e)) => {
+            return Err(Box::new(html::error(
+                StatusCode::BAD_GATEWAY,
+                &e.to_string(),
+            )));
+        }
         Err(_) => {
-            return Err(html::error(
+            return Err(Box::new(html::error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the broker did not list the dead letters within 5s",
-            ));
+            )));
         }
     };
     let mut dead: Vec<DeadEvent> = listed.into_iter().filter(|d| filters.matches(d)).collect();
@@ -105,7 +111,7 @@ pub(in crate::web) async fn list(
     let filters = Filters::from_map(&q);
     let dead = match matching(&state, &filters).await {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
     let mut body = format!(
@@ -210,7 +216,7 @@ pub(in crate::web) async fn show(
     .await
     {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(d) = all.into_iter().find(|d| d.id == id) else {
         return html::error(

@@ -62,6 +62,12 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
             }
             (None, None) => continue,
         };
+        let version = row
+            .report
+            .as_ref()
+            .map(|r| r.version.clone())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "?".into());
         let alive = row.pid_file.as_ref().map(|p| p.alive).unwrap_or(true);
         let processed = row
             .report
@@ -84,7 +90,7 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
                 );
             }
         } else {
-            running.push_str("–");
+            running.push('–');
         }
         let _ = write!(
             body,
@@ -94,12 +100,12 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
             if alive { "yes" } else { "no" },
             esc(&queues),
             esc(&conc),
-            env!("CARGO_PKG_VERSION"),
+            esc(&version),
             esc(&started),
             pid = esc(&pid),
         );
     }
-    body.push_str("</tbody></table><p class=\"note\">Version: action_event's version of this dashboard (pollers do not report theirs yet).</p>");
+    body.push_str("</tbody></table><p class=\"note\">Version: the action_event version each poller runs. Processed: runs it finished since it started.</p>");
     drop(s);
     let broker = broker_label(&state);
     let f = state.frame(&base, "Pollers", "pollers", &broker);
