@@ -205,8 +205,12 @@ async fn dashboard_shows_backlog_chart_pollers_and_retries_a_dead_event() {
             .queue_json("gated", "high", serde_json::json!({"tag": "g"}))
             .await
             .to_string();
-        w.wait_dead(Duration::from_secs(30), "the gated event to die", |d| {
-            d.iter().any(|e| e.id == gated)
+        let doomed = w
+            .queue_json("gated", "high", serde_json::json!({"tag": "p"}))
+            .await
+            .to_string();
+        w.wait_dead(Duration::from_secs(30), "both gated events to die", |d| {
+            d.iter().any(|e| e.id == gated) && d.iter().any(|e| e.id == doomed)
         })
         .await;
         let web = start_web(&w, "web.log", &[]);
@@ -299,6 +303,80 @@ async fn dashboard_shows_backlog_chart_pollers_and_retries_a_dead_event() {
             ok.then_some(())
         })
         .await;
+
+        // A dead event in full: body and every attempt's error (retries = 2: 3 attempts).
+        b.goto(&format!("{}/dead/{gated}", web.url))
+            .await
+            .expect("dead event");
+        let attempts = b
+            .execute(
+                "return document.querySelectorAll('#attempts tbody tr').length",
+                vec![],
+            )
+            .await
+            .expect("attempts");
+        assert_eq!(attempts, serde_json::json!(3), "{backend:?}");
+        let errors = text_of(b, "#attempts").await.unwrap_or_default();
+        assert!(errors.contains("gate `g` is closed"), "{errors}");
+        let body = text_of(b, "#dead-body").await.unwrap_or_default();
+        assert!(
+            body.contains("\"gated\"") && body.contains("\"g\""),
+            "{body}"
+        );
+        b.goto(&format!("{}/dead/no-such-id", web.url))
+            .await
+            .expect("unknown id");
+        let title = b
+            .find(Locator::Css("h1"))
+            .await
+            .expect("h1")
+            .text()
+            .await
+            .expect("text");
+        assert!(title.starts_with("404"), "{title}");
+
+        // Purge one, through the confirmation page.
+        b.goto(&format!("{}/dead", web.url))
+            .await
+            .expect("dead list");
+        b.find(Locator::Css(&format!(
+            "tr[data-id='{doomed}'] input[type=checkbox]"
+        )))
+        .await
+        .expect("checkbox")
+        .click()
+        .await
+        .expect("tick");
+        b.find(Locator::Css("#purge-selected"))
+            .await
+            .expect("purge button")
+            .click()
+            .await
+            .expect("purge");
+        let warning = eventually(Duration::from_secs(10), "the confirmation page", || async {
+            text_of(b, ".warning").await
+        })
+        .await;
+        assert!(warning.starts_with("Purge 1 dead event(s)?"), "{warning}");
+        assert!(
+            w.dead().await.iter().any(|d| d.id == doomed),
+            "purged before the confirmation"
+        );
+        b.find(Locator::Css("#confirm-purge"))
+            .await
+            .expect("confirm")
+            .click()
+            .await
+            .expect("confirm purge");
+        let done = eventually(Duration::from_secs(10), "the purged message", || async {
+            text_of(b, "#done").await
+        })
+        .await;
+        assert_eq!(done, "Purged 1 dead event(s).");
+        assert!(
+            w.dead().await.iter().all(|d| d.id != doomed),
+            "{backend:?}: not purged"
+        );
 
         // Dead letters: retry from the page; it runs and leaves the list.
         w.open_gate("g");
