@@ -4,7 +4,10 @@
 //!   `api/live` fetched every 500 ms, four times as often as the page polls)
 //!   against the same drain without it, taking turns: within 5 %.
 //! - The dashboard's pages with 100,000 waiting and 10,000 dead events:
-//!   each under 200 ms (median of 10 loads, over HTTP on loopback).
+//!   each under 200 ms (median of 10 loads, over HTTP on loopback; the
+//!   queue counts are read at most once per sample interval, so the first
+//!   load reads the broker and the next ones share it). `/metrics` is
+//!   shown too but not judged: Prometheus scrapes it, no person waits.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -209,7 +212,9 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
             }
             times.sort();
             let median = times[times.len() / 2];
-            worst = worst.max(median);
+            if is_page {
+                worst = worst.max(median);
+            }
             cells.push(format!("`{page}` {:.1} ms", median.as_secs_f64() * 1000.0));
         }
         server.abort();

@@ -269,6 +269,12 @@ async fn pause_or_resume(
     } else {
         broker.resume_queue(queue).await
     };
+    // The overview shows the new state at once, not the cached counts.
+    state
+        .sampled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .queues = None;
     match done {
         Ok(()) => Redirect::to(&format!("{base}/")).into_response(),
         Err(e) => broker_failed(if pause { "pause" } else { "resume" }, &e),

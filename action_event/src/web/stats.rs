@@ -49,6 +49,9 @@ pub(super) struct Sampled {
     pub error: Option<String>,
     /// When the last sample was taken (0: none yet).
     pub at_ms: u64,
+    /// The overview's rows, when read (ms since the epoch), and why the
+    /// paused queues are unknown, if they are.
+    pub queues: Option<(u64, Vec<super::pages::QueueRow>, Option<String>)>,
     last_counts: HashMap<String, PollerCounts>,
 }
 
@@ -69,6 +72,15 @@ pub(super) fn spawn_sampler(state: &Arc<AppState>) {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { return };
             sample(&state).await;
+            // The queue counts, only while a page looks (within 10 s).
+            let viewed = state
+                .last_view_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now_ms().saturating_sub(viewed) < 10_000 {
+                let (rows, err) = super::pages::read_queue_rows(&state).await;
+                let mut s = state.sampled.lock().unwrap_or_else(|e| e.into_inner());
+                s.queues = Some((now_ms(), rows, err));
+            }
         }
     });
 }

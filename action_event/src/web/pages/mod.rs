@@ -29,6 +29,9 @@ pub(crate) struct AppState {
     pub(crate) sampled: stats::Shared,
     /// The gauges `/metrics` serves (no counters: those are each poller's).
     pub(crate) metrics: Metrics,
+    /// When a page last asked for the queue counts (ms since the epoch):
+    /// the sampler reads them only while someone looks.
+    pub(crate) last_view_ms: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             csrf: super::auth::new_token(),
             sampled: Default::default(),
             metrics: Metrics::new(),
+            last_view_ms: Default::default(),
         }
     }
 
@@ -129,7 +133,7 @@ pub(super) async fn queue_order(state: &AppState) -> Vec<String> {
 }
 
 /// One queue as the overview shows it.
-#[derive(serde::Serialize)]
+#[derive(Clone, serde::Serialize)]
 pub(super) struct QueueRow {
     pub queue: String,
     pub waiting: Option<u64>,
@@ -145,6 +149,30 @@ pub(super) struct QueueRow {
 
 /// The overview's rows, counts read now.
 pub(super) async fn queue_rows(state: &AppState) -> (Vec<QueueRow>, Option<String>) {
+    // Counts read at most once per sample interval, however many browsers
+    // look: a backlog of 100,000 makes each read cost the broker some
+    // milliseconds, which the pollers' drain would pay.
+    let now = crate::envelope::now_ms();
+    state
+        .last_view_ms
+        .store(now, std::sync::atomic::Ordering::Relaxed);
+    let fresh = state.config.sample_every.as_millis() as u64 * 2;
+    {
+        let s = state.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, rows, err)) = &s.queues
+            && now.saturating_sub(*at) <= fresh
+        {
+            return (rows.clone(), err.clone());
+        }
+    }
+    let (rows, err) = read_queue_rows(state).await;
+    let mut s = state.sampled.lock().unwrap_or_else(|e| e.into_inner());
+    s.queues = Some((crate::envelope::now_ms(), rows.clone(), err.clone()));
+    (rows, err)
+}
+
+/// The overview's rows, read from the broker now.
+pub(super) async fn read_queue_rows(state: &AppState) -> (Vec<QueueRow>, Option<String>) {
     let queues = queue_order(state).await;
     let broker = &state.config.broker;
     let (paused, paused_error) =
