@@ -204,6 +204,7 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
             "/scheduled",
             "/metrics",
         ] {
+            let is_page = page != "/metrics";
             let mut times = Vec::new();
             for _ in 0..10 {
                 let t = Instant::now();
