@@ -12,12 +12,13 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 /// The crates a SQLite-only build must not compile.
-const LEFT_OUT: [&str; 5] = [
+const LEFT_OUT: [&str; 6] = [
     "lapin",
     "rustls",
     "ring",
     "prometheus-client",
     "amq-protocol",
+    "axum",
 ];
 
 fn root() -> &'static Path {

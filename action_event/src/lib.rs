@@ -90,6 +90,8 @@ pub mod periodic;
 pub mod poller;
 mod registry;
 pub mod testing;
+#[cfg(feature = "web")]
+pub mod web;
 
 /// Marks a struct as an event (or, with `base`, as a base that events extend).
 ///

@@ -15,6 +15,7 @@ mod postgres;
 mod quorum;
 mod report;
 mod sqlite;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,7 +67,7 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Only the row groups named (comma-separated: enqueue, process, procs,
-    /// latency, memory, scale, two, quorum), e.g. while working on one of
+    /// latency, memory, scale, two, quorum, web), e.g. while working on one of
     /// them. `quorum` (quorum queues on private nodes and a 3-node cluster)
     /// runs only when named here.
     #[arg(long, value_delimiter = ',')]
@@ -315,6 +316,14 @@ async fn run(args: Args) -> ExitCode {
 
     if want_sqlite && let Err(e) = sqlite::rows(&plan, &mut report).await {
         let mut r = report::Row::new("sqlite", "SQLite rows");
+        r.status = Some(format!("error: {e:#}"));
+        report.push(r);
+    }
+    if want_sqlite
+        && plan.wants("web")
+        && let Err(e) = web::rows(&plan, &mut report).await
+    {
+        let mut r = report::Row::new("sqlite", "Dashboard rows");
         r.status = Some(format!("error: {e:#}"));
         report.push(r);
     }

@@ -165,7 +165,7 @@ pub fn raw_idle(conn: &mut Connection, for_: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f)
@@ -173,7 +173,7 @@ async fn blocking<T: Send + 'static>(
         .context("blocking task")?
 }
 
-async fn filled(dir: &Path, tag: &str, n: u64) -> anyhow::Result<Db> {
+pub(crate) async fn filled(dir: &Path, tag: &str, n: u64) -> anyhow::Result<Db> {
     let db = Db::fresh(dir, tag);
     db.create().await?;
     let path = db.path.clone();

@@ -37,3 +37,4 @@ mod sqlite_recovery_e2e;
 mod status_e2e;
 mod status_recovery_e2e;
 mod tls_e2e;
+mod web_e2e;

@@ -257,7 +257,8 @@ pub struct InFlight {
 /// let r = PollerReport {
 ///     id: "1".into(), host: "web1".into(), pid: 42, queues: vec!["high".into()],
 ///     concurrency: 4, broker: "amqp://guest:***@127.0.0.1:5672/%2f".into(),
-///     started_at_ms: 0, in_flight: vec![],
+///     started_at_ms: 0, in_flight: vec![], counts: Default::default(),
+///     version: "0.1.0".into(),
 /// };
 /// let json = serde_json::to_string(&r).unwrap();
 /// assert_eq!(serde_json::from_str::<PollerReport>(&json).unwrap(), r);
@@ -280,6 +281,60 @@ pub struct PollerReport {
     pub started_at_ms: u64,
     /// The events it is running now.
     pub in_flight: Vec<InFlight>,
+    /// What it has run since it started (the dashboard's per-second chart
+    /// is made of the differences). Absent in the reports of older pollers:
+    /// all zero then.
+    #[serde(default)]
+    pub counts: PollerCounts,
+    /// The action_event version the poller runs (empty from older pollers).
+    #[serde(default)]
+    pub version: String,
+}
+
+/// How many runs a poller has finished since it started, by outcome; part
+/// of its [`PollerReport`]. Every run counts once in `processed` and at
+/// most once in one of the others.
+///
+/// ```
+/// use action_event::broker::PollerCounts;
+/// let c = PollerCounts { processed: 10, failed: 3, retried: 2, dead: 1 };
+/// assert_eq!(c.failed, c.retried + c.dead);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollerCounts {
+    /// Runs finished, whatever the outcome (completed, halted, retried, dead).
+    pub processed: u64,
+    /// Runs that failed: retried or dead.
+    pub failed: u64,
+    /// Failures scheduled for another attempt.
+    pub retried: u64,
+    /// Events moved to the dead letters.
+    pub dead: u64,
+}
+
+/// An event stored for later: delayed by its producer, or waiting for its
+/// next attempt after a failure ([`Broker::scheduled_list`]).
+///
+/// ```
+/// use action_event::broker::ScheduledEvent;
+/// let s = ScheduledEvent { id: "1".into(), name: Some("hello_world".into()), queue: "high".into(),
+///     attempt: 2, due_at_ms: 0, body: "{}".into() };
+/// assert_eq!(s.attempt, 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledEvent {
+    /// The event id.
+    pub id: String,
+    /// The event name, when the body is an envelope.
+    pub name: Option<String>,
+    /// The queue it will be taken from.
+    pub queue: String,
+    /// Its attempt number (1: never ran; more: a retry).
+    pub attempt: u32,
+    /// When it becomes ready, ms since the Unix epoch.
+    pub due_at_ms: u64,
+    /// The stored message.
+    pub body: String,
 }
 
 /// A running poller, as [`Broker::announce`] makes it visible: asked for a
@@ -684,5 +739,25 @@ pub trait Broker: Send + Sync + 'static {
     #[cfg(feature = "postgres")]
     fn as_postgres(&self) -> Option<&postgres::PostgresBroker> {
         None
+    }
+
+    // --- web ---
+
+    /// Up to `limit` events not due yet (delayed, or waiting for a retry),
+    /// soonest first, when the backend can list them without taking them:
+    /// SQLite can; `None` (the default) when it cannot (RabbitMQ keeps them
+    /// in per-delay queues that can only be read by consuming them).
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// match broker.scheduled_list(100).await? {
+    ///     Some(events) => println!("{} scheduled", events.len()),
+    ///     None => println!("this backend cannot list scheduled events"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn scheduled_list(&self, limit: usize) -> Result<Option<Vec<ScheduledEvent>>, Error> {
+        let _ = limit;
+        Ok(None)
     }
 }

@@ -5,22 +5,28 @@
 //! number of pollers alive are not counted by one process: they are read on
 //! every scrape, from the broker ([`Broker::depth`]) and the PID directory.
 //!
-//! Served in the OpenMetrics text format (Prometheus reads it) by a tiny
-//! HTTP/1.1 server on tokio: one `GET /metrics` per connection, no
-//! framework, so the poller links no HTTP stack.
+//! Served in the OpenMetrics text format (Prometheus reads it) on axum:
+//! [`MetricsEndpoint::router`] to nest in an app's server, or
+//! [`MetricsEndpoint::serve`] on a listener of its own (`--metrics ADDR`).
+//! The dashboard's server (`poller web`) answers `/metrics` too, with the
+//! broker's gauges.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 
@@ -312,85 +318,52 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Accepts connections until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.answer(stream).await {
-                            tracing::debug!("metrics: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+    /// `GET /metrics` (and `/`, which says where the metrics are) as a
+    /// router an app can merge into its own server.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), action_event::Error> {
+    /// # use std::sync::Arc;
+    /// # let broker = action_event::broker::connect("sqlite://action_event.db").await?;
+    /// # let endpoint = action_event::poller::MetricsEndpoint { metrics: Arc::default(), broker, queues: vec![], pid_dir: None };
+    /// let app = axum::Router::new().merge(endpoint.router());
+    /// # Ok(()) }
+    /// ```
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .route(
+                "/",
+                get(|| async { "action_event poller: metrics at /metrics\n" }),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: metrics are at /metrics\n",
+                )
+            })
+            .with_state(Arc::new(self))
     }
 
-    async fn answer(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(1024);
-        let read = async {
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        match tokio::time::timeout(Duration::from_secs(10), read).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
+    /// Serves [`MetricsEndpoint::router`] until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        if let Err(e) = axum::serve(listener, self.router()).await {
+            tracing::warn!("metrics: the server stopped: {e}");
         }
-        let head = String::from_utf8_lossy(&buf);
-        let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-        let method = parts.next().unwrap_or("");
-        let path = parts.next().unwrap_or("").split('?').next().unwrap_or("");
-        let (status, kind, body) = match (method, path) {
-            ("GET" | "HEAD", "/metrics") => {
-                self.metrics
-                    .refresh(&*self.broker, &self.queues, self.pid_dir.as_deref())
-                    .await;
-                (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    self.metrics.encode(),
-                )
-            }
-            ("GET" | "HEAD", "/") => (
-                "200 OK",
-                "text/plain; charset=utf-8",
-                "action_event poller: metrics at /metrics\n".to_string(),
-            ),
-            ("GET" | "HEAD", _) => (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "not found: metrics are at /metrics\n".to_string(),
-            ),
-            _ => (
-                "405 Method Not Allowed",
-                "text/plain; charset=utf-8",
-                "use GET\n".to_string(),
-            ),
-        };
-        let mut response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        if method != "HEAD" {
-            response.extend_from_slice(body.as_bytes());
-        }
-        stream.write_all(&response).await?;
-        stream.shutdown().await
     }
+}
+
+async fn scrape(State(me): State<Arc<MetricsEndpoint>>) -> impl IntoResponse {
+    me.metrics
+        .refresh(&*me.broker, &me.queues, me.pid_dir.as_deref())
+        .await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        me.metrics.encode(),
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod generate;
 #[cfg(feature = "metrics")]
 mod metrics;
 pub(crate) mod pidfile;
+mod report_file;
 mod run_loop;
 mod run_one;
 mod shutdown;
@@ -29,6 +30,7 @@ pub use generate::{Action, EventNames, generate_event};
 #[cfg(feature = "metrics")]
 pub use metrics::{DURATION_BUCKETS, Metrics, MetricsEndpoint, Observed};
 pub use pidfile::{PollerInfo, PollerStatus, list_pollers, pid_path, process_alive};
+pub use report_file::{read_report, report_path};
 pub use run_loop::{Poller, RunSummary};
 pub use shutdown::{ExitReason, Shutdown};
 

@@ -139,7 +139,7 @@ pub(crate) fn claim(dir: &Path, info: &PollerInfo) -> Result<Option<u32>, Error>
     Ok(previous_alive)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     fs::write(&tmp, bytes).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
@@ -151,6 +151,7 @@ pub(crate) fn release(dir: &Path, id: &str, pid: u32) {
     if read_pid(&path) == Some(pid) {
         let _ = fs::remove_file(&path);
         let _ = fs::remove_file(info_path(dir, id));
+        let _ = fs::remove_file(super::report_file::report_path(&path));
     }
 }
 

@@ -73,7 +73,7 @@ pub(super) struct Shared {
     pub(super) client: Client,
     pub(super) retry: RetryPolicy,
     pub(super) unknown_retries: u32,
-    pub(super) tally: Tally,
+    pub(super) tally: Arc<Tally>,
     #[cfg(feature = "metrics")]
     pub(super) metrics: Arc<Metrics>,
     in_flight: InFlightMap,
@@ -136,9 +136,10 @@ impl Drop for InFlightGuard {
 }
 
 /// This poller as status requests see it: its identity and what runs now.
-struct PollerPresence {
+pub(super) struct PollerPresence {
     info: PollerInfo,
     in_flight: InFlightMap,
+    tally: Arc<Tally>,
 }
 
 impl Presence for PollerPresence {
@@ -153,6 +154,24 @@ impl Presence for PollerPresence {
             broker: i.broker.clone(),
             started_at_ms: i.started_at_ms,
             in_flight: self.in_flight.list(),
+            counts: self.tally.counts(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl Tally {
+    /// The counts a [`PollerReport`] carries (the dashboard's chart).
+    fn counts(&self) -> crate::broker::PollerCounts {
+        let completed = self.completed.load(Ordering::Relaxed);
+        let halted = self.halted.load(Ordering::Relaxed);
+        let retried = self.retried.load(Ordering::Relaxed);
+        let dead = self.dead.load(Ordering::Relaxed);
+        crate::broker::PollerCounts {
+            processed: completed + halted + retried + dead,
+            failed: retried + dead,
+            retried,
+            dead,
         }
     }
 }
@@ -197,7 +216,7 @@ impl Poller {
                 client,
                 retry: config.retry,
                 unknown_retries: config.unknown_retries,
-                tally: Tally::default(),
+                tally: Arc::default(),
                 #[cfg(feature = "metrics")]
                 metrics: Arc::new(Metrics::new()),
                 in_flight: InFlightMap::default(),
@@ -279,7 +298,14 @@ impl Poller {
         let presence = Arc::new(PollerPresence {
             info,
             in_flight: shared.in_flight.clone(),
+            tally: shared.tally.clone(),
         });
+        // Beside the PID file: what the dashboard shows of this poller on a
+        // backend without status requests (SQLite).
+        let _report_file = config
+            .pid_file
+            .as_ref()
+            .map(|p| super::report_file::spawn(p, presence.clone()));
         if let Err(e) = shared.broker.announce(presence).await {
             tracing::warn!("This poller may not show in `poller status` of other machines: {e}");
         }

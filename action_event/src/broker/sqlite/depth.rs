@@ -63,3 +63,55 @@ pub(super) async fn queues_with_events(
         })
         .await
 }
+
+/// Events not due yet and not held, soonest first:
+/// [`Broker::scheduled_list`](crate::broker::Broker::scheduled_list).
+pub(super) async fn scheduled_list(
+    broker: &SqliteBroker,
+    limit: usize,
+) -> Result<Option<Vec<crate::broker::ScheduledEvent>>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    broker
+        .run(move |inner, state| {
+            let now = now_i64();
+            let mut stmt = state
+                .conn
+                .prepare_cached(
+                    "SELECT event_id, name, queue, body, visible_at FROM events \
+                     WHERE visible_at > ?1 AND claim IS NULL ORDER BY visible_at LIMIT ?2",
+                )
+                .map_err(|e| inner.err("list scheduled events", e))?;
+            let rows = stmt
+                .query_map(params![now, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| inner.err("list scheduled events", e))?;
+            Ok(Some(
+                rows.into_iter()
+                    .map(|(id, name, queue, body, due)| {
+                        let attempt = serde_json::from_str::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v.get("attempt").and_then(|a| a.as_u64()))
+                            .and_then(|a| u32::try_from(a).ok())
+                            .unwrap_or(1);
+                        crate::broker::ScheduledEvent {
+                            id,
+                            name,
+                            queue,
+                            attempt,
+                            due_at_ms: u64::try_from(due).unwrap_or(0),
+                            body,
+                        }
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+}

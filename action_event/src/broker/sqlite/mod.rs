@@ -293,6 +293,13 @@ impl Broker for SqliteBroker {
     async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
         tick::claim(self, claim).await
     }
+
+    async fn scheduled_list(
+        &self,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::broker::ScheduledEvent>>, Error> {
+        depth::scheduled_list(self, limit).await
+    }
 }
 
 fn now_i64() -> i64 {

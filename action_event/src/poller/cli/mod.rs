@@ -8,7 +8,8 @@
 //! - [`queue`]: queue one event from the shell;
 //! - [`pause`]: pause and resume queues on every poller;
 //! - [`dead`]: list, show, retry and purge dead events;
-//! - [`generate`]: generate an event's code in a Cargo project.
+//! - [`generate`]: generate an event's code in a Cargo project;
+//! - `web`: the dashboard and /metrics (feature `web`).
 //!
 //! Each subcommand takes only its own flags: `poller dead list --concurrency 8`
 //! is a usage error (exit 2) naming the subcommand `--concurrency` belongs to.
@@ -35,6 +36,8 @@ mod queue;
 mod start;
 mod status;
 mod stop;
+#[cfg(feature = "web")]
+mod web;
 
 use start::RunArgs;
 
@@ -44,7 +47,7 @@ use start::RunArgs;
     name = "poller",
     version = concat!("(action_event ", env!("CARGO_PKG_VERSION"), ")"),
     about = "Runs the events of this app: takes them from the broker, highest priority queue first",
-    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller pause low                         no poller starts a `low` event until `poller resume low`\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n  poller migrate --print                   the PostgreSQL schema's SQL\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
+    after_help = "Examples:\n  poller                                   foreground, all queues, high first\n  poller --daemon --id 2 start             daemon with PID file tmp/pids/poller.2.pid\n  poller --id 2 --queues \"high medium\" start\n  poller --id 2 stop\n  poller status\n  poller queue hello_world name=world queue=high\n  poller dead list\n  poller pause low                         no poller starts a `low` event until `poller resume low`\n  poller --metrics 127.0.0.1:9187          Prometheus metrics at http://127.0.0.1:9187/metrics\n  poller generate event HelloWorld         writes src/events/hello_world.rs\n  poller web --bind 127.0.0.1:9188         the dashboard at http://127.0.0.1:9188/\n  poller migrate --print                   the PostgreSQL schema's SQL\n\nFlags written before a subcommand belong to it: `poller --id 2 stop` is `poller stop --id 2`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +81,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Bring the broker's schema up to date (PostgreSQL), or `--print` its SQL.
     Migrate(migrate::MigrateArgs),
+    /// Serve the dashboard (queues, pollers, events, dead letters) and
+    /// /metrics: `web --bind 127.0.0.1:9188 [--auth basic:USER:PASS] [--read-only]`.
+    #[cfg(feature = "web")]
+    Web(web::WebArgs),
 }
 
 /// `--broker`, for the subcommands that talk to the broker.
@@ -147,6 +154,8 @@ where
         Some(Command::Pause(a)) => one_shot(|| async move { pause::pause(&a).await }),
         Some(Command::Resume(a)) => one_shot(|| async move { pause::resume(&a).await }),
         Some(Command::Migrate(a)) => one_shot(|| async move { migrate::run(&a).await }),
+        #[cfg(feature = "web")]
+        Some(Command::Web(a)) => one_shot(|| async move { web::run(&a).await }),
     }
 }
 
