@@ -474,11 +474,8 @@ fn with_auth_a_request_without_credentials_gets_401() {
 }
 
 /// Pause stops a queue within a second on two pollers; resume restarts
-/// it; nothing is lost. Needs `Broker::pause_queue` (the pause branch):
-/// on a branch without it the dashboard shows the state as unknown and has
-/// no buttons, so this test is ignored there.
+/// it; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the pause branch (Broker::pause_queue/resume_queue/paused_queues); run after merging it"]
 async fn pause_and_resume_a_queue_from_the_dashboard() {
     let Some(driver) = browser().await else {
         return;
