@@ -14,20 +14,21 @@
 //! - RabbitMQ: a lease. The queue `<prefix>periodic.lease` is a
 //!   single-active-consumer queue holding one message, the last tick queued
 //!   per event; the poller the broker delivers it to holds the lease and
-//!   queues the ticks. For each tick it sends the event and the new state
-//!   message back to back on one channel, waits for both confirms, then
-//!   acks the old state. When the holder's connection dies the broker
-//!   requeues the state message and hands it to another poller, which
-//!   resumes after the last tick recorded.
+//!   queues the ticks. For each tick it publishes the event and the new
+//!   state message and acks the old state in one AMQP transaction (one
+//!   commit): a holder killed before the commit leaves nothing. When the
+//!   holder's connection dies the broker requeues the state message and
+//!   hands it to another poller, which resumes after the last tick
+//!   recorded.
 //!
 //! Each tick's event has a deterministic id, [`tick_id`] (event name +
-//! scheduled time), so that a duplicate is recognisable. The windows that
-//! remain on RabbitMQ: a holder killed after the broker received the tick's
-//! event and before it received the state message sent right after it (the
-//! next holder queues that tick again, with the same id); and a holder cut
-//! off by a network partition that has not noticed yet (until heartbeats
-//! time out) queuing a tick that the next holder queues too. SQLite has no
-//! such window (one transaction).
+//! scheduled time), so that a duplicate is recognisable. What remains on
+//! RabbitMQ, whose transactions are not atomic across queues: a broker node
+//! crashing in the middle of a commit, or a network partition cutting the
+//! holder's node off from the lease queue while the event's queue is still
+//! reachable, can keep the event without the new state (the next holder
+//! queues that tick again, with the same id). SQLite has no such window
+//! (one transaction).
 //!
 //! Missed ticks and the 5-second grace: see [`plan`] and [`Missed`].
 //!

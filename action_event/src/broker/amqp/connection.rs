@@ -330,6 +330,20 @@ impl Inner {
         Ok(ch)
     }
 
+    /// A channel of `conn` in transaction mode (`tx.select`): the periodic
+    /// lease's (see `tick`).
+    pub(super) async fn tx_channel(&self, conn: &Connection) -> Result<Channel, String> {
+        let ch = tokio::time::timeout(OP_TIMEOUT, conn.create_channel())
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(OP_TIMEOUT, ch.tx_select())
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(ch)
+    }
+
     /// Whether the broker (any node of the URL) answers now: a probe that
     /// waits at most 200 ms per host.
     pub(super) async fn reachable(&self) -> bool {

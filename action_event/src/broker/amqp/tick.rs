@@ -11,27 +11,37 @@
 //! requeues the message and makes another consumer active, which gets it
 //! and resumes after the last tick it records.
 //!
-//! Queuing a tick (the holder only): publish the tick's event and the new
-//! state message back to back on the lease channel, wait for both confirms
-//! (the state is also copied to `<prefix>periodic.state` for `poller
-//! status`), then ack every state message held so far (one `multiple`
-//! ack). One channel keeps the two in order: the broker has both, or the
-//! event alone when the holder dies between sending the two frames; then
-//! the next holder queues that tick again, with the same deterministic id.
-//! (Awaiting the event's confirm before sending the state made that window
-//! a whole confirm round trip: 10 duplicates in 20 kills at tick
-//! boundaries.) A holder killed
-//! after the second confirm and before the ack leaves two state messages:
-//! the next holder merges every state message it holds (the latest tick
-//! per event wins) and acks them together on its next rotation, so extra
-//! state messages (each poller also publishes an empty one at start, so
-//! that a first holder exists) never pile up. The holder also rotates the
-//! state message at least every minute when no tick is due, so it is never
-//! held for RabbitMQ's `consumer_timeout`.
+//! Queuing a tick (the holder only): on the lease channel, which is in
+//! transaction mode (`tx.select`), publish the tick's event and the new
+//! state message, ack every state message held so far (one `multiple`
+//! ack), then one `tx.commit`. RabbitMQ applies a transaction's publishes
+//! and acks together at the commit: a holder killed before it leaves
+//! nothing (its channel closes, the broker discards the uncommitted work
+//! and requeues the lease message), and the next holder queues that tick,
+//! with the same deterministic id, exactly once. (With a confirm channel
+//! and the two publishes back to back, a holder killed between them left
+//! the event alone: 1 to 3 duplicates in 20 kills at tick boundaries.)
+//! A holder killed after the commit and before it saw the commit-ok loses
+//! nothing either: the broker has the new state and the ack. The state is
+//! then copied to `<prefix>periodic.state` for `poller status`, in a
+//! transaction of its own. A failed transaction (a publish, the ack or the
+//! commit failing or timing out) gives the lease up: the channel is closed,
+//! so nothing uncommitted can ride along with a later commit and the next
+//! holder starts from the broker's state. A holder that holds several
+//! state messages (each poller publishes an empty one when it connects, so
+//! that a first holder exists) merges them (the latest tick per event wins)
+//! and acks them together on its next rotation, so extra state messages
+//! never pile up. The holder also rotates the state message at least every
+//! minute when no tick is due, so it is never held for RabbitMQ's
+//! `consumer_timeout`.
 //!
-//! What remains: a holder whose connection is lost without it noticing
-//! yet (a network partition, until heartbeats time out) may queue a tick
-//! that the next holder queues too; both carry the same id.
+//! What remains: RabbitMQ's transactions are not atomic across queues. A
+//! broker node that crashes in the middle of a commit (on a cluster, the
+//! event's queue and the lease queue may live on different nodes) can keep
+//! the event and lose the new state, and so can a network partition that
+//! cuts the holder's node off from the lease queue's leader (the lease
+//! moves on while the commit still reaches the event's queue); the next
+//! holder then queues the tick again, with the same id.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,12 +49,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -69,6 +80,8 @@ struct Doc {
 pub(super) struct Ticks {
     started: AtomicBool,
     lease: Mutex<Lease>,
+    /// One rotation at a time: two would share the channel's transaction.
+    rotating: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -90,6 +103,7 @@ impl Ticks {
         Ticks {
             started: AtomicBool::new(false),
             lease: Mutex::new(Lease::default()),
+            rotating: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -177,15 +191,16 @@ impl Inner {
     }
 
     /// Publishes `event` (queue, body) if any and `last` as the new state
-    /// message, back to back on the lease channel (so the broker gets both
-    /// or, at most, the event alone: a holder killed between the two
-    /// frames), waits for both confirms, then acks every state message
-    /// held before.
+    /// message on the lease channel, acks every state message held before,
+    /// and commits the three in one transaction: the broker applies all of
+    /// them at the commit, or none when the holder dies before it. Any
+    /// failure before the commit-ok gives the lease up (see [`give_up`]).
     async fn rotate(
         &self,
         last: BTreeMap<String, i64>,
         event: Option<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
+        let _one = self.ticks.rotating.lock().await;
         let (ch, acked) = {
             let l = lock(&self.ticks.lease);
             match &l.channel {
@@ -198,47 +213,81 @@ impl Inner {
             last: last.clone(),
         })
         .map_err(|e| self.err(format!("periodic state: {e}")))?;
-        let event_confirm = match &event {
-            Some((queue, body)) => Some(
+        let lease = self.lease_name();
+        let tx = async {
+            if let Some((queue, body)) = &event {
                 send(&ch, queue, body, envelope_properties(None))
                     .await
-                    .map_err(|e| self.err(format!("periodic tick to `{queue}`: {e}")))?,
-            ),
-            None => None,
-        };
-        let state_confirm = send(&ch, &self.lease_name(), &body, state_properties())
-            .await
-            .map_err(|e| self.err(format!("periodic lease: {e}")))?;
-        if let (Some(c), Some((queue, _))) = (event_confirm, &event) {
-            confirmed(c)
+                    .map_err(|e| format!("periodic tick to `{queue}`: {e}"))?;
+            }
+            send(&ch, &lease, &body, state_properties())
                 .await
-                .map_err(|e| self.err(format!("periodic tick to `{queue}`: {e}")))?;
+                .map_err(|e| format!("periodic lease: {e}"))?;
+            if let Some(tag) = acked {
+                op(
+                    "ack the periodic state",
+                    ch.basic_ack(tag, BasicAckOptions { multiple: true }),
+                )
+                .await
+                .map_err(topo_msg)?;
+            }
+            commit(&ch, "commit the periodic tick").await
         }
-        confirmed(state_confirm)
-            .await
-            .map_err(|e| self.err(format!("periodic lease: {e}")))?;
-        // The copy for `poller status`; the lease message is what counts.
-        if let Err(e) = publish_confirmed(&ch, &self.tick_state_name(), &body).await {
+        .await;
+        let returned = match tx {
+            Ok(returned) => returned,
+            Err(e) => {
+                self.give_up(&ch, &e);
+                return Err(self.err(e));
+            }
+        };
+        {
+            let mut l = lock(&self.ticks.lease);
+            for (name, tick) in last {
+                let e = l.last.entry(name).or_insert(tick);
+                *e = (*e).max(tick);
+            }
+            if l.max_tag == acked {
+                l.max_tag = None;
+            }
+            l.rotated = Some(Instant::now());
+        }
+        // Committed: the state moved on (and the old state messages are
+        // acked) whatever came back. An event returned as unroutable (its
+        // queue deleted since it was declared) is that tick lost: an error.
+        if let Some(r) = returned.iter().find(|r| r.routing_key.as_str() != lease) {
+            return Err(self.err(format!(
+                "periodic tick to `{}`: returned by the broker: {}",
+                r.routing_key, r.reply_text
+            )));
+        }
+        if !returned.is_empty() {
+            // The lease message itself returned: its queue is gone; the
+            // lease consumer ends with it.
+            return Err(self.err(format!("periodic lease `{lease}`: unroutable")));
+        }
+        // The copy for `poller status` (a transaction of its own: the lease
+        // message is what counts).
+        if let Err(e) = publish_committed(&ch, &self.tick_state_name(), &body).await {
             tracing::debug!("periodic state copy not published: {e}");
         }
-        if let Some(tag) = acked {
-            op(
-                "ack the periodic state",
-                ch.basic_ack(tag, BasicAckOptions { multiple: true }),
-            )
-            .await
-            .map_err(|e| self.topo_err(e))?;
-        }
-        let mut l = lock(&self.ticks.lease);
-        for (name, tick) in last {
-            let e = l.last.entry(name).or_insert(tick);
-            *e = (*e).max(tick);
-        }
-        if l.max_tag == acked {
-            l.max_tag = None;
-        }
-        l.rotated = Some(Instant::now());
         Ok(())
+    }
+
+    /// After a failed transaction on the lease channel: closes the channel,
+    /// so that the broker discards what was not committed and requeues the
+    /// lease message (to another poller, or to this one once its lease
+    /// connection is rebuilt). The broker's state is then the only one: no
+    /// publish of the failed transaction can ride along with a later commit,
+    /// and a commit whose outcome is unknown cannot leave this holder's
+    /// state behind the broker's.
+    fn give_up(&self, ch: &Channel, why: &str) {
+        tracing::warn!("periodic lease given up: {why}");
+        lock(&self.ticks.lease).holding = false;
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(OP_TIMEOUT, ch.close(200, "OK".into())).await;
+        });
     }
 
     /// See `Broker::tick_last`: the holder's own state, else the copy in
@@ -291,14 +340,15 @@ fn state_properties() -> BasicProperties {
         .with_content_type("application/json".into())
 }
 
-/// Publishes (mandatory) to `queue` on the default exchange; the confirm
-/// is awaited separately ([`confirmed`]).
+/// Publishes (mandatory, in the lease channel's current transaction) to
+/// `queue` on the default exchange. The channel is no confirm channel: the
+/// `PublisherConfirm` lapin returns is `NotRequested`, not awaited.
 async fn send(
     ch: &Channel,
     queue: &str,
     body: &[u8],
     props: BasicProperties,
-) -> Result<lapin::PublisherConfirm, String> {
+) -> Result<(), String> {
     tokio::time::timeout(
         OP_TIMEOUT,
         ch.basic_publish(
@@ -314,20 +364,41 @@ async fn send(
     )
     .await
     .map_err(|_| "no answer".to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
-async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<(), String> {
-    match tokio::time::timeout(OP_TIMEOUT, confirm).await {
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(other)) => Err(format!("not confirmed: {other:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no confirm".to_string()),
+/// Commits the lease channel's transaction; returns the messages the broker
+/// returned as unroutable (RabbitMQ sends a transaction's `basic.return`s
+/// at the commit, before the commit-ok, and lapin keeps them for
+/// `wait_for_confirms`, which on a channel without confirms only drains
+/// them).
+async fn commit(ch: &Channel, what: &str) -> Result<Vec<BasicReturnMessage>, String> {
+    op(what, ch.tx_commit()).await.map_err(topo_msg)?;
+    op("read the returned messages", ch.wait_for_confirms())
+        .await
+        .map_err(topo_msg)
+}
+
+/// Publishes a state message to `queue` and commits it; a return (the
+/// queue is gone) is an error.
+async fn publish_committed(ch: &Channel, queue: &str, body: &[u8]) -> Result<(), String> {
+    send(ch, queue, body, state_properties()).await?;
+    let returned = commit(ch, "commit the periodic state").await?;
+    match returned.first() {
+        None => Ok(()),
+        Some(r) => Err(format!(
+            "`{queue}`: returned by the broker: {}",
+            r.reply_text
+        )),
     }
 }
 
-async fn publish_confirmed(ch: &Channel, queue: &str, body: &[u8]) -> Result<(), String> {
-    confirmed(send(ch, queue, body, state_properties()).await?).await
+fn topo_msg(e: TopoErr) -> String {
+    match e {
+        TopoErr::Fatal(e) => e.to_string(),
+        TopoErr::Transient(m) => m,
+    }
 }
 
 /// Consumes the lease queue for as long as the broker is open: a
@@ -365,11 +436,8 @@ async fn consume_lease(inner: &Arc<Inner>) -> Result<(), String> {
     let Some(c) = &conn.0 else {
         return Err("no connection".into());
     };
-    let ch = inner.confirm_channel(c).await?;
-    let topo = |e: TopoErr| match e {
-        TopoErr::Fatal(e) => e.to_string(),
-        TopoErr::Transient(m) => m,
-    };
+    let ch = inner.tx_channel(c).await?;
+    let topo = topo_msg;
     op(
         "periodic lease qos",
         ch.basic_qos(100, BasicQosOptions { global: false }),
@@ -380,7 +448,7 @@ async fn consume_lease(inner: &Arc<Inner>) -> Result<(), String> {
     // So that a first holder exists: merged into the state by whoever
     // holds it, and acked with it.
     let empty = serde_json::to_vec(&Doc::default()).map_err(|e| e.to_string())?;
-    publish_confirmed(&ch, &inner.lease_name(), &empty).await?;
+    publish_committed(&ch, &inner.lease_name(), &empty).await?;
     let mut consumer = op(
         "consume the periodic lease",
         ch.basic_consume(
