@@ -368,6 +368,53 @@ fn steady(backend: Backend) {
         digest.contains("cron 0 30 9 * * Mon-Fri (Europe/Berlin)") && digest.contains("never"),
         "{digest}"
     );
+    // The dashboard's Scheduled page shows the same.
+    let page = dashboard_page(&f, "/scheduled");
+    let row = page
+        .split("<tr data-event=\"")
+        .find(|r| r.starts_with(&format!("{ONCE}\"")))
+        .unwrap_or_else(|| panic!("no {ONCE} row on the dashboard:\n{page}"));
+    assert!(
+        row.contains("every 1s") && row.contains(&action_event::periodic::format_tick(last)),
+        "{row}"
+    );
+}
+
+/// GET `path` from `poller web` on this fleet's broker (a child process on
+/// a free port, stopped after).
+fn dashboard_page(f: &Fleet, path: &str) -> String {
+    use std::io::{Read, Write};
+    let port = action_event_test_support::rabbit_node::free_port();
+    let mut child = Command::new(PERIODIC_POLLER)
+        .args(["web", "--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(f.w.path())
+        .env("ACTION_EVENT_URL", &f.w.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start poller web");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break out;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not serve {path}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    page
 }
 
 /// 3 pollers for 60 s, one SIGKILLed every 10 s and replaced.

@@ -26,8 +26,10 @@
 //! in flight, age of the oldest waiting event, paused; a live chart of
 //! processed / failed / retried / dead per second over the last 15
 //! minutes), **Pollers**, **Events** (the registry, chains resolved),
-//! **Dead letters** (filter, show, retry, purge) and **Scheduled** (where
-//! the backend can list them: SQLite; RabbitMQ cannot without consuming).
+//! **Dead letters** (filter, show, retry, purge) and **Scheduled** (the
+//! periodic events with their schedule, last tick queued and next tick;
+//! then the delayed and retrying events where the backend can list them:
+//! SQLite; RabbitMQ cannot without consuming).
 //!
 //! Where the numbers come from: queue counts from the broker on each
 //! request ([`Broker::depth`]); pollers and the chart from the pollers' own

@@ -1,4 +1,5 @@
-//! The Scheduled page: events not due yet (delayed, or waiting for a
+//! The Scheduled page: the periodic events (schedule, last tick queued,
+//! next tick) and the events not due yet (delayed, or waiting for a
 //! retry), where the backend can list them.
 
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, BROKER_BOUND, Base, broker_label};
+use crate::periodic;
 use crate::web::html::{self, esc};
 
 /// How many are listed at most.
@@ -26,7 +28,7 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
                 );
             }
         };
-    let mut body = String::new();
+    let mut body = periodic_section(&state).await;
     match listed {
         None => body.push_str(
             "<p class=\"note\" id=\"cannot-list\">This backend cannot list scheduled and retrying events. \
@@ -59,4 +61,63 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
     let broker = broker_label(&state);
     let f = state.frame(&base, "Scheduled and retrying", "scheduled", &broker);
     html::page(&f, &body).into_response()
+}
+
+/// The periodic events this binary links: schedule, the last tick queued
+/// (as the broker records it) and the next tick, like `poller status`.
+async fn periodic_section(state: &AppState) -> String {
+    let Ok(registry) = crate::registry() else {
+        return String::new();
+    };
+    let events: Vec<_> = registry
+        .events()
+        .filter_map(|e| e.periodic.as_ref().map(|p| (e, p)))
+        .collect();
+    if events.is_empty() {
+        return String::new();
+    }
+    let last = match tokio::time::timeout(BROKER_BOUND, state.config.broker.tick_last()).await {
+        Ok(Ok(l)) => Ok(l),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the broker did not answer within 5s".to_string()),
+    };
+    let mut body = String::from("<h2>Periodic events</h2>");
+    if let Err(e) = &last {
+        let _ = write!(
+            body,
+            "<p class=\"note\">The last ticks are unknown: {}</p>",
+            esc(e)
+        );
+    }
+    body.push_str("<table id=\"periodic\"><thead><tr><th>Event</th><th>Queue</th><th>Schedule</th><th>Last tick queued</th><th>Next tick</th></tr></thead><tbody>");
+    let now = i64::try_from(crate::envelope::now_ms()).unwrap_or(i64::MAX);
+    for (event, periodic) in events {
+        let shown_last = match &last {
+            Err(_) => "?".to_string(),
+            Ok(l) => l
+                .get(event.name)
+                .map(|t| periodic::format_tick(*t))
+                .unwrap_or_else(|| "never".to_string()),
+        };
+        let next = periodic
+            .schedule
+            .next_after(now)
+            .map(periodic::format_tick)
+            .unwrap_or_else(|| "none".to_string());
+        let mut schedule = periodic.schedule.to_string();
+        if periodic.missed == periodic::Missed::Skip {
+            schedule.push_str(", missed: skip");
+        }
+        let _ = write!(
+            body,
+            "<tr data-event=\"{n}\"><td><strong>{n}</strong></td><td>{}</td><td>{}</td><td class=\"last-tick\">{}</td><td>{}</td></tr>",
+            esc(event.queue),
+            esc(&schedule),
+            esc(&shown_last),
+            esc(&next),
+            n = esc(event.name),
+        );
+    }
+    body.push_str("</tbody></table><h2>Not due yet</h2>");
+    body
 }
