@@ -614,10 +614,11 @@ pub trait Broker: Send + Sync + 'static {
         Err(paused::unsupported(&self.url(), "resume a queue"))
     }
 
-    /// The paused queues, sorted by name. SQLite lists every one. RabbitMQ
-    /// cannot list queues (without the management plugin): it reports the
-    /// paused ones among `high`, `medium`, `low` and the queues this handle
-    /// took from or paused; ask about others with [`Broker::paused_among`].
+    /// The paused queues, sorted by name. SQLite and PostgreSQL list every
+    /// one. RabbitMQ cannot list queues (without the management plugin): it
+    /// reports the paused ones among `high`, `medium`, `low` and the queues
+    /// this handle took from or paused; ask about others with
+    /// [`Broker::paused_among`].
     /// The default is an error naming the backend.
     ///
     /// ```no_run

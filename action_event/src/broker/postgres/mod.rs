@@ -31,6 +31,7 @@
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
+//! | [`pause`]   | paused queues: the table `paused_queues`                             |
 //!
 //! Times (`visible_at`, leases, delays) are milliseconds of the clocks of
 //! the machines that write them: keep them in sync (NTP), as for any job
@@ -62,6 +63,7 @@ pub mod dead;
 pub mod depth;
 pub mod options;
 pub mod owner;
+pub mod pause;
 pub mod publish;
 pub mod schema;
 pub mod settle;
@@ -119,6 +121,8 @@ struct Inner {
     presence: Mutex<Option<Arc<dyn Presence>>>,
     /// The SQL of this schema, built once.
     sql: owner::Sql,
+    /// This handle's copy of the paused queues ([`pause`]).
+    paused: crate::broker::paused::PauseCache,
 }
 
 impl Inner {
@@ -207,6 +211,7 @@ impl PostgresBroker {
             held: Mutex::new(HashSet::new()),
             presence: Mutex::new(None),
             sql,
+            paused: Default::default(),
         });
         // The events of pollers that died come back now.
         if let Err(e) = owner::reclaim_gone(&inner).await {
@@ -316,7 +321,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
-        claim::take(&self.inner, queues, wait).await
+        crate::broker::paused::take(self, queues, wait).await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
@@ -375,6 +380,18 @@ impl Broker for PostgresBroker {
 
     fn as_postgres(&self) -> Option<&PostgresBroker> {
         Some(self)
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, false).await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, Error> {
+        pause::list(self).await
     }
 }
 
