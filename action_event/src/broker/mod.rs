@@ -687,7 +687,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
         Err(Error::broker(
             &self.url(),
-            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+            "this backend has no periodic ticks: periodic events need the SQLite, RabbitMQ or PostgreSQL backend",
         ))
     }
 
@@ -706,7 +706,7 @@ pub trait Broker: Send + Sync + 'static {
         let _ = claim;
         Err(Error::broker(
             &self.url(),
-            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+            "this backend has no periodic ticks: periodic events need the SQLite, RabbitMQ or PostgreSQL backend",
         ))
     }
 

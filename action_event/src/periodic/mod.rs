@@ -7,10 +7,11 @@
 //! There is no leader to configure; the broker decides who queues each
 //! tick:
 //!
-//! - SQLite: an atomic claim per tick. The table `periodic_ticks` holds the
-//!   last tick queued per event; a poller moves it forward with a
-//!   compare-and-set and inserts the tick's event in the same transaction,
-//!   so a tick is queued exactly once, whichever pollers race for it.
+//! - SQLite and PostgreSQL: an atomic claim per tick. The table
+//!   `periodic_ticks` holds the last tick queued per event; a poller moves
+//!   it forward with a compare-and-set and inserts the tick's event in the
+//!   same transaction, so a tick is queued exactly once, whichever pollers
+//!   race for it.
 //! - RabbitMQ: a lease. The queue `<prefix>periodic.lease` is a
 //!   single-active-consumer queue holding one message, the last tick queued
 //!   per event; the poller the broker delivers it to holds the lease and
@@ -26,8 +27,8 @@
 //! event and before it received the state message sent right after it (the
 //! next holder queues that tick again, with the same id); and a holder cut
 //! off by a network partition that has not noticed yet (until heartbeats
-//! time out) queuing a tick that the next holder queues too. SQLite has no
-//! such window (one transaction).
+//! time out) queuing a tick that the next holder queues too. SQLite and
+//! PostgreSQL have no such window (one transaction).
 //!
 //! Missed ticks and the 5-second grace: see [`plan`] and [`Missed`].
 //!
@@ -190,8 +191,8 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickState {
-    /// Whether this broker may queue ticks now (SQLite: always; RabbitMQ:
-    /// while it holds the lease).
+    /// Whether this broker may queue ticks now (SQLite and PostgreSQL:
+    /// always; RabbitMQ: while it holds the lease).
     pub holder: bool,
     /// The last tick queued per event name (milliseconds since the epoch).
     pub last: BTreeMap<String, i64>,

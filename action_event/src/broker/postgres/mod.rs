@@ -32,6 +32,7 @@
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
+//! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
 //! Times (`visible_at`, leases, delays) are milliseconds of the clocks of
 //! the machines that write them: keep them in sync (NTP), as for any job
@@ -67,6 +68,7 @@ pub mod pause;
 pub mod publish;
 pub mod schema;
 pub mod settle;
+pub mod tick;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
 
@@ -392,6 +394,14 @@ impl Broker for PostgresBroker {
 
     async fn paused_queues(&self) -> Result<Vec<String>, Error> {
         pause::list(self).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        tick::state(&self.inner).await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        tick::claim(&self.inner, claim).await
     }
 }
 
