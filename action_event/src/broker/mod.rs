@@ -746,8 +746,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Up to `limit` events not due yet (delayed, or waiting for a retry),
     /// soonest first, when the backend can list them without taking them:
-    /// SQLite can; `None` (the default) when it cannot (RabbitMQ keeps them
-    /// in per-delay queues that can only be read by consuming them).
+    /// SQLite and PostgreSQL can; `None` (the default) when it cannot
+    /// (RabbitMQ keeps them in per-delay queues that can only be read by
+    /// consuming them).
     ///
     /// ```no_run
     /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {

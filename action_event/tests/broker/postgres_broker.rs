@@ -103,3 +103,65 @@ async fn two_brokers_racing_for_a_tick_queue_it_once() {
     assert_eq!(events, 20, "one event per tick claimed with an event");
     drop_schema(a.pool(), &schema).await;
 }
+
+/// `scheduled_list`: the events not due yet (delayed, or back for a retry
+/// later), soonest first, up to the limit; not the ready ones, not the one
+/// in hand (its lease is no schedule).
+#[tokio::test]
+async fn scheduled_list_shows_events_not_due_yet_soonest_first() {
+    let schema = new_schema();
+    let Some(b) = open_postgres(&schema, "").await else {
+        return;
+    };
+    let now = action_event::envelope::now_ms();
+    let mut delayed = Vec::new();
+    for (i, secs) in [300u64, 100, 200].into_iter().enumerate() {
+        let mut e = Envelope::new("later", "low", json!({ "i": i }));
+        e.run_at_ms = Some(now + secs * 1_000);
+        delayed.push(e);
+    }
+    publish_all(&b, &delayed).await;
+    b.publish(&Envelope::new("now", "high", json!({})))
+        .await
+        .expect("publish");
+    b.publish(&Envelope::new("held", "high", json!({})))
+        .await
+        .expect("publish");
+    let first = b
+        .take(&qs(&["high"]), std::time::Duration::from_secs(5))
+        .await
+        .expect("take")
+        .expect("event");
+    let mut retried = env_of(&first);
+    retried.attempt += 1;
+    b.retry(&first, &retried, std::time::Duration::from_secs(150))
+        .await
+        .expect("retry");
+    let held = b
+        .take(&qs(&["high"]), std::time::Duration::from_secs(5))
+        .await
+        .expect("take")
+        .expect("event");
+
+    let listed = b.scheduled_list(10).await.expect("list").expect("listed");
+    let seen: Vec<(String, u32)> = listed.iter().map(|s| (s.id.clone(), s.attempt)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (delayed[1].id.to_string(), 1),
+            (retried.id.to_string(), 2),
+            (delayed[2].id.to_string(), 1),
+            (delayed[0].id.to_string(), 1),
+        ],
+        "soonest first; the ready and the held events are not listed"
+    );
+    assert_eq!(listed[0].name.as_deref(), Some("later"));
+    assert_eq!(listed[0].queue, "low");
+    assert_eq!(listed[0].due_at_ms, now + 100_000);
+    assert!(listed[0].body.contains("\"i\":1"), "{}", listed[0].body);
+    let two = b.scheduled_list(2).await.expect("list").expect("listed");
+    assert_eq!(two.len(), 2, "the limit");
+    assert_eq!(two[0].id, listed[0].id);
+    b.ack(&held).await.expect("ack");
+    drop_schema(b.pool(), &schema).await;
+}

@@ -30,7 +30,7 @@
 //! | [`owner`]   | who holds a claim (a session advisory lock per broker), leases and their heartbeat, a dead poller's events back, poller status |
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
-//! | [`depth`]   | counting a queue                                                     |
+//! | [`depth`]   | counting a queue, listing scheduled events                           |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
 //! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
@@ -402,6 +402,13 @@ impl Broker for PostgresBroker {
 
     async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
         tick::claim(&self.inner, claim).await
+    }
+
+    async fn scheduled_list(
+        &self,
+        limit: usize,
+    ) -> Result<Option<Vec<super::ScheduledEvent>>, Error> {
+        depth::scheduled_list(&self.inner, limit).await
     }
 }
 
