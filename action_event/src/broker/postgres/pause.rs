@@ -4,7 +4,7 @@
 //! Pausing inserts the row, resuming deletes it; both commit before they
 //! return, so the state is shared by every poller on every machine and
 //! survives restarts. `take` reads the table at most every 250 ms per
-//! broker handle ([`crate::broker::paused`]). This backend claims one
+//! broker handle (`crate::broker::paused`). This backend claims one
 //! event per `take` (nothing ahead), so a pause has nothing to give back:
 //! a delivery whose queue turns out paused once in hand is released.
 
