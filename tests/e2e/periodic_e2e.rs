@@ -1,17 +1,18 @@
 //! End to end: periodic events with no master. Three real poller processes
 //! (tests/support/periodic_poller.rs, events `every_second` with the
 //! default missed-tick policy and `every_second_skip` with `missed =
-//! "skip"`, both `every = "1s"` on queue `ticks`) on SQLite and on
-//! RabbitMQ. The pollers serve only `idle`, so every tick they queue stays
+//! "skip"`, both `every = "1s"` on queue `ticks`) on SQLite, on PostgreSQL
+//! and on RabbitMQ. The pollers serve only `idle`, so every tick they queue stays
 //! in `ticks` to be counted by its deterministic id (and this shows that a
 //! poller queues the ticks of queues it does not serve).
 //!
 //! Each case is its own test, so the long ones (60 s each) run at the same
 //! time. Every case checks that the ticks queued form an unbroken run of
 //! seconds (nothing lost), and counts duplicates: the same id queued twice
-//! (RabbitMQ: two messages; SQLite: two `Queued periodic` log lines, since
-//! the table keeps one row per id). Neither backend may have any: SQLite
-//! queues each tick in one transaction, RabbitMQ in one AMQP transaction
+//! (RabbitMQ: two messages; SQLite, PostgreSQL: two `Queued periodic`
+//! log lines, since
+//! the table keeps one row per id). No backend may have any: SQLite and
+//! PostgreSQL queue each tick in one transaction, RabbitMQ in one AMQP transaction
 //! on the lease channel (the event, the new state message and the ack of
 //! the old one, committed together: a holder killed before the commit
 //! leaves nothing). The counts are printed.
@@ -44,6 +45,10 @@ impl Fleet {
             slots: Vec::new(),
             logs: Vec::new(),
         };
+        // 4 cases x 3 pollers at once on the shared server: two pooled
+        // connections each (plus LISTEN and the owner lock) are plenty for
+        // pollers that only queue ticks, and stay far below its 100.
+        f.w.url = f.w.url.replace("&pool=4", "&pool=2");
         for _ in 0..3 {
             let p = f.spawn();
             f.slots.push(p);
@@ -96,8 +101,8 @@ impl Fleet {
     }
 
     /// The slot whose poller queues the ticks now: on RabbitMQ the live one
-    /// that logged taking the lease; on SQLite (no holder: every poller
-    /// races for each tick) the one that queued the latest tick.
+    /// that logged taking the lease; on SQLite and PostgreSQL (no holder:
+    /// every poller races for each tick) the one that queued the latest tick.
     fn holder(&self) -> Option<usize> {
         match self.w.backend {
             Backend::Amqp => self.slots.iter().position(|(_, log)| {
@@ -105,7 +110,7 @@ impl Fleet {
                     .log(log)
                     .contains("now queues the periodic ticks (it holds the lease)")
             }),
-            Backend::Sqlite => self
+            Backend::Sqlite | Backend::Postgres => self
                 .slots
                 .iter()
                 .enumerate()
@@ -120,7 +125,6 @@ impl Fleet {
                 })
                 .max()
                 .map(|(_, i)| i),
-            Backend::Postgres => unreachable!("the periodic cases run on SQLite and RabbitMQ"),
         }
     }
 
@@ -130,7 +134,7 @@ impl Fleet {
         let queued = match self.w.backend {
             Backend::Sqlite => sqlite_ticks(&self.w),
             Backend::Amqp => amqp_ticks(&self.w),
-            Backend::Postgres => unreachable!("the periodic cases run on SQLite and RabbitMQ"),
+            Backend::Postgres => postgres_ticks(&self.w),
         };
         let mut logged: BTreeMap<(String, String), usize> = BTreeMap::new();
         for log in &self.logs {
@@ -228,6 +232,31 @@ fn sqlite_ticks(w: &World) -> BTreeMap<String, Vec<action_event::EventId>> {
             .push(id.parse().expect("an event id"));
     }
     m
+}
+
+fn postgres_ticks(w: &World) -> BTreeMap<String, Vec<action_event::EventId>> {
+    let schema = w.schema().expect("a schema");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = <action_event::sqlx::PgConnection as action_event::sqlx::Connection>::connect(
+            POSTGRES_URL,
+        )
+        .await
+        .expect("connect to PostgreSQL");
+        let rows: Vec<(String, String)> = action_event::sqlx::query_as(&format!(
+            "SELECT name, event_id FROM {schema}.events WHERE queue = 'ticks'"
+        ))
+        .fetch_all(&mut c)
+        .await
+        .expect("select");
+        let mut m: BTreeMap<String, Vec<action_event::EventId>> = BTreeMap::new();
+        for (name, id) in rows {
+            m.entry(name)
+                .or_default()
+                .push(id.parse().expect("an event id"));
+        }
+        m
+    })
 }
 
 fn prefix(w: &World) -> String {
@@ -543,7 +572,7 @@ fn stopped_10s(backend: Backend) {
 /// The cases, all started together by the first of their tests to run
 /// (the test harness runs only as many tests at once as there are cores,
 /// and these mostly wait): each test then waits for its own case.
-const CASES: [(&str, fn()); 8] = [
+const CASES: [(&str, fn()); 12] = [
     ("sqlite steady", || steady(Backend::Sqlite)),
     ("amqp steady", || steady(Backend::Amqp)),
     ("sqlite kill", || kill_every_10s(Backend::Sqlite)),
@@ -554,6 +583,12 @@ const CASES: [(&str, fn()); 8] = [
     ("amqp holder", || holder_killed_at_boundaries(Backend::Amqp)),
     ("sqlite stopped", || stopped_10s(Backend::Sqlite)),
     ("amqp stopped", || stopped_10s(Backend::Amqp)),
+    ("postgres steady", || steady(Backend::Postgres)),
+    ("postgres kill", || kill_every_10s(Backend::Postgres)),
+    ("postgres holder", || {
+        holder_killed_at_boundaries(Backend::Postgres)
+    }),
+    ("postgres stopped", || stopped_10s(Backend::Postgres)),
 ];
 
 type Running = std::sync::Mutex<BTreeMap<&'static str, std::thread::JoinHandle<()>>>;
@@ -562,9 +597,10 @@ fn run_case(name: &'static str) {
     static RUNNING: std::sync::OnceLock<Running> = std::sync::OnceLock::new();
     let running = RUNNING.get_or_init(|| {
         let amqp = amqp_available();
+        let postgres = postgres_available();
         let mut m = BTreeMap::new();
         for (case, body) in CASES {
-            if case.starts_with("amqp") && !amqp {
+            if (case.starts_with("amqp") && !amqp) || (case.starts_with("postgres") && !postgres) {
                 continue;
             }
             let handle = std::thread::Builder::new()
@@ -585,10 +621,13 @@ fn run_case(name: &'static str) {
                 std::panic::resume_unwind(panic);
             }
         }
-        // Only the RabbitMQ cases are left out, when no broker answers
-        // (amqp_available said so, loudly, or failed under
-        // ACTION_EVENT_REQUIRE_AMQP=1).
-        None => assert!(name.starts_with("amqp"), "case {name} was not started"),
+        // Only the RabbitMQ and PostgreSQL cases are left out, when their
+        // server does not answer (amqp_available/postgres_available said
+        // so, loudly, or failed under ACTION_EVENT_REQUIRE_AMQP/_POSTGRES=1).
+        None => assert!(
+            name.starts_with("amqp") || name.starts_with("postgres"),
+            "case {name} was not started"
+        ),
     }
 }
 
@@ -630,4 +669,24 @@ fn sqlite_all_stopped_10s_missed_policy_applied() {
 #[test]
 fn amqp_all_stopped_10s_missed_policy_applied() {
     run_case("amqp stopped");
+}
+
+#[test]
+fn postgres_3_pollers_60s_each_tick_once() {
+    run_case("postgres steady");
+}
+
+#[test]
+fn postgres_one_poller_killed_every_10s_no_tick_lost() {
+    run_case("postgres kill");
+}
+
+#[test]
+fn postgres_holder_killed_at_20_tick_boundaries_no_tick_lost() {
+    run_case("postgres holder");
+}
+
+#[test]
+fn postgres_all_stopped_10s_missed_policy_applied() {
+    run_case("postgres stopped");
 }

@@ -614,10 +614,11 @@ pub trait Broker: Send + Sync + 'static {
         Err(paused::unsupported(&self.url(), "resume a queue"))
     }
 
-    /// The paused queues, sorted by name. SQLite lists every one. RabbitMQ
-    /// cannot list queues (without the management plugin): it reports the
-    /// paused ones among `high`, `medium`, `low` and the queues this handle
-    /// took from or paused; ask about others with [`Broker::paused_among`].
+    /// The paused queues, sorted by name. SQLite and PostgreSQL list every
+    /// one. RabbitMQ cannot list queues (without the management plugin): it
+    /// reports the paused ones among `high`, `medium`, `low` and the queues
+    /// this handle took from or paused; ask about others with
+    /// [`Broker::paused_among`].
     /// The default is an error naming the backend.
     ///
     /// ```no_run
@@ -686,7 +687,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
         Err(Error::broker(
             &self.url(),
-            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+            "this backend has no periodic ticks: periodic events need the SQLite, RabbitMQ or PostgreSQL backend",
         ))
     }
 
@@ -705,7 +706,7 @@ pub trait Broker: Send + Sync + 'static {
         let _ = claim;
         Err(Error::broker(
             &self.url(),
-            "this backend has no periodic ticks: periodic events need the SQLite or RabbitMQ backend",
+            "this backend has no periodic ticks: periodic events need the SQLite, RabbitMQ or PostgreSQL backend",
         ))
     }
 
@@ -745,8 +746,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Up to `limit` events not due yet (delayed, or waiting for a retry),
     /// soonest first, when the backend can list them without taking them:
-    /// SQLite can; `None` (the default) when it cannot (RabbitMQ keeps them
-    /// in per-delay queues that can only be read by consuming them).
+    /// SQLite and PostgreSQL can; `None` (the default) when it cannot
+    /// (RabbitMQ keeps them in per-delay queues that can only be read by
+    /// consuming them).
     ///
     /// ```no_run
     /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {

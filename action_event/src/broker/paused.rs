@@ -1,13 +1,14 @@
 //! Paused queues, as every backend's `take` honours them.
 //!
-//! The pause state lives in the broker (SQLite: the table `paused_queues`;
-//! RabbitMQ: a marker queue per paused queue, see `amqp::pause`), so it is
+//! The pause state lives in the broker (SQLite and PostgreSQL: the table
+//! `paused_queues`; RabbitMQ: a marker queue per paused queue, see
+//! `amqp::pause`), so it is
 //! shared by every poller on every machine and survives restarts. Each
 //! broker handle keeps a copy ([`PauseCache`]) that it refreshes at most
 //! every [`FRESH`] (250 ms) from inside `take`: the check per event is a
 //! look at that copy (a mutex and a clock read), never a broker round trip.
 //!
-//! [`take`] is the one loop both backends run:
+//! [`take`] is the one loop every backend runs:
 //! - the queues of the call that are paused are left out; the others are
 //!   taken from in the order given (strict priority among them unchanged);
 //! - one wait on the backend lasts at most [`FRESH`], so a pause is seen
@@ -40,7 +41,9 @@ pub(crate) fn unsupported(url: &str, what: &str) -> Error {
     let scheme = url.split("://").next().unwrap_or("");
     Error::broker(
         url,
-        format!("the `{scheme}://` backend cannot {what}: pausing queues needs SQLite or RabbitMQ"),
+        format!(
+            "the `{scheme}://` backend cannot {what}: pausing queues needs SQLite, RabbitMQ or PostgreSQL"
+        ),
     )
 }
 

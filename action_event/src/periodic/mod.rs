@@ -7,10 +7,11 @@
 //! There is no leader to configure; the broker decides who queues each
 //! tick:
 //!
-//! - SQLite: an atomic claim per tick. The table `periodic_ticks` holds the
-//!   last tick queued per event; a poller moves it forward with a
-//!   compare-and-set and inserts the tick's event in the same transaction,
-//!   so a tick is queued exactly once, whichever pollers race for it.
+//! - SQLite and PostgreSQL: an atomic claim per tick. The table
+//!   `periodic_ticks` holds the last tick queued per event; a poller moves
+//!   it forward with a compare-and-set and inserts the tick's event in the
+//!   same transaction, so a tick is queued exactly once, whichever pollers
+//!   race for it.
 //! - RabbitMQ: a lease. The queue `<prefix>periodic.lease` is a
 //!   single-active-consumer queue holding one message, the last tick queued
 //!   per event; the poller the broker delivers it to holds the lease and
@@ -27,8 +28,8 @@
 //! crashing in the middle of a commit, or a network partition cutting the
 //! holder's node off from the lease queue while the event's queue is still
 //! reachable, can keep the event without the new state (the next holder
-//! queues that tick again, with the same id). SQLite has no such window
-//! (one transaction).
+//! queues that tick again, with the same id). SQLite and PostgreSQL have
+//! no such window (one transaction).
 //!
 //! Missed ticks and the 5-second grace: see [`plan`] and [`Missed`].
 //!
@@ -191,8 +192,8 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickState {
-    /// Whether this broker may queue ticks now (SQLite: always; RabbitMQ:
-    /// while it holds the lease).
+    /// Whether this broker may queue ticks now (SQLite and PostgreSQL:
+    /// always; RabbitMQ: while it holds the lease).
     pub holder: bool,
     /// The last tick queued per event name (milliseconds since the epoch).
     pub last: BTreeMap<String, i64>,

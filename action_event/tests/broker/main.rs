@@ -27,6 +27,9 @@ mod transient;
 mod sqlite_broker;
 mod sqlite_owner;
 
+// PostgreSQL only.
+mod postgres_broker;
+
 // RabbitMQ only: on the shared broker, then on private nodes
 // (`action_event_test_support::rabbit_node`).
 mod amqp_broker;

@@ -1,10 +1,11 @@
-//! Counting a queue: [`Broker::depth`](crate::broker::Broker::depth).
+//! Counting a queue ([`Broker::depth`](crate::broker::Broker::depth)) and
+//! listing the events not due yet (the dashboard's Scheduled page).
 
 use std::time::Duration;
 
 use super::{Inner, now_i64, owner};
 use crate::Error;
-use crate::broker::QueueDepth;
+use crate::broker::{QueueDepth, ScheduledEvent};
 
 /// Ready and scheduled events of `queue`; events in hand count as neither,
 /// except those of a poller that is gone: they are made ready first
@@ -42,4 +43,43 @@ pub(super) async fn queues_with_events(inner: &Inner) -> Result<Option<Vec<Strin
     .await
     .map_err(|e| inner.err("list queues", e))?;
     Ok(Some(rows))
+}
+
+/// Up to `limit` events not due yet and not held (delayed, or waiting for
+/// a retry), soonest first:
+/// [`Broker::scheduled_list`](crate::broker::Broker::scheduled_list).
+pub(super) async fn scheduled_list(
+    inner: &Inner,
+    limit: usize,
+) -> Result<Option<Vec<ScheduledEvent>>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, Option<String>, String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT event_id, name, queue, body, visible_at FROM {}.events \
+         WHERE visible_at > $1 AND claim IS NULL ORDER BY visible_at, id LIMIT $2",
+        inner.cfg.schema
+    ))
+    .bind(now_i64())
+    .bind(limit)
+    .fetch_all(&inner.pool)
+    .await
+    .map_err(|e| inner.err("list scheduled events", e))?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(id, name, queue, body, due)| {
+                let attempt = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("attempt").and_then(|a| a.as_u64()))
+                    .and_then(|a| u32::try_from(a).ok())
+                    .unwrap_or(1);
+                ScheduledEvent {
+                    id,
+                    name,
+                    queue,
+                    attempt,
+                    due_at_ms: u64::try_from(due).unwrap_or(0),
+                    body,
+                }
+            })
+            .collect(),
+    ))
 }

@@ -30,7 +30,9 @@
 //! | [`owner`]   | who holds a claim (a session advisory lock per broker), leases and their heartbeat, a dead poller's events back, poller status |
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
-//! | [`depth`]   | counting a queue                                                     |
+//! | [`depth`]   | counting a queue, listing scheduled events                           |
+//! | [`pause`]   | paused queues: the table `paused_queues`                             |
+//! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
 //! Times (`visible_at`, leases, delays) are milliseconds of the clocks of
 //! the machines that write them: keep them in sync (NTP), as for any job
@@ -62,9 +64,11 @@ pub mod dead;
 pub mod depth;
 pub mod options;
 pub mod owner;
+pub mod pause;
 pub mod publish;
 pub mod schema;
 pub mod settle;
+pub mod tick;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
 
@@ -119,6 +123,8 @@ struct Inner {
     presence: Mutex<Option<Arc<dyn Presence>>>,
     /// The SQL of this schema, built once.
     sql: owner::Sql,
+    /// This handle's copy of the paused queues ([`pause`]).
+    paused: crate::broker::paused::PauseCache,
 }
 
 impl Inner {
@@ -207,6 +213,7 @@ impl PostgresBroker {
             held: Mutex::new(HashSet::new()),
             presence: Mutex::new(None),
             sql,
+            paused: Default::default(),
         });
         // The events of pollers that died come back now.
         if let Err(e) = owner::reclaim_gone(&inner).await {
@@ -316,7 +323,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
-        claim::take(&self.inner, queues, wait).await
+        crate::broker::paused::take(self, queues, wait).await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
@@ -375,6 +382,33 @@ impl Broker for PostgresBroker {
 
     fn as_postgres(&self) -> Option<&PostgresBroker> {
         Some(self)
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, true).await
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), Error> {
+        pause::pause(self, queue, false).await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, Error> {
+        pause::list(self).await
+    }
+
+    async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {
+        tick::state(&self.inner).await
+    }
+
+    async fn tick_claim(&self, claim: &crate::periodic::TickClaim) -> Result<bool, Error> {
+        tick::claim(&self.inner, claim).await
+    }
+
+    async fn scheduled_list(
+        &self,
+        limit: usize,
+    ) -> Result<Option<Vec<super::ScheduledEvent>>, Error> {
+        depth::scheduled_list(&self.inner, limit).await
     }
 }
 

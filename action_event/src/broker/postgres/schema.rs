@@ -18,6 +18,11 @@
 //! reports for `poller status`), and the trigger that wakes idle pollers
 //! (`NOTIFY` on every insert into `events`, so events queued in the app's
 //! own transaction wake them at its commit).
+//!
+//! Version 2: `paused_queues` (one row per paused queue, see [`super::pause`]).
+//!
+//! Version 3: `periodic_ticks` (the last tick queued per periodic event, see
+//! [`super::tick`]).
 
 use sqlx::{Executor, PgConnection, Row};
 
@@ -28,10 +33,10 @@ use crate::Error;
 /// ```
 /// assert!(action_event::broker::postgres::SCHEMA_VERSION >= 1);
 /// ```
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The migrations: version, SQL with `{schema}` for the schema name.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 const V1: &str = "
 CREATE TABLE {schema}.events (
@@ -74,6 +79,21 @@ BEGIN
 END $$;
 CREATE TRIGGER events_notify AFTER INSERT ON {schema}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.notify_events();
+";
+
+const V2: &str = "
+CREATE TABLE {schema}.paused_queues (
+    queue      TEXT PRIMARY KEY,
+    paused_at  BIGINT NOT NULL
+);
+";
+
+const V3: &str = "
+CREATE TABLE {schema}.periodic_ticks (
+    name       TEXT PRIMARY KEY,
+    last_tick  BIGINT NOT NULL,
+    queued_at  BIGINT NOT NULL
+);
 ";
 
 /// The channel the insert trigger notifies.
