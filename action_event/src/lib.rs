@@ -253,6 +253,16 @@ pub use action_event_macros::skip_before_filter;
 /// action_event::queue!(reminder, id = 5, delay = "30 parsecs").await?;
 /// # Ok(()) }
 /// ```
+///
+/// Commas inside a value (generics, closures, macro calls) stay in it: a
+/// closure is one value, and the error is that it is not `Serialize`
+/// (E0277), not a stray `b| a + b` that is not `key = value`:
+///
+/// ```compile_fail,E0277
+/// # async fn app() -> action_event::Result<()> {
+/// action_event::queue!(stats, add = |a: u8, b: u8| a + b, n = 1).await?;
+/// # Ok(()) }
+/// ```
 pub use action_event_macros::queue;
 pub use client::{Client, QueueExt, QueueRequest, Queueing, queue_many};
 
