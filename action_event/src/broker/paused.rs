@@ -169,6 +169,10 @@ pub(crate) trait Pausable: Send + Sync {
     async fn put_back(&self, delivery: &Delivery) -> Result<(), Error>;
 }
 
+/// How long one read of the pause state may take before the last answer
+/// is kept ([`paused_now`]).
+const LOAD_BOUND: Duration = Duration::from_secs(1);
+
 /// The paused queues among `queues`, from the copy if it is fresh, else
 /// from the broker (at most one task reads it at a time; a failed read
 /// keeps the old copy for another [`FRESH`]).
@@ -186,7 +190,14 @@ pub(crate) async fn paused_now<B: Pausable + ?Sized>(
     if let Some(p) = cache.fresh(queues) {
         return p;
     }
-    match b.load_paused(queues).await {
+    // Bounded: with the broker unreachable, a read would wait for a
+    // connection as long as a publish may (30 s), holding up `take` and
+    // with it a poller's stop; the last answer stands meanwhile.
+    let loaded = tokio::time::timeout(LOAD_BOUND, b.load_paused(queues))
+        .await
+        .map_err(|_| format!("no answer within {LOAD_BOUND:?}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match loaded {
         Ok((paused, covers)) => {
             let newly = cache.store(queues, covers, paused);
             if !newly.is_empty() {
