@@ -647,8 +647,8 @@ async fn an_unknown_event_is_retried_then_dead_lettered_naming_the_known_events(
         assert_eq!(d.name.as_deref(), Some("no_such_event"));
         assert_eq!(d.attempts, 3, "--unknown-retries 2: three attempts");
         assert_eq!(d.errors.len(), 3);
-        let known = "unknown event `no_such_event`: this binary knows `boom`, `flaky`, `gated`, \
-                     `halted`, `inherits_fuse`, `overrides_fuse`, `record`, `sleepy`, `typed`";
+        let known = "unknown event `no_such_event`: this binary knows `abort`, `boom`, `flaky`, \
+                     `gated`, `halted`, `inherits_fuse`, `overrides_fuse`, `record`, `sleepy`, `typed`";
         for e in &d.errors {
             assert_eq!(e.message, known);
         }

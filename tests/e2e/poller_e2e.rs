@@ -376,8 +376,10 @@ async fn stop_status_and_stale_pid_files() {
 
     let out = w.run(&["status"]);
     let status = String::from_utf8_lossy(&out.stdout).to_string();
+    // The PID-file table, then `Paused queues: none`.
     let lines: Vec<&str> = status.lines().collect();
-    assert_eq!(lines.len(), 4, "{status}");
+    assert_eq!(lines.len(), 5, "{status}");
+    assert_eq!(lines[4], "Paused queues: none", "{status}");
     assert!(
         lines[1].starts_with("1 ")
             && lines[1].contains(" yes ")
