@@ -40,7 +40,7 @@ const FILL_WINDOW: usize = 1000;
 /// 40,000 events: 22,800-23,400 ev/s or 11,700-13,500 ev/s); started right
 /// after the fill was confirmed, the poller's drain was slow in 4 of 4 runs,
 /// after a 2-5 s pause in 2 of 4. `--reps` (best run) evens out the rest.
-const FILL_SETTLE: Duration = Duration::from_secs(2);
+pub const FILL_SETTLE: Duration = Duration::from_secs(2);
 
 /// Whether the RabbitMQ rows can run.
 pub enum Availability {
@@ -179,7 +179,7 @@ pub async fn raw_idle(conn: &Connection, queue: &str, for_: Duration) -> anyhow:
 
 /// Deletes every queue and exchange whose name starts with `prefix`
 /// (found with `rabbitmqctl`: the framework names its own).
-async fn cleanup_prefix(ch: &Channel, prefix: &str) {
+pub async fn cleanup_prefix(ch: &Channel, prefix: &str) {
     for (what, list) in [("queue", "list_queues"), ("exchange", "list_exchanges")] {
         let out = tokio::process::Command::new("timeout")
             .args([
@@ -321,7 +321,7 @@ pub fn fill_main(url: &str, queue: Option<&str>, events: u64) -> std::process::E
 /// A framework URL on `url` with its own `prefix`, and the raw consumer's
 /// prefetch (the framework's default is 32: fewer events held back from
 /// other pollers; 100 drained 5-12 % faster here).
-fn with_prefix(url: &str, prefix: &str) -> String {
+pub fn with_prefix(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}prefix={prefix}&prefetch={PREFETCH}")
 }

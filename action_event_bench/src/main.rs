@@ -340,10 +340,14 @@ async fn run(args: Args) -> ExitCode {
                      `action_event::broker::connect(\"amqp://...?prefix=bench.<run>.<row>.\")`."
                 ));
             }
+            let fw_ran = fw_skip.is_none();
             if let Err(e) = amqp::rows(&plan, &mut report, fw_skip).await {
                 let mut r = report::Row::new("rabbitmq", "RabbitMQ rows");
                 r.status = Some(format!("error: {e:#}"));
                 report.push(r);
+            }
+            if fw_ran && plan.wants("web") {
+                web::rows_amqp(&plan, &mut report).await;
             }
         }
     }

@@ -541,11 +541,11 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Makes a running poller visible to [`Broker::pollers`] of any machine,
-    /// for as long as this broker is open. A backend that offers a
-    /// cross-machine view (RabbitMQ) starts answering status requests with
-    /// `presence.report()`; the default does nothing (SQLite: its status is
-    /// the PID files of the machine). An error means the poller is not
-    /// visible yet; a backend may keep trying in the background.
+    /// for as long as this broker is open. RabbitMQ starts answering status
+    /// requests with `presence.report()`; PostgreSQL and SQLite write it into
+    /// the database every second; the default does nothing. An error means
+    /// the poller is not visible yet; a backend may keep trying in the
+    /// background.
     ///
     /// ```no_run
     /// # use std::sync::Arc;
@@ -558,9 +558,9 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The live pollers of every machine on this broker, collected for
-    /// `wait`; `None` when the backend offers no cross-machine view (the
-    /// default; SQLite).
+    /// The live pollers of every machine on this broker (SQLite: every
+    /// process using the file), collected for `wait`; `None` when the
+    /// backend offers no such view (the default).
     ///
     /// ```no_run
     /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {

@@ -75,7 +75,7 @@ pub enum Observed {
 /// | `events_waiting` | queue | events ready now (from the broker, at scrape) |
 /// | `events_scheduled` | queue | events not due yet: delayed or retrying (SQLite only: RabbitMQ's delay queues are shared) |
 /// | `oldest_waiting_age_seconds` | queue | age of the oldest ready event, 0 when none (broker, at scrape) |
-/// | `pollers_alive` | | pollers of this machine's PID dir that run, this one included (at scrape) |
+/// | `pollers_alive` | | pollers of this machine's PID dir that run, this one included when a poller serves the metrics (at scrape) |
 ///
 /// ```
 /// use action_event::poller::{Metrics, Observed};
@@ -99,6 +99,9 @@ pub struct Metrics {
     scheduled: Family<OneLabel, Gauge>,
     oldest_age: Family<OneLabel, Gauge<f64, AtomicU64>>,
     pollers_alive: Gauge,
+    /// Whether the process serving these metrics is a poller that counts
+    /// in `pollers_alive` even without a PID file (false: the dashboard).
+    in_a_poller: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -196,6 +199,17 @@ impl Metrics {
             scheduled,
             oldest_age,
             pollers_alive,
+            in_a_poller: true,
+        }
+    }
+
+    /// The metrics of a process that serves the dashboard and is no poller
+    /// itself (`poller web`): `pollers_alive` counts the PID directory's
+    /// running pollers only.
+    pub(crate) fn outside_a_poller() -> Self {
+        Metrics {
+            in_a_poller: false,
+            ..Self::new()
         }
     }
 
@@ -273,7 +287,7 @@ impl Metrics {
             }
             None => (0, false),
         };
-        let n = alive + usize::from(!has_me);
+        let n = alive + usize::from(self.in_a_poller && !has_me);
         self.pollers_alive.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 

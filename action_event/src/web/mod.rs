@@ -35,10 +35,11 @@
 //! request ([`Broker::depth`]); pollers and the chart from the pollers' own
 //! reports ([`PollerReport`](crate::broker::PollerReport)), which the
 //! dashboard samples every 2 seconds: on RabbitMQ through status requests
-//! ([`Broker::pollers`]), on SQLite from the report files the pollers write
-//! beside their PID files (`tmp/pids/poller.<id>.report.json`, pollers
-//! started with `--id`). The chart's history starts when the dashboard
-//! starts.
+//! ([`Broker::pollers`]), on PostgreSQL and SQLite from the report each
+//! poller rewrites every second in the database (on SQLite every poller of
+//! the file, with or without a PID file); the PID directory's report files
+//! only where the broker has no view. The chart's history starts when the
+//! dashboard starts.
 //!
 //! Security: everything that changes state is a POST carrying a CSRF token
 //! (a random value made when the router is built, put in every form);

@@ -1,5 +1,7 @@
-//! The sampler: every few seconds, the pollers' reports (status requests
-//! on RabbitMQ, report files beside the PID files on SQLite), kept for the
+//! The sampler: every few seconds, the pollers' reports ([`Broker::pollers`]:
+//! status requests on RabbitMQ, rows in the database on PostgreSQL and
+//! SQLite; the report files beside the PID files only where the broker has
+//! no view), kept for the
 //! Pollers page, and the differences of their counts turned into the
 //! per-second points of the Overview's chart (30 minutes kept).
 
@@ -142,14 +144,11 @@ async fn collect(
     pid_dir: Option<&Path>,
     wait: Duration,
 ) -> (Vec<PollerRow>, &'static str, Option<String>) {
-    let from_broker = if broker.url().starts_with("sqlite:") {
-        Ok(None)
-    } else {
+    let from_broker =
         match tokio::time::timeout(wait + Duration::from_secs(5), broker.pollers(wait)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("the broker did not answer the status request within 5s".to_string()),
-        }
-    };
+        };
     match from_broker {
         Ok(Some(mut reports)) => {
             reports.sort_by(|a, b| (&a.host, &a.id, a.pid).cmp(&(&b.host, &b.id, b.pid)));
@@ -160,7 +159,12 @@ async fn collect(
                     pid_file: None,
                 })
                 .collect();
-            (rows, "status requests to the broker (every machine)", None)
+            let source = if broker.url().starts_with("sqlite:") {
+                "the poller reports in the SQLite file (this machine)"
+            } else {
+                "the broker (every machine)"
+            };
+            (rows, source, None)
         }
         Ok(None) => match pid_dir {
             Some(dir) => {

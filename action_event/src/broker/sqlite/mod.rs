@@ -26,6 +26,7 @@
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue                                                     |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
+//! | [`presence`] | poller reports for `poller status` and the dashboard                |
 //! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
 //!
 //! ```no_run
@@ -54,6 +55,7 @@ pub mod lease;
 pub mod options;
 pub mod owner;
 pub mod pause;
+pub mod presence;
 pub mod publish;
 pub mod schema;
 pub mod settle;
@@ -110,6 +112,8 @@ pub struct SqliteBroker {
     heartbeat: tokio::task::AbortHandle,
     /// This handle's copy of the paused queues ([`pause`]).
     paused: crate::broker::paused::PauseCache,
+    /// The poller report this handle keeps in the file ([`presence`]).
+    presence: std::sync::Mutex<Option<presence::Announced>>,
 }
 
 impl std::fmt::Debug for SqliteBroker {
@@ -125,6 +129,14 @@ impl Drop for SqliteBroker {
         // Without the heartbeat, the leases of deliveries still held lapse
         // and other pollers get those events again.
         self.heartbeat.abort();
+        let announced = self
+            .presence
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(a) = &announced {
+            a.task.abort();
+        }
         // Events claimed ahead go back now, not when their lease lapses (a
         // write: it may wait up to `busy_timeout` for another process).
         let inner = &self.inner;
@@ -145,6 +157,13 @@ impl Drop for SqliteBroker {
             })
         {
             tracing::debug!(broker = %inner.url, "owner #{id} not removed: {e}");
+        }
+        // This poller's report goes (else the next reader deletes it once
+        // the process is gone).
+        if let Some(a) = announced
+            && let Err(e) = inner.waiting(&mut state, |state| presence::delete(inner, state, a.id))
+        {
+            tracing::debug!(broker = %inner.url, "poller report #{} not removed: {e}", a.id);
         }
     }
 }
@@ -193,6 +212,7 @@ impl SqliteBroker {
             inner,
             heartbeat,
             paused: Default::default(),
+            presence: std::sync::Mutex::new(None),
         })
     }
 
@@ -299,6 +319,19 @@ impl Broker for SqliteBroker {
         limit: usize,
     ) -> Result<Option<Vec<crate::broker::ScheduledEvent>>, Error> {
         depth::scheduled_list(self, limit).await
+    }
+
+    // --- status ---
+
+    /// The poller's row in `poller_reports`, rewritten every second.
+    async fn announce(&self, presence: Arc<dyn super::Presence>) -> Result<(), Error> {
+        presence::announce(self, presence).await
+    }
+
+    /// Every live poller of this file (all of one machine).
+    async fn pollers(&self, wait: Duration) -> Result<Option<Vec<super::PollerReport>>, Error> {
+        let _ = wait;
+        presence::pollers(self).await
     }
 }
 

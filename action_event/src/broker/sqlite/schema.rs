@@ -174,9 +174,11 @@ fn init_schema(conn: &mut Connection, url: &str, path: &Path) -> Result<(), Erro
         tx.execute_batch(OWNERS).map_err(fail)?;
     }
     // Tables added without a version bump, created if missing whatever the
-    // version (older builds ignore them): paused queues, periodic ticks.
+    // version (older builds ignore them): paused queues, periodic ticks,
+    // poller reports.
     tx.execute_batch(super::pause::TABLE).map_err(fail)?;
     tx.execute_batch(super::tick::SCHEMA).map_err(fail)?;
+    tx.execute_batch(super::presence::TABLE).map_err(fail)?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;

@@ -1,6 +1,6 @@
-//! `poller status`: the pollers of this machine from their PID files; with
-//! a broker that offers it (RabbitMQ), also the live pollers of every
-//! machine; the paused queues (`Paused queues: low`, or `none`); then
+//! `poller status`: the pollers of this machine from their PID files; then
+//! the live pollers the broker knows (RabbitMQ and PostgreSQL: of every
+//! machine; SQLite: of the file, whether they have a PID file or not); the paused queues (`Paused queues: low`, or `none`); then
 //! each periodic event with its schedule, the last tick queued and the
 //! next tick.
 
@@ -110,26 +110,13 @@ const STATUS_WAIT: Duration = Duration::from_millis(1500);
 /// warning, not an error: the PID-file table is printed already.
 async fn broker_status(args: &StatusArgs) {
     let url = broker::resolve_url(args.broker.broker.as_deref());
-    // SQLite's view is the PID files: do not open (or create) its file,
-    // only read its paused queues when it exists.
-    if url.starts_with("sqlite:") {
-        let path = url
-            .trim_start_matches("sqlite://")
-            .split('?')
-            .next()
-            .unwrap_or("");
-        if Path::new(path).exists() {
-            let ask = async {
-                let b = broker::connect(&url).await?;
-                super::pause::paused_line(&*b).await
-            };
-            match tokio::time::timeout(STATUS_BOUND, ask).await {
-                Ok(Ok(line)) => println!("{line}"),
-                Ok(Err(e)) => eprintln!("warning: cannot tell which queues are paused: {e}"),
-                Err(_) => eprintln!("warning: cannot tell which queues are paused: no answer"),
-            }
+    // A SQLite file that does not exist has no pollers and no paused
+    // queues: it is not created here.
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if !Path::new(path).exists() {
+            return;
         }
-        return;
     }
     let ask = async {
         let b = broker::connect(&url).await?;

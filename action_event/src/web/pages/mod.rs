@@ -40,7 +40,7 @@ impl AppState {
             config,
             csrf: super::auth::new_token(),
             sampled: Default::default(),
-            metrics: Metrics::new(),
+            metrics: Metrics::outside_a_poller(),
             last_view_ms: Default::default(),
         }
     }
