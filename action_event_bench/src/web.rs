@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::Plan;
 use crate::fw::{self, Until};
 use crate::report::{Report, Row, Target, fmt_rate, rate, thousands};
-use crate::sqlite::{blocking, filled, raw_conn};
+use crate::sqlite::{Db, blocking, filled, raw_conn};
 
 /// Where a web row runs.
 #[derive(Clone, Copy)]
@@ -47,10 +47,12 @@ impl Site<'_> {
 }
 
 /// A broker holding a backlog (untimed setup); its queues go with
-/// [`Backlog::remove`] (RabbitMQ; a SQLite file goes with its directory).
+/// [`Backlog::remove`] (RabbitMQ; a SQLite file goes when this is dropped).
 struct Backlog {
     url: String,
     prefix: Option<String>,
+    /// The SQLite file, deleted when this is dropped.
+    _db: Option<Db>,
 }
 
 impl Backlog {
@@ -71,6 +73,7 @@ impl Backlog {
                 Ok(Backlog {
                     url: db.url(),
                     prefix: None,
+                    _db: Some(db),
                 })
             }
             Site::Amqp => {
@@ -84,6 +87,7 @@ impl Backlog {
                 let backlog = Backlog {
                     url,
                     prefix: Some(prefix),
+                    _db: None,
                 };
                 let filled = async {
                     let broker = action_event::broker::connect(&backlog.url).await?;
