@@ -87,6 +87,17 @@ impl Process {
         .as_ref()
     }
 
+    /// The process in the columns `pid, started, boot, pid_ns` of `r`,
+    /// starting at column `first`.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Process> {
+        Ok(Process {
+            pid: u32::try_from(r.get::<_, i64>(first)?).unwrap_or(0),
+            started: u64::try_from(r.get::<_, i64>(first + 1)?).unwrap_or(0),
+            boot: r.get(first + 2)?,
+            pid_ns: r.get(first + 3)?,
+        })
+    }
+
     /// Whether `self` (an owner read from the file) still runs, as seen
     /// from `me`, a process of the same machine.
     pub(super) fn liveness(&self, me: &Process) -> Liveness {
@@ -192,17 +203,7 @@ pub(super) fn reclaim_gone(
             .prepare_cached("SELECT id, pid, started, boot, pid_ns FROM owners")
             .map_err(fail)?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    Process {
-                        pid: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                        started: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        boot: r.get(3)?,
-                        pid_ns: r.get(4)?,
-                    },
-                ))
-            })
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, Process::from_row(r, 1)?)))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(fail)?;
         rows.into_iter()

@@ -176,12 +176,7 @@ pub(super) async fn pollers(broker: &SqliteBroker) -> Result<Option<Vec<PollerRe
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        Process {
-                            pid: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                            started: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                            boot: r.get(3)?,
-                            pid_ns: r.get(4)?,
-                        },
+                        Process::from_row(r, 1)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, i64>(6)?,
                     ))
