@@ -54,7 +54,7 @@
 //! The rule that keeps a test's events in the test: **while a fake or
 //! inline guard is alive anywhere in the process, a `queue!` that finds no
 //! mode and no installed client fails** with
-//! [`Error::OutsideTestMode`](crate::Error::OutsideTestMode), whose message
+//! [`Error::OutsideTestMode`], whose message
 //! names `fake.scope(..)`, instead of falling through to the global client
 //! (which would create `action_event.db`, or reach `ACTION_EVENT_URL`'s
 //! broker). That catches a task spawned onto a worker thread without

@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::envelope::{AttemptError, Envelope};
-use crate::{Error, redact_url};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -32,102 +32,11 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-/// The URL used when neither `--broker` nor `ACTION_EVENT_URL` is set.
-///
-/// ```
-/// use action_event::broker::{DEFAULT_URL, resolve_url};
-/// # // SAFETY: doctests run in their own process; nothing else reads the environment.
-/// # unsafe { std::env::remove_var("ACTION_EVENT_URL") };
-/// assert_eq!(resolve_url(None), DEFAULT_URL);
-/// ```
-pub const DEFAULT_URL: &str = "sqlite://action_event.db";
+mod connect;
+mod report;
 
-/// The environment variable that names the broker.
-///
-/// ```
-/// use action_event::broker::{URL_ENV, resolve_url};
-/// // SAFETY: doctests run in their own process; nothing else reads the environment.
-/// unsafe { std::env::set_var(URL_ENV, "sqlite://other.db") };
-/// assert_eq!(resolve_url(None), "sqlite://other.db");
-/// ```
-pub const URL_ENV: &str = "ACTION_EVENT_URL";
-
-/// The URL to use: the given one, else `ACTION_EVENT_URL`, else [`DEFAULT_URL`].
-///
-/// ```
-/// assert_eq!(action_event::broker::resolve_url(Some("sqlite://x.db")), "sqlite://x.db");
-/// ```
-pub fn resolve_url(explicit: Option<&str>) -> String {
-    match explicit {
-        Some(u) => u.to_string(),
-        None => std::env::var(URL_ENV)
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| DEFAULT_URL.to_string()),
-    }
-}
-
-/// Opens the backend that `url` names. An unknown scheme or an unreachable
-/// broker is an error that shows the URL with its password redacted.
-///
-/// ```no_run
-/// # async fn run() -> Result<(), action_event::Error> {
-/// let broker = action_event::broker::connect("sqlite://action_event.db").await?;
-/// # Ok(()) }
-/// ```
-pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, Error> {
-    let scheme = url.split("://").next().unwrap_or("");
-    if !url.contains("://") {
-        return Err(Error::BadUrl {
-            url: redact_url(url),
-            message: "expected `scheme://...`, e.g. `sqlite://action_event.db` or `amqp://guest:guest@127.0.0.1:5672/%2f`".into(),
-        });
-    }
-    match scheme {
-        #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Arc::new(sqlite::SqliteBroker::open(url).await?)),
-        #[cfg(not(feature = "sqlite"))]
-        "sqlite" => Err(feature_off(url, "sqlite")),
-        #[cfg(feature = "amqp")]
-        "amqp" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
-        #[cfg(not(feature = "amqp"))]
-        "amqp" => Err(feature_off(url, "amqp")),
-        #[cfg(feature = "tls")]
-        "amqps" => Ok(Arc::new(amqp::AmqpBroker::open(url).await?)),
-        #[cfg(not(feature = "tls"))]
-        "amqps" => Err(feature_off(url, "tls")),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresBroker::open(url).await?)),
-        #[cfg(not(feature = "postgres"))]
-        "postgres" | "postgresql" => Err(feature_off(url, "postgres")),
-        other => Err(Error::BadUrl {
-            url: redact_url(url),
-            message: format!(
-                "unknown scheme `{other}`: use `sqlite://`, `amqp://` or `postgres://`"
-            ),
-        }),
-    }
-}
-
-/// The error for a URL whose backend this build of action_event left out: it
-/// names the Cargo feature and the line that turns it on.
-#[cfg(not(all(
-    feature = "sqlite",
-    feature = "amqp",
-    feature = "tls",
-    feature = "postgres"
-)))]
-pub(crate) fn feature_off(url: &str, feature: &str) -> Error {
-    let scheme = url.split("://").next().unwrap_or("");
-    Error::BadUrl {
-        url: redact_url(url),
-        message: format!(
-            "`{scheme}://` needs action_event's \"{feature}\" feature, which this build \
-             leaves out: in Cargo.toml, action_event = {{ version = \"{}\", features = [\"{feature}\"] }}",
-            env!("CARGO_PKG_VERSION")
-        ),
-    }
-}
+pub use connect::{DEFAULT_URL, URL_ENV, connect, resolve_url};
+pub use report::{InFlight, PollerCounts, PollerReport, Presence, ScheduledEvent};
 
 /// An event taken from a queue, owned by this poller until it is acked,
 /// retried, dead-lettered or released.
@@ -228,128 +137,6 @@ pub struct QueueDepth {
     pub scheduled: Option<u64>,
     /// Age of the oldest ready event, when the broker knows it.
     pub oldest_age: Option<Duration>,
-}
-
-/// One event a poller is running now, as [`PollerReport`] shows it.
-///
-/// ```
-/// use action_event::broker::InFlight;
-/// let e = InFlight { id: "0190a0a0".into(), name: "record".into(), queue: "medium".into(), started_at_ms: 0 };
-/// assert_eq!(e.name, "record");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    /// The event id (`?` for a message that is not an envelope).
-    pub id: String,
-    /// The event name (`?` when unreadable).
-    pub name: String,
-    /// The queue it was taken from.
-    pub queue: String,
-    /// When it started, ms since the Unix epoch.
-    pub started_at_ms: u64,
-}
-
-/// What a live poller says about itself when `poller status` asks the
-/// broker (see [`Broker::pollers`]).
-///
-/// ```
-/// use action_event::broker::PollerReport;
-/// let r = PollerReport {
-///     id: "1".into(), host: "web1".into(), pid: 42, queues: vec!["high".into()],
-///     concurrency: 4, broker: "amqp://guest:***@127.0.0.1:5672/%2f".into(),
-///     started_at_ms: 0, in_flight: vec![], counts: Default::default(),
-///     version: "0.1.0".into(),
-/// };
-/// let json = serde_json::to_string(&r).unwrap();
-/// assert_eq!(serde_json::from_str::<PollerReport>(&json).unwrap(), r);
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PollerReport {
-    /// The poller id (`--id`), `-` when it has none.
-    pub id: String,
-    /// The machine it runs on.
-    pub host: String,
-    /// Its process id.
-    pub pid: u32,
-    /// The queues it serves, highest priority first.
-    pub queues: Vec<String>,
-    /// How many events it runs at once.
-    pub concurrency: usize,
-    /// Its broker URL, password redacted.
-    pub broker: String,
-    /// When it started, ms since the Unix epoch.
-    pub started_at_ms: u64,
-    /// The events it is running now.
-    pub in_flight: Vec<InFlight>,
-    /// What it has run since it started (the dashboard's per-second chart
-    /// is made of the differences). Absent in the reports of older pollers:
-    /// all zero then.
-    #[serde(default)]
-    pub counts: PollerCounts,
-    /// The action_event version the poller runs (empty from older pollers).
-    #[serde(default)]
-    pub version: String,
-}
-
-/// How many runs a poller has finished since it started, by outcome; part
-/// of its [`PollerReport`]. Every run counts once in `processed` and at
-/// most once in one of the others.
-///
-/// ```
-/// use action_event::broker::PollerCounts;
-/// let c = PollerCounts { processed: 10, failed: 3, retried: 2, dead: 1 };
-/// assert_eq!(c.failed, c.retried + c.dead);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PollerCounts {
-    /// Runs finished, whatever the outcome (completed, halted, retried, dead).
-    pub processed: u64,
-    /// Runs that failed: retried or dead.
-    pub failed: u64,
-    /// Failures scheduled for another attempt.
-    pub retried: u64,
-    /// Events moved to the dead letters.
-    pub dead: u64,
-}
-
-/// An event stored for later: delayed by its producer, or waiting for its
-/// next attempt after a failure ([`Broker::scheduled_list`]).
-///
-/// ```
-/// use action_event::broker::ScheduledEvent;
-/// let s = ScheduledEvent { id: "1".into(), name: Some("hello_world".into()), queue: "high".into(),
-///     attempt: 2, due_at_ms: 0, body: "{}".into() };
-/// assert_eq!(s.attempt, 2);
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScheduledEvent {
-    /// The event id.
-    pub id: String,
-    /// The event name, when the body is an envelope.
-    pub name: Option<String>,
-    /// The queue it will be taken from.
-    pub queue: String,
-    /// Its attempt number (1: never ran; more: a retry).
-    pub attempt: u32,
-    /// When it becomes ready, ms since the Unix epoch.
-    pub due_at_ms: u64,
-    /// The stored message.
-    pub body: String,
-}
-
-/// A running poller, as [`Broker::announce`] makes it visible: asked for a
-/// fresh [`PollerReport`] on every status request.
-///
-/// ```
-/// use action_event::broker::{PollerReport, Presence};
-/// struct Fixed(PollerReport);
-/// impl Presence for Fixed {
-///     fn report(&self) -> PollerReport { self.0.clone() }
-/// }
-/// ```
-pub trait Presence: Send + Sync {
-    /// This poller now. Called on a broker task: keep it quick.
-    fn report(&self) -> PollerReport;
 }
 
 /// What every backend does. See the module docs and `DESIGN.md`.

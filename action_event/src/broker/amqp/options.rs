@@ -144,7 +144,7 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
     }
     #[cfg(not(feature = "tls"))]
     if u.scheme() == "amqps" {
-        return Err(crate::broker::feature_off(url, "tls"));
+        return Err(crate::broker::connect::feature_off(url, "tls"));
     }
     let mut prefix = DEFAULT_PREFIX.to_string();
     let mut publish_timeout = DEFAULT_PUBLISH_TIMEOUT;

@@ -6,7 +6,7 @@
 //! honour the pauses). Pausing inserts the row, resuming deletes it; both
 //! commit before they return, so the state survives any crash and every
 //! process on the machine sees it. `take` reads the table at most every
-//! 250 ms per broker handle ([`crate::broker::paused`]), and when it sees
+//! 250 ms per broker handle (the shared pause cache), and when it sees
 //! a queue paused it gives back at once the events it claimed ahead from
 //! that queue ([`super::ahead`]).
 

@@ -4,10 +4,10 @@
 //! A poller that announces itself ([`Broker::announce`]) gets a row in
 //! `poller_reports`: its process (pid, start time, boot, PID namespace, as
 //! in [`super::owner`]) and its report as JSON, rewritten every
-//! [`EVERY`]. [`Broker::pollers`] reads the rows and keeps those whose
+//! second. [`Broker::pollers`] reads the rows and keeps those whose
 //! process still runs (the kernel says so, as for claim owners); a row whose
 //! process cannot be checked (another PID namespace or boot) counts while
-//! it was rewritten within [`STALE`]. Rows of processes that are gone are
+//! it was rewritten within the last 5 seconds. Rows of processes that are gone are
 //! deleted by the next reader. A broker that closes deletes its own row.
 //!
 //! The table is created (`IF NOT EXISTS`) at every open, with no schema
