@@ -108,6 +108,20 @@ impl RabbitCluster {
         self.nodes.is_empty()
     }
 
+    /// [`RabbitNode::set_rabbit_env`] on every node (running ones at once,
+    /// stopped ones at their next start; all keep them across restarts).
+    ///
+    /// ```no_run
+    /// use action_event_test_support::rabbit_cluster::RabbitCluster;
+    /// let mut cluster = RabbitCluster::start(3, "");
+    /// cluster.set_rabbit_env(&[("consumer_timeout", "3000")]);
+    /// ```
+    pub fn set_rabbit_env(&mut self, entries: &[(&str, &str)]) {
+        for node in &mut self.nodes {
+            node.set_rabbit_env(entries);
+        }
+    }
+
     /// `amqp://guest:guest@127.0.0.1:<p1>,127.0.0.1:<p2>,.../%2f?<query>`:
     /// every node, in order.
     pub fn url(&self, query: &str) -> String {
