@@ -433,10 +433,15 @@ pub(crate) fn wait_leader(cluster: &RabbitCluster, queue: &str) -> usize {
     }
 }
 
-/// `w`'s URL with node `first` listed first.
+/// `w`'s URL (which lists the nodes from any one of them) with node
+/// `first` listed first.
 pub(crate) fn on_node(cluster: &RabbitCluster, w: &World, first: usize) -> String {
-    w.url
-        .replacen(&cluster.url_from(0, ""), &cluster.url_from(first, ""), 1)
+    let to = cluster.url_from(first, "");
+    (0..cluster.len())
+        .map(|i| cluster.url_from(i, ""))
+        .find(|from| w.url.starts_with(from.as_str()))
+        .map(|from| w.url.replacen(&from, &to, 1))
+        .unwrap_or_else(|| panic!("{} lists the cluster's nodes", w.url))
 }
 
 /// `poller status` through `url` lists every poller in `pids` (within 30 s:
