@@ -159,14 +159,14 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
         if missing.is_empty() {
             break (ends, records);
         }
-        if stall.is_none() && now_ms() > killed + 30_000 {
+        if stall.is_none() && now_ms() > killed + 15_000 {
             // RabbitMQ 3.10.8: the dead-letter worker of the ladder level
             // may stall for good after the failover, its messages waiting
             // (counted, neither ready nor unacked) in the level's queue.
             // The operator's remedy: move the queue's leadership, which
             // starts a new worker. See the README (*What a cluster gives*).
             eprintln!(
-                "dead-lettering: STALLED: 30 s after the kill {} events have not run; queues:\n{}\n\
+                "dead-lettering: STALLED: 15 s after the kill {} events have not run; queues:\n{}\n\
                  dead-letter lines of the nodes' logs:\n{}\nmoving the leadership of the ladder:\n{}",
                 missing.len(),
                 cluster.queue_table(&prefix),
@@ -336,9 +336,9 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
         if ran_all && missing_dead == 0 {
             break (ends, dead_events);
         }
-        if stall.is_none() && kill.elapsed() > Duration::from_secs(30) {
+        if stall.is_none() && kill.elapsed() > Duration::from_secs(20) {
             eprintln!(
-                "final moves: STALLED: 30 s after the kill {} retried events have not run, {} \
+                "final moves: STALLED: 20 s after the kill {} retried events have not run, {} \
                  failing events are not dead ({}); queues:\n{}\nmoving the leadership of the \
                  ladder:\n{}",
                 flaky.iter().filter(|t| !ends.contains_key(**t)).count(),
