@@ -108,6 +108,20 @@ impl RabbitCluster {
         self.nodes.is_empty()
     }
 
+    /// [`RabbitNode::set_rabbit_env`] on every node (running ones at once,
+    /// stopped ones at their next start; all keep them across restarts).
+    ///
+    /// ```no_run
+    /// use action_event_test_support::rabbit_cluster::RabbitCluster;
+    /// let mut cluster = RabbitCluster::start(3, "");
+    /// cluster.set_rabbit_env(&[("consumer_timeout", "3000")]);
+    /// ```
+    pub fn set_rabbit_env(&mut self, entries: &[(&str, &str)]) {
+        for node in &mut self.nodes {
+            node.set_rabbit_env(entries);
+        }
+    }
+
     /// `amqp://guest:guest@127.0.0.1:<p1>,127.0.0.1:<p2>,.../%2f?<query>`:
     /// every node, in order.
     pub fn url(&self, query: &str) -> String {
@@ -170,6 +184,56 @@ impl RabbitCluster {
             }
         }
         None
+    }
+
+    /// `rabbitmqctl list_queues` of every queue whose name starts with
+    /// `prefix` (name, type, leader, messages, ready, unacked, consumers),
+    /// asked of the first live node: for assertion messages.
+    pub fn queue_table(&self, prefix: &str) -> String {
+        let Some(node) = self.nodes.iter().find(|x| x.accepts()) else {
+            return "(no live node)".into();
+        };
+        let out = node.ctl(&[
+            "list_queues",
+            "name",
+            "type",
+            "leader",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            "--no-table-headers",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Moves the leadership of quorum queue `queue` (full name, vhost `/`)
+    /// from node `from` to node `to` (both running), with Ra's
+    /// `transfer_leadership`: what an operator does to restart a queue's
+    /// dead-letter worker. Returns what Ra answered (`ok`, or why not).
+    ///
+    /// ```no_run
+    /// use action_event_test_support::rabbit_cluster::RabbitCluster;
+    /// let cluster = RabbitCluster::start(3, "");
+    /// let answer = cluster.transfer_leadership("app.delay.1000", 0, 1);
+    /// ```
+    pub fn transfer_leadership(&self, queue: &str, from: usize, to: usize) -> String {
+        let ra = format!("'%2F_{}'", queue.replace('\'', "\\'"));
+        let expr = format!(
+            "ra:transfer_leadership({{{ra}, '{}'}}, {{{ra}, '{}'}}).",
+            self.nodes[from].name(),
+            self.nodes[to].name()
+        );
+        let out = self.nodes[from].ctl(&["eval", &expr]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
     }
 
     /// Messages (ready + unacked) in `queue` (full name), asked of any live node.

@@ -29,6 +29,8 @@ pub struct RabbitNode {
     dist: u16,
     tls: Option<(u16, TlsFiles)>,
     child: Option<Child>,
+    /// `rabbit` application keys kept in `advanced.config` ([`RabbitNode::set_rabbit_env`]).
+    env: Vec<(String, String)>,
 }
 
 /// A throwaway CA and a server certificate it signed, as PEM files.
@@ -218,6 +220,7 @@ impl RabbitNode {
         )
         .expect("write rabbitmq.conf");
         std::fs::write(p.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        std::fs::write(p.join("advanced.config"), "[].\n").expect("write advanced.config");
         if let Some(cookie) = cookie {
             write_cookie(p, cookie);
         }
@@ -227,6 +230,7 @@ impl RabbitNode {
             dist,
             tls,
             child: None,
+            env: Vec::new(),
             dir,
         };
         node.spawn_and_wait();
@@ -285,6 +289,7 @@ impl RabbitNode {
             .env("RABBITMQ_MNESIA_BASE", p.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", p.join("log"))
             .env("RABBITMQ_CONFIG_FILE", p.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", p.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", p.join("enabled_plugins"))
             .env("RABBITMQ_PID_FILE", p.join("pid"));
         c
@@ -428,6 +433,50 @@ impl RabbitNode {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sets keys of the `rabbit` application on the running VM (`value`s are
+    /// Erlang terms, e.g. `("consumer_timeout", "3000")`), and keeps them in
+    /// the node's `advanced.config`, so they hold again after
+    /// [`RabbitNode::restart_vm`]. Channels opened from now on see them:
+    /// `consumer_timeout`, and `channel_tick_interval` (how often a channel
+    /// checks it; not a `rabbitmq.conf` key) are read when a channel opens.
+    /// A node that is down gets them at its next start. Later calls add to
+    /// (or replace) earlier keys.
+    ///
+    /// ```no_run
+    /// use action_event_test_support::rabbit_node::RabbitNode;
+    /// let mut node = RabbitNode::start("");
+    /// node.set_rabbit_env(&[("consumer_timeout", "3000"), ("channel_tick_interval", "500")]);
+    /// ```
+    pub fn set_rabbit_env(&mut self, entries: &[(&str, &str)]) {
+        for (k, v) in entries {
+            self.env.retain(|(key, _)| key != k);
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        let terms: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{{{k}, {v}}}"))
+            .collect();
+        std::fs::write(
+            self.dir.path().join("advanced.config"),
+            format!("[{{rabbit, [{}]}}].\n", terms.join(", ")),
+        )
+        .expect("write advanced.config");
+        if self.vm_pid().is_some() {
+            for (k, v) in entries {
+                self.ctl_ok(&["eval", &format!("application:set_env(rabbit, {k}, {v}).")]);
+            }
+        }
+    }
+
+    /// The running node's value of a `rabbit` application key, as Erlang
+    /// prints it (`{ok,3000}`, or `undefined`).
+    pub fn rabbit_env(&self, key: &str) -> String {
+        self.ctl_ok(&["eval", &format!("application:get_env(rabbit, {key}).")])
+            .trim()
+            .to_string()
     }
 
     /// Closes every client connection (the broker stays up).

@@ -12,10 +12,20 @@
 //! 4. a delayed event and a retrying event survive the death of the node
 //!    leading their delay queues, and run at their time;
 //! 5. a rolling restart of all three nodes, one at a time, while events are
-//!    produced and drained: 0 lost.
+//!    produced and drained: 0 lost;
+//! 6. 2,000 delayed events due within about a second, the node leading
+//!    their delay level killed in that second: all run (`cluster_dlx_e2e`);
+//! 7. retries expiring and failing events being buried in the dead letters
+//!    while the node leading the work and dead queues is killed: every event
+//!    ran or is dead (`cluster_dlx_e2e`);
+//! 8. with a 4 s `consumer_timeout` on every node, a 10 s event while the
+//!    leader of its work queue dies, then while its poller's node dies:
+//!    renewals go on, nothing lost (`cluster_timeout_e2e`).
 //!
-//! Each phase prints what it measured. Without `rabbitmq-server` installed
-//! it prints `SKIPPED: ...` and passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
+//! Each phase prints what it measured and how long it took;
+//! `ACTION_EVENT_CLUSTER_PHASES=6,7` runs only those (while working on
+//! one). Without `rabbitmq-server` installed it prints `SKIPPED: ...` and
+//! passes, unless `ACTION_EVENT_REQUIRE_AMQP=1`.
 
 use std::collections::HashMap;
 use std::process::Child;
@@ -29,7 +39,7 @@ use action_event_test_support::rabbit_cluster::RabbitCluster;
 use action_event_test_support::rabbit_node;
 
 /// Poller processes, killed if still running when dropped.
-struct Pollers(Vec<Child>);
+pub(crate) struct Pollers(pub(crate) Vec<Child>);
 
 impl Drop for Pollers {
     fn drop(&mut self) {
@@ -42,6 +52,9 @@ impl Drop for Pollers {
     }
 }
 
+/// A phase of the cluster test: what it shows, and the function.
+type Phase = (&'static str, fn(&mut RabbitCluster));
+
 #[test]
 fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
     if !rabbit_node::available_or_skip() {
@@ -50,26 +63,44 @@ fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
     let t0 = Instant::now();
     let mut cluster = RabbitCluster::start(3, "");
     eprintln!("cluster of 3 up in {:?}", t0.elapsed());
-    let phase = Instant::now();
-    priority(&cluster, "on quorum queues");
-    eprintln!("phase 1 (priority) {:?}", phase.elapsed());
-    let phase = Instant::now();
-    failover_under_load(&mut cluster);
-    eprintln!("phase 2 (20,000 + kill -9) {:?}", phase.elapsed());
-    let phase = Instant::now();
-    priority(&cluster, "right after a failover");
-    eprintln!("phase 3 (priority after failover) {:?}", phase.elapsed());
-    let phase = Instant::now();
-    delays_survive(&mut cluster);
-    eprintln!("phase 4 (delayed + retrying) {:?}", phase.elapsed());
-    let phase = Instant::now();
-    rolling_restart(&mut cluster);
-    eprintln!("phase 5 (rolling restart) {:?}", phase.elapsed());
+    // `ACTION_EVENT_CLUSTER_PHASES=6,7,8` runs only those phases (while
+    // working on one); CI runs them all.
+    let only = std::env::var("ACTION_EVENT_CLUSTER_PHASES").unwrap_or_default();
+    let phases: [Phase; 8] = [
+        ("priority", |c| priority(c, "on quorum queues")),
+        ("20,000 + kill -9", failover_under_load),
+        ("priority after failover", |c| {
+            priority(c, "right after a failover")
+        }),
+        ("delayed + retrying", delays_survive),
+        ("rolling restart", rolling_restart),
+        (
+            "2,000 delays due at a kill",
+            crate::cluster_dlx_e2e::delays_due_at_a_kill,
+        ),
+        (
+            "retries and dead letters at a kill",
+            crate::cluster_dlx_e2e::final_moves_at_a_kill,
+        ),
+        (
+            "consumer_timeout renewals through failovers",
+            crate::cluster_timeout_e2e::renewals_through_a_failover,
+        ),
+    ];
+    for (i, (what, run)) in phases.iter().enumerate() {
+        let n = (i + 1).to_string();
+        if !only.is_empty() && !only.split(',').any(|p| p.trim() == n) {
+            continue;
+        }
+        let phase = Instant::now();
+        run(&mut cluster);
+        eprintln!("phase {n} ({what}) {:?}", phase.elapsed());
+    }
     eprintln!("cluster test total {:?}", t0.elapsed());
 }
 
 /// A world on the cluster, quorum queues, every live node in the URL.
-fn world(cluster: &RabbitCluster, first: usize, extra: &str) -> World {
+pub(crate) fn world(cluster: &RabbitCluster, first: usize, extra: &str) -> World {
     World::amqp_at(&cluster.url_from(first, &format!("queue_type=quorum{extra}")))
 }
 
@@ -364,10 +395,58 @@ fn failover_under_load(cluster: &mut RabbitCluster) {
     cluster.wait_running(3);
 }
 
-/// `w`'s URL with node `first` listed first.
-fn on_node(cluster: &RabbitCluster, w: &World, first: usize) -> String {
+/// A poller on `w` (log `log`, args `args`) whose URL lists node `first` first.
+pub(crate) fn spawn_on(
+    cluster: &RabbitCluster,
+    w: &World,
+    first: usize,
+    log: &str,
+    args: &[&str],
+) -> Child {
+    let log = std::fs::File::create(w.path().join(log)).expect("log");
+    let out = log.try_clone().expect("log");
+    w.poller(args)
+        .env("ACTION_EVENT_URL", on_node(cluster, w, first))
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .expect("spawn poller")
+}
+
+/// The queue-name prefix of `w` (`test.<id>.`).
+pub(crate) fn prefix_of(w: &World) -> String {
     w.url
-        .replacen(&cluster.url_from(0, ""), &cluster.url_from(first, ""), 1)
+        .split("prefix=")
+        .nth(1)
+        .and_then(|p| p.split('&').next())
+        .expect("prefix")
+        .to_string()
+}
+
+/// The node leading quorum queue `queue`, waited for (at most 60 s).
+pub(crate) fn wait_leader(cluster: &RabbitCluster, queue: &str) -> usize {
+    let t = Instant::now();
+    loop {
+        if let Some(l) = cluster.leader_of(queue) {
+            return l;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no leader for {queue} in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `w`'s URL (which lists the nodes from any one of them) with node
+/// `first` listed first.
+pub(crate) fn on_node(cluster: &RabbitCluster, w: &World, first: usize) -> String {
+    let to = cluster.url_from(first, "");
+    (0..cluster.len())
+        .map(|i| cluster.url_from(i, ""))
+        .find(|from| w.url.starts_with(from.as_str()))
+        .map(|from| w.url.replacen(&from, &to, 1))
+        .unwrap_or_else(|| panic!("{} lists the cluster's nodes", w.url))
 }
 
 /// `poller status` through `url` lists every poller in `pids` (within 30 s:

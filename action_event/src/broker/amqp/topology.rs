@@ -84,7 +84,10 @@ impl Inner {
     /// dead-lettered through the default exchange: a delay level, a hold
     /// queue. On quorum queues the dead-lettering is at-least-once (it
     /// needs `x-overflow=reject-publish`): a node dying while it moves an
-    /// expired message to its work queue loses nothing.
+    /// expired message to its work queue loses nothing. (RabbitMQ 3.10.8 may
+    /// stall such moves for good when the work queue's leader dies
+    /// mid-move, until the source queue's leadership moves: see the
+    /// README's *What a cluster gives* and `tests/e2e/cluster_dlx_e2e.rs`.)
     pub(super) fn expiring_args(&self, ttl_ms: u64) -> FieldTable {
         let mut args = self.queue_args();
         args.insert("x-message-ttl".into(), i64_of(ttl_ms));
