@@ -12,12 +12,16 @@
 //! delivery and `basic.get` on it), so "every tag below is settled" is
 //! exact once each settle is recorded.
 //!
-//! - A tag counts as settled only once its own ack or nack was sent (or it
-//!   is in the combined ack being sent): a later `multiple` never overtakes
-//!   an individual frame of a tag it covers (one such frame after the
-//!   `multiple` would be an unknown tag, and the broker would close the
-//!   channel).
-//! - Nothing is held back waiting for an earlier tag: an ack that cannot be
+//! - A tag counts as settled only once the frame that acked or nacked it
+//!   went out (lapin resolved it): a later `multiple` never overtakes an
+//!   individual frame of a tag it covers (one such frame after the
+//!   `multiple` would name an unknown tag, and the broker would close the
+//!   channel), and only one combined ack per channel is on its way at a
+//!   time (lapin sends each from a task of its own, so two could go out in
+//!   either order; measured: `unknown delivery tag` and redeliveries on a
+//!   multi-thread runtime until this was so). Acks due meanwhile gather and
+//!   go out together after it.
+//! - No ack waits for an earlier event to finish: an ack that cannot be
 //!   combined now (an earlier event still runs) is sent on its own at once,
 //!   as before. A delivery settled by a path that does not record here (a
 //!   renewed event's old delivery, a buffered delivery returned) only stops
@@ -28,9 +32,9 @@
 //! One channel, one [`AckBatch`]; a new consumer channel starts a new one.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::lock;
 
@@ -43,10 +47,54 @@ pub(super) enum Plan {
     /// Send it on its own (`multiple: false`), then [`AckBatch::sent`].
     Alone,
     /// Send it with `multiple: true`: it carries the acks of the earlier
-    /// tags gathered with it; then tell each of these whether it went out.
-    Combined(Vec<oneshot::Sender<bool>>),
+    /// tags gathered with it; then [`Combined::finish`].
+    Combined(Combined),
     /// Another task's combined ack carries it: whether it went out.
     Carried(oneshot::Receiver<bool>),
+}
+
+/// A combined ack to send (see [`Plan::Combined`]). Until it is finished
+/// (or dropped, which counts as not sent), no other combined ack of the
+/// channel is planned: two `multiple` frames could reach the broker in
+/// either order, and the lower one would then name a tag already acked.
+pub(super) struct Combined {
+    batch: Arc<AckBatch>,
+    tags: Vec<u64>,
+    carried: Vec<oneshot::Sender<bool>>,
+    done: bool,
+}
+
+impl Combined {
+    /// The frame went out (`ok`) or not: its tags are settled (only if it
+    /// went out) and the deliveries it carried are told.
+    pub(super) fn finish(mut self, ok: bool) {
+        self.report(ok);
+    }
+
+    fn report(&mut self, ok: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        {
+            let mut st = lock(&self.batch.st);
+            if ok {
+                for &t in &self.tags {
+                    st.settle(t);
+                }
+            }
+            st.in_flight = false;
+        }
+        self.batch.idle.notify_waiters();
+        for tx in self.carried.drain(..) {
+            let _ = tx.send(ok);
+        }
+    }
+}
+
+impl Drop for Combined {
+    fn drop(&mut self) {
+        self.report(false);
+    }
 }
 
 type Waiter = Option<oneshot::Sender<Plan>>;
@@ -62,6 +110,8 @@ struct State {
     ready: Vec<(u64, Waiter)>,
     /// A task is gathering `ready` (see [`AckBatch::gather`]).
     gathering: bool,
+    /// A combined ack is on its way (see [`Combined`]).
+    in_flight: bool,
     /// Stopped recording (see [`MAX_ABOVE`]).
     off: bool,
 }
@@ -70,6 +120,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct AckBatch {
     st: Mutex<State>,
+    /// Woken when a combined ack is finished.
+    idle: Notify,
 }
 
 impl State {
@@ -94,8 +146,9 @@ impl State {
     /// Plans the gathered acks: the longest run of them that continues the
     /// floor (through tags settled before) becomes one combined ack, carried
     /// by its highest tag; the others are sent alone. Returns the plan of
-    /// the gathering task's own ack.
-    fn plan(&mut self) -> Plan {
+    /// the gathering task's own ack. Not called while a combined ack is on
+    /// its way.
+    fn plan(&mut self, batch: &Arc<AckBatch>) -> Plan {
         self.gathering = false;
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable_by_key(|(t, _)| *t);
@@ -111,33 +164,39 @@ impl State {
             end = *t;
             run += 1;
         }
-        if run < 2 || self.off {
+        if run < 2 || self.off || self.in_flight {
             return hand_out(ready.into_iter().map(|(_, w)| (w, Plan::Alone)));
         }
-        for (t, _) in &ready[..run] {
-            self.settle(*t);
-        }
-        let mut rest = ready.split_off(run);
+        self.in_flight = true;
+        let rest = ready.split_off(run);
+        let tags: Vec<u64> = ready.iter().map(|(t, _)| *t).collect();
         let (_, carrier) = ready.pop().unwrap_or((0, None));
-        let mut told = Vec::with_capacity(ready.len());
+        let mut carried = Vec::with_capacity(ready.len());
         let mut plans = Vec::with_capacity(ready.len() + rest.len() + 1);
         for (_, w) in ready {
             let (tx, rx) = oneshot::channel();
-            told.push(tx);
+            carried.push(tx);
             plans.push((w, Plan::Carried(rx)));
         }
-        plans.push((carrier, Plan::Combined(told)));
-        plans.extend(rest.drain(..).map(|(_, w)| (w, Plan::Alone)));
+        let combined = Combined {
+            batch: batch.clone(),
+            tags,
+            carried,
+            done: false,
+        };
+        plans.push((carrier, Plan::Combined(combined)));
+        plans.extend(rest.into_iter().map(|(_, w)| (w, Plan::Alone)));
         hand_out(plans.into_iter())
     }
 }
 
 /// Sends each waiting task its plan; returns the gathering task's own.
+/// A plan whose task went away is dropped: a dropped [`Combined`] counts as
+/// not sent, and tells the deliveries it carried.
 fn hand_out(plans: impl Iterator<Item = (Waiter, Plan)>) -> Plan {
     let mut mine = Plan::Alone;
     for (w, plan) in plans {
         match w {
-            // A waiter that went away: its delivery is settled by the others.
             Some(tx) => drop(tx.send(plan)),
             None => mine = plan,
         }
@@ -145,14 +204,19 @@ fn hand_out(plans: impl Iterator<Item = (Waiter, Plan)>) -> Plan {
     mine
 }
 
-/// Plans what was gathered if the gathering task is dropped while it
-/// yields (its waiters would wait forever otherwise).
+/// If the gathering task is dropped before it planned, every gathered ack
+/// is sent alone (its waiters would wait forever otherwise).
 struct Gathering<'a>(Option<&'a AckBatch>);
 
 impl Drop for Gathering<'_> {
     fn drop(&mut self) {
         if let Some(b) = self.0.take() {
-            drop(lock(&b.st).plan());
+            let ready = {
+                let mut st = lock(&b.st);
+                st.gathering = false;
+                std::mem::take(&mut st.ready)
+            };
+            drop(hand_out(ready.into_iter().map(|(_, w)| (w, Plan::Alone))));
         }
     }
 }
@@ -160,8 +224,9 @@ impl Drop for Gathering<'_> {
 impl AckBatch {
     /// Hands in the ack of `tag`. The first task of a scheduler turn
     /// gathers: it yields once, so that the acks due in the same turn join
-    /// it, then plans them all (see [`Plan`]).
-    pub(super) async fn gather(&self, tag: u64) -> Plan {
+    /// it, waits until no combined ack is on its way (acks due meanwhile
+    /// join it too), then plans them all (see [`Plan`]).
+    pub(super) async fn gather(self: &Arc<Self>, tag: u64) -> Plan {
         let rx = {
             let mut st = lock(&self.st);
             if st.off {
@@ -183,8 +248,19 @@ impl AckBatch {
         }
         let mut guard = Gathering(Some(self));
         tokio::task::yield_now().await;
-        guard.0 = None;
-        lock(&self.st).plan()
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let mut st = lock(&self.st);
+                if !st.in_flight {
+                    guard.0 = None;
+                    return st.plan(self);
+                }
+            }
+            idle.await;
+        }
     }
 
     /// An ack sent on its own went out: its tag is settled.
@@ -202,48 +278,81 @@ impl AckBatch {
 mod tests {
     use super::*;
 
-    fn plan_of(st: &mut State, tags: &[u64]) -> Vec<(u64, &'static str)> {
+    /// Plans `tags` on `b`; a combined ack is finished as sent at once.
+    fn plan_of(b: &Arc<AckBatch>, tags: &[u64]) -> Vec<(u64, &'static str)> {
         let mut rxs = Vec::new();
         for &t in tags {
             let (tx, rx) = oneshot::channel();
-            st.ready.push((t, Some(tx)));
+            lock(&b.st).ready.push((t, Some(tx)));
             rxs.push((t, rx));
         }
-        let mine = st.plan();
+        let mine = lock(&b.st).plan(b);
         assert!(matches!(mine, Plan::Alone), "no own ack in these cases");
-        rxs.into_iter()
+        let mut combined = None;
+        let out = rxs
+            .into_iter()
             .map(|(t, mut rx)| {
                 let what = match rx.try_recv().expect("planned") {
                     Plan::Alone => "alone",
-                    Plan::Combined(_) => "combined",
+                    Plan::Combined(c) => {
+                        combined = Some(c);
+                        "combined"
+                    }
                     Plan::Carried(_) => "carried",
                 };
                 (t, what)
             })
-            .collect()
+            .collect();
+        if let Some(c) = combined {
+            assert!(lock(&b.st).in_flight);
+            c.finish(true);
+        }
+        out
+    }
+
+    fn floor(b: &AckBatch) -> u64 {
+        lock(&b.st).floor
     }
 
     #[test]
     fn a_run_after_the_floor_is_combined_and_a_gap_is_never_covered() {
-        let mut st = State::default();
+        let b = Arc::new(AckBatch::default());
         // 1..=3 due together: one frame, carried by 3.
         assert_eq!(
-            plan_of(&mut st, &[2, 1, 3]),
+            plan_of(&b, &[2, 1, 3]),
             [(2, "carried"), (1, "carried"), (3, "combined")]
         );
-        assert_eq!(st.floor, 3);
+        assert_eq!(floor(&b), 3);
         // 4 still runs: 5 and 6 cannot be combined (a multiple would ack 4).
-        assert_eq!(plan_of(&mut st, &[5, 6]), [(5, "alone"), (6, "alone")]);
-        assert_eq!(st.floor, 3, "alone acks count once they went out");
-        st.settle(5);
-        st.settle(6);
+        assert_eq!(plan_of(&b, &[5, 6]), [(5, "alone"), (6, "alone")]);
+        assert_eq!(floor(&b), 3, "alone acks count once they went out");
+        b.sent(5);
+        b.sent(6);
         // 4 and 7 due: 5 and 6 are settled, so 4..=7 is one run.
-        assert_eq!(plan_of(&mut st, &[7, 4]), [(7, "combined"), (4, "carried")]);
-        assert_eq!(st.floor, 7);
+        assert_eq!(plan_of(&b, &[7, 4]), [(7, "combined"), (4, "carried")]);
+        assert_eq!(floor(&b), 7);
         // A single ack is sent alone.
-        assert_eq!(plan_of(&mut st, &[8]), [(8, "alone")]);
-        st.settle(8);
+        assert_eq!(plan_of(&b, &[8]), [(8, "alone")]);
+        b.sent(8);
         // 9 settled elsewhere without being recorded: 10 and 11 stay alone.
-        assert_eq!(plan_of(&mut st, &[10, 11]), [(10, "alone"), (11, "alone")]);
+        assert_eq!(plan_of(&b, &[10, 11]), [(10, "alone"), (11, "alone")]);
+    }
+
+    #[test]
+    fn no_second_combined_ack_while_one_is_on_its_way_and_a_lost_one_settles_nothing() {
+        let b = Arc::new(AckBatch::default());
+        lock(&b.st).ready.extend([(1, None), (2, None)]);
+        let Plan::Combined(first) = lock(&b.st).plan(&b) else {
+            panic!("1 and 2 combine");
+        };
+        assert!(lock(&b.st).in_flight);
+        // 3 and 4 due meanwhile: 1 and 2 count only once their frame went
+        // out, so a multiple for 4 (which would cover them) is not planned.
+        lock(&b.st).ready.extend([(3, None), (4, None)]);
+        assert!(matches!(lock(&b.st).plan(&b), Plan::Alone));
+        // Dropped unsent: 1 and 2 are not settled, so nothing combines past them.
+        drop(first);
+        assert_eq!(floor(&b), 0);
+        assert!(!lock(&b.st).in_flight);
     }
 }

@@ -74,12 +74,9 @@ async fn ack(cur: &Current) -> Sent {
             }
             sent
         }
-        Plan::Combined(carried) => {
+        Plan::Combined(combined) => {
             let sent = send(cur, cur.acker.ack(BasicAckOptions { multiple: true })).await;
-            let ok = matches!(sent, Sent::Yes);
-            for tx in carried {
-                let _ = tx.send(ok);
-            }
+            combined.finish(matches!(sent, Sent::Yes));
             sent
         }
         Plan::Carried(rx) => match rx.await {
