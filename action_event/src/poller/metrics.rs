@@ -247,7 +247,10 @@ impl Metrics {
     /// pair is not kept there (then the caller counts it).
     fn observe_hot(&self, event: &str, queue: &str, elapsed: Duration) -> bool {
         let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match hot.iter().position(|h| h.event == event && h.queue == queue) {
+        let i = match hot
+            .iter()
+            .position(|h| h.event == event && h.queue == queue)
+        {
             Some(i) => i,
             None if hot.len() < HOT_MAX => {
                 let labels: EventQueue =

@@ -346,12 +346,7 @@ impl Poller {
                     if let (Ok(env), Some(id)) = (&envelope, &id) {
                         span.in_scope(|| {
                             // `params` formats straight into the line: no String of its own.
-                            tracing::info!(
-                                "Processing {}:{} ({})",
-                                delivery.queue,
-                                id,
-                                env.params
-                            )
+                            tracing::info!("Processing {}:{} ({})", delivery.queue, id, env.params)
                         });
                     }
                     let running = shared.in_flight.enter(InFlight {
@@ -575,7 +570,11 @@ async fn nothing_ready(broker: &dyn Broker, queues: &[String]) -> bool {
 
 /// The span every event runs in: its name, id, queue and attempt. The JSON
 /// log carries these fields on every line logged while the event runs.
-fn event_span(delivery: &Delivery, envelope: Option<&Envelope>, id: Option<&IdText>) -> tracing::Span {
+fn event_span(
+    delivery: &Delivery,
+    envelope: Option<&Envelope>,
+    id: Option<&IdText>,
+) -> tracing::Span {
     match (envelope, id) {
         (Some(env), Some(id)) => tracing::info_span!(
             "event",

@@ -108,7 +108,11 @@ pub(super) struct Line<'a> {
 impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let full = {
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if pending.is_empty() {
                 // The first line of a batch wakes the writer thread.
                 self.shared.wake.notify_one();
@@ -185,13 +189,17 @@ mod tests {
             tracing::metadata::Kind::EVENT,
         );
         w.make_writer_for(&info).write_all(b"two\n").expect("write");
-        w.make_writer_for(&warn).write_all(b"three\n").expect("write");
+        w.make_writer_for(&warn)
+            .write_all(b"three\n")
+            .expect("write");
         // The warning wrote what was before it too, in order, at once.
         assert_eq!(
             std::fs::read_to_string(&path).expect("read"),
             "one\ntwo\nthree\n"
         );
-        w.make_writer_for(&info).write_all(b"four\n").expect("write");
+        w.make_writer_for(&info)
+            .write_all(b"four\n")
+            .expect("write");
         flush();
         assert_eq!(
             std::fs::read_to_string(&path).expect("read"),

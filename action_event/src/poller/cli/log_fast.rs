@@ -157,7 +157,9 @@ impl Visit for FastVisitor<'_> {
             return;
         }
         if field.name() == "message" {
-            self.result = self.pad().and_then(|()| Escaping(&mut self.w).write_str(value));
+            self.result = self
+                .pad()
+                .and_then(|()| Escaping(&mut self.w).write_str(value));
         } else {
             self.record_debug(field, &value);
         }
@@ -217,11 +219,7 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_and_clean_text_is_kept() {
         let mut out = String::new();
-        write!(
-            Escaping(&mut out),
-            "a\x1b[31mb\x07c\u{85}d é ü \u{a0}"
-        )
-        .expect("write");
+        write!(Escaping(&mut out), "a\x1b[31mb\x07c\u{85}d é ü \u{a0}").expect("write");
         assert_eq!(out, "a\\x1b[31mb\\x07c\\u{85}d é ü \u{a0}");
     }
 }
