@@ -50,7 +50,14 @@ pub(super) async fn publish_many(
 
 fn new_row(envelope: &Envelope, now: i64) -> NewRow {
     NewRow {
-        event_id: envelope.id.to_string(),
+        // The hyphenated text without the formatter (its padding machinery
+        // cost more than the encoding itself).
+        event_id: envelope
+            .id
+            .0
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_string(),
         queue: envelope.queue.clone(),
         name: envelope.name.clone(),
         body: text(envelope.to_bytes()),
