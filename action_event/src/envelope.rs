@@ -172,7 +172,13 @@ impl Envelope {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing this struct cannot fail: every field is plain data and
         // params is already a `serde_json::Value`.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized for a typical envelope up front: `to_vec` starts at 128
+        // bytes and grows (a reallocation and a copy) on every publish.
+        let mut out = Vec::with_capacity(256 + self.errors.len() * 128);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Parses a JSON document; the error says what is wrong and where.

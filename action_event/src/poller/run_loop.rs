@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::run_one::run_one;
+use super::run_one::{IdText, run_one};
 use super::shutdown::{ExitReason, Shutdown, finish_in_hand, watch_pid_file};
 #[cfg(feature = "metrics")]
 use super::{Metrics, Observed};
@@ -341,20 +341,16 @@ impl Poller {
                     // Decoded and logged here, in take order: the log shows
                     // the order events start in, whatever the task scheduler does.
                     let envelope = Envelope::from_slice(&delivery.body);
-                    let span = event_span(&delivery, envelope.as_ref().ok());
-                    if let Ok(env) = &envelope {
+                    let id = envelope.as_ref().ok().map(|e| IdText::new(&e.id));
+                    let span = event_span(&delivery, envelope.as_ref().ok(), id.as_ref());
+                    if let (Ok(env), Some(id)) = (&envelope, &id) {
                         span.in_scope(|| {
                             // `params` formats straight into the line: no String of its own.
-                            tracing::info!(
-                                "Processing {}:{} ({})",
-                                delivery.queue,
-                                env.id,
-                                env.params
-                            )
+                            tracing::info!("Processing {}:{} ({})", delivery.queue, id, env.params)
                         });
                     }
                     let running = shared.in_flight.enter(InFlight {
-                        id: envelope.as_ref().map_or("?".into(), |e| e.id.to_string()),
+                        id: id.map_or("?".into(), |id| id.as_str().to_string()),
                         name: envelope.as_ref().map_or("?".into(), |e| e.name.clone()),
                         queue: delivery.queue.clone(),
                         started_at_ms: now_ms(),
@@ -574,16 +570,20 @@ async fn nothing_ready(broker: &dyn Broker, queues: &[String]) -> bool {
 
 /// The span every event runs in: its name, id, queue and attempt. The JSON
 /// log carries these fields on every line logged while the event runs.
-fn event_span(delivery: &Delivery, envelope: Option<&Envelope>) -> tracing::Span {
-    match envelope {
-        Some(env) => tracing::info_span!(
+fn event_span(
+    delivery: &Delivery,
+    envelope: Option<&Envelope>,
+    id: Option<&IdText>,
+) -> tracing::Span {
+    match (envelope, id) {
+        (Some(env), Some(id)) => tracing::info_span!(
             "event",
             event = %env.name,
-            id = %env.id,
+            id = %id,
             queue = %delivery.queue,
             attempt = env.attempt,
         ),
-        None => tracing::info_span!(
+        _ => tracing::info_span!(
             "event",
             event = "?",
             id = "?",

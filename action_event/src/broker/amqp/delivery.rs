@@ -14,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::time::Instant;
 
 use super::Inner;
+use super::ack_batch::Plan;
 use super::connection::OP_TIMEOUT;
 use super::consume::{Origin, Slot};
 use super::hold::drop_hold;
@@ -56,6 +57,36 @@ async fn send(cur: &Current, fut: impl Future<Output = lapin::Result<bool>>) -> 
     }
 }
 
+/// Sends the ack of `cur`, combined with others of its channel where exact
+/// (see `ack_batch`).
+async fn ack(cur: &Current) -> Sent {
+    let Some((batch, t)) = cur.batch.as_ref().filter(|_| cur.hold.is_none()) else {
+        return send(cur, cur.acker.ack(BasicAckOptions::default())).await;
+    };
+    if cur.gone() {
+        return Sent::Gone;
+    }
+    match batch.gather(*t).await {
+        Plan::Alone => {
+            let sent = send(cur, cur.acker.ack(BasicAckOptions::default())).await;
+            if matches!(sent, Sent::Yes) {
+                batch.sent(*t);
+            }
+            sent
+        }
+        Plan::Combined(combined) => {
+            let sent = send(cur, cur.acker.ack(BasicAckOptions { multiple: true })).await;
+            combined.finish(matches!(sent, Sent::Yes));
+            sent
+        }
+        Plan::Carried(rx) => match rx.await {
+            Ok(true) => Sent::Yes,
+            _ if cur.gone() => Sent::Gone,
+            _ => Sent::Failed("the ack that carried it was not sent".to_string()),
+        },
+    }
+}
+
 impl Inner {
     /// Turns a lapin delivery into ours, or sends it through the delay
     /// ladder again when it came back before its time.
@@ -70,11 +101,17 @@ impl Inner {
             acker,
             redelivered,
             properties,
+            delivery_tag,
             ..
         } = d;
-        let (unacked, in_hand, alive) = match origin {
-            Some(o) => (o.unacked, Some(o.in_hand), Some(o.alive)),
-            None => (None, None, None),
+        let (unacked, in_hand, alive, batch) = match origin {
+            Some(o) => (
+                o.unacked,
+                Some(o.in_hand),
+                Some(o.alive),
+                Some((o.acks, delivery_tag)),
+            ),
+            None => (None, None, None, None),
         };
         let now = std::time::Instant::now();
         let tag = Tag {
@@ -85,6 +122,7 @@ impl Inner {
                 since: now,
                 renewals: 0,
                 alive,
+                batch,
             }),
             counted: AtomicBool::new(true),
             held_open: AtomicBool::new(true),
@@ -116,7 +154,7 @@ impl Inner {
     pub(super) async fn settle_ack(&self, tag: &Tag) {
         self.finish(tag);
         let mut cur = tag.cur.lock().await;
-        let sent = send(&cur, cur.acker.ack(BasicAckOptions::default())).await;
+        let sent = ack(&cur).await;
         tag.release_channel();
         let gone = matches!(sent, Sent::Gone);
         match sent {
@@ -163,6 +201,12 @@ impl Inner {
         )
         .await;
         let (sent, gone) = (matches!(res, Sent::Yes), matches!(res, Sent::Gone));
+        if sent
+            && cur.hold.is_none()
+            && let Some((batch, t)) = &cur.batch
+        {
+            batch.nacked(*t);
+        }
         tag.release_channel();
         if gone {
             self.link.unsent();

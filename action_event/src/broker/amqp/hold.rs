@@ -297,6 +297,9 @@ impl Inner {
             }
         };
         let old = std::mem::replace(&mut cur.acker, acker);
+        // The old delivery is acked below on its own; the copy is not on
+        // the consumer channel.
+        cur.batch = None;
         let age = cur.since.elapsed();
         if cur.hold.is_none() {
             // The copy is unacked on a channel of the current generation.

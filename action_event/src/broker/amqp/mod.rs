@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ack_batch;
 mod connection;
 mod consume;
 mod dead;

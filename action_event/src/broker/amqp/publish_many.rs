@@ -41,13 +41,24 @@ impl Inner {
         }
         let deadline = Instant::now() + self.opts.publish_timeout;
         let now = now_ms();
+        // A batch is mostly one queue: its full name is made once per run
+        // of equal queues, not once per message.
+        let mut last: Option<(&str, String)> = None;
         let prepared: Vec<Prepared> = envelopes
             .iter()
             .map(|env| {
                 let run_at = env.run_at_ms.filter(|r| *r > now);
                 let level = run_at.map(|r| pick_level(r - now));
+                let routing_key = match &last {
+                    Some((q, full)) if *q == env.queue => full.clone(),
+                    _ => {
+                        let full = self.full_name(&env.queue);
+                        last = Some((&env.queue, full.clone()));
+                        full
+                    }
+                };
                 Prepared {
-                    routing_key: self.full_name(&env.queue),
+                    routing_key,
                     level,
                     exchange: level.map(|l| self.delay_name(l)).unwrap_or_default(),
                     body: env.to_bytes(),
@@ -93,10 +104,17 @@ impl Inner {
             .map_err(|e| TopoErr::Transient(e.to_string()))?;
         let mut sent: Vec<(usize, PublisherConfirm)> = Vec::with_capacity(pending.len());
         let mut send_error = None;
+        // What this round made sure is declared: checked once per
+        // destination, not per message (a lock and two hashes each).
+        let mut ensured: Vec<(&str, Option<u64>)> = Vec::new();
         for &i in pending.iter() {
             let m = &prepared[i];
+            let dest = (m.routing_key.as_str(), m.level);
+            let fresh = !ensured.contains(&dest);
             let publish = async {
-                self.ensure(&p, &m.routing_key, m.level).await?;
+                if fresh {
+                    self.ensure(&p, &m.routing_key, m.level).await?;
+                }
                 p.confirm
                     .basic_publish(
                         m.exchange.as_str().into(),
@@ -112,7 +130,12 @@ impl Inner {
                     .map_err(|e| TopoErr::Transient(e.to_string()))
             };
             match publish.await {
-                Ok(c) => sent.push((i, c)),
+                Ok(c) => {
+                    if fresh {
+                        ensured.push(dest);
+                    }
+                    sent.push((i, c));
+                }
                 Err(TopoErr::Fatal(e)) => return Err(TopoErr::Fatal(e)),
                 Err(TopoErr::Transient(m)) => {
                     send_error = Some(m);

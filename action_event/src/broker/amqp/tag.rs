@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use lapin::{BasicProperties, Channel};
 
 use super::Inner;
+use super::ack_batch::AckBatch;
 use super::wire::ident_of;
 use crate::Error;
 use crate::broker::Delivery;
@@ -48,6 +49,9 @@ pub(super) struct Current {
     /// The `alive` flag of the consume generation this delivery is on (none
     /// only when its consumer was dropped before it was handed out).
     pub(super) alive: Option<Arc<AtomicBool>>,
+    /// The acks of its consumer channel and its delivery tag there (none
+    /// once renewed: the copy is on another channel).
+    pub(super) batch: Option<(Arc<AckBatch>, u64)>,
 }
 
 impl Current {

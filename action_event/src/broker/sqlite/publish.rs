@@ -1,8 +1,8 @@
 //! Publishing: one row per event, concurrent publishes committed together.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::conn::{Inner, State, each_in_one_tx};
+use super::conn::{Inner, State};
 use super::{SqliteBroker, ms_i64, now_i64, text};
 use crate::Error;
 use crate::envelope::Envelope;
@@ -50,7 +50,14 @@ pub(super) async fn publish_many(
 
 fn new_row(envelope: &Envelope, now: i64) -> NewRow {
     NewRow {
-        event_id: envelope.id.to_string(),
+        // The hyphenated text without the formatter (its padding machinery
+        // cost more than the encoding itself).
+        event_id: envelope
+            .id
+            .0
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_string(),
         queue: envelope.queue.clone(),
         name: envelope.name.clone(),
         body: text(envelope.to_bytes()),
@@ -62,13 +69,17 @@ fn new_row(envelope: &Envelope, now: i64) -> NewRow {
     }
 }
 
-/// Stores `batches` in one transaction (one autocommit insert for a single row).
+/// Stores `batches` in one transaction (one autocommit insert for a single
+/// row). The statement is looked up once per call, not once per row: the
+/// statement cache hashes the SQL text on every lookup.
 fn insert_rows(inner: &Inner, state: &mut State, batches: &[Vec<NewRow>]) -> Result<(), Error> {
-    let insert = |conn: &Connection, row: &NewRow| -> Result<(), Error> {
-        let n = conn
+    let insert_all = |conn: &Connection| -> Result<(), Error> {
+        let mut stmt = conn
             .prepare_cached(INSERT)
-            .and_then(|mut s| {
-                s.execute(params![
+            .map_err(|e| inner.err("publish", e))?;
+        for row in batches.iter().flatten() {
+            let n = stmt
+                .execute(params![
                     row.event_id,
                     row.queue,
                     row.name,
@@ -76,18 +87,22 @@ fn insert_rows(inner: &Inner, state: &mut State, batches: &[Vec<NewRow>]) -> Res
                     row.visible_at,
                     row.queued_at
                 ])
-            })
-            .map_err(|e| inner.err("publish", e))?;
-        if n == 0 {
-            tracing::debug!(broker = %inner.url, event_id = %row.event_id, "event {} is already queued: not stored twice", row.event_id);
+                .map_err(|e| inner.err("publish", e))?;
+            if n == 0 {
+                tracing::debug!(broker = %inner.url, event_id = %row.event_id, "event {} is already queued: not stored twice", row.event_id);
+            }
         }
         Ok(())
     };
-    if let [batch] = batches {
-        return each_in_one_tx(inner, state, "publish", batch, insert);
+    if let [batch] = batches
+        && batch.len() == 1
+    {
+        return insert_all(&state.conn);
     }
-    let rows: Vec<&NewRow> = batches.iter().flatten().collect();
-    each_in_one_tx(inner, state, "publish", &rows, |conn, row| {
-        insert(conn, row)
-    })
+    let tx = state
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| inner.err("publish: begin", e))?;
+    insert_all(&tx)?;
+    tx.commit().map_err(|e| inner.err("publish: commit", e))
 }

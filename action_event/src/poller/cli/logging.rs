@@ -7,6 +7,8 @@ use std::path::Path;
 
 use clap::ValueEnum;
 
+use super::log_buffer::BufferedFile;
+use super::log_fast::{FastFields, write_now};
 use crate::Error;
 
 /// `--log-format`.
@@ -37,11 +39,16 @@ pub(super) fn init(format: LogFormat, file: Option<&Path>) -> Result<(), Error> 
     let result = match (format, file) {
         (LogFormat::Human, Some(f)) => builder
             .with_ansi(false)
+            .fmt_fields(FastFields)
             .event_format(HumanFormat { ansi: false })
-            .with_writer(std::sync::Mutex::new(f))
+            .with_writer(
+                BufferedFile::new(f)
+                    .map_err(|e| Error::io("cannot start the log file's writer thread", e))?,
+            )
             .try_init(),
         (LogFormat::Human, None) => builder
             .with_ansi(ansi)
+            .fmt_fields(FastFields)
             .event_format(HumanFormat { ansi })
             .with_writer(std::io::stderr)
             .try_init(),
@@ -85,26 +92,22 @@ where
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
         use tracing_subscriber::fmt::FormatFields as _;
-        use tracing_subscriber::fmt::time::FormatTime as _;
         let meta = event.metadata();
-        if tracing_subscriber::fmt::time::SystemTime
-            .format_time(&mut w)
-            .is_err()
-        {
-            write!(w, "-")?;
-        }
-        let level = *meta.level();
-        let color = match level {
-            tracing::Level::ERROR => "31",
-            tracing::Level::WARN => "33",
-            tracing::Level::INFO => "32",
-            tracing::Level::DEBUG => "34",
-            tracing::Level::TRACE => "35",
+        write_now(&mut w)?;
+        // The level padded to 5, as `{level:>5}` writes it.
+        let (level, color) = match *meta.level() {
+            tracing::Level::ERROR => ("ERROR", "31"),
+            tracing::Level::WARN => (" WARN", "33"),
+            tracing::Level::INFO => (" INFO", "32"),
+            tracing::Level::DEBUG => ("DEBUG", "34"),
+            tracing::Level::TRACE => ("TRACE", "35"),
         };
         if self.ansi {
-            write!(w, " \x1b[{color}m{level:>5}\x1b[0m ")?;
+            write!(w, " \x1b[{color}m{level}\x1b[0m ")?;
         } else {
-            write!(w, " {level:>5} ")?;
+            w.write_char(' ')?;
+            w.write_str(level)?;
+            w.write_char(' ')?;
         }
         if !meta.target().starts_with("action_event")
             && let Some(scope) = ctx.event_scope()
@@ -120,7 +123,7 @@ where
             }
         }
         ctx.format_fields(w.by_ref(), event)?;
-        writeln!(w)
+        w.write_char('\n')
     }
 }
 
@@ -141,7 +144,7 @@ pub(super) fn open_log(path: &Path) -> Result<std::fs::File, Error> {
 mod tests {
     use crate::poller::test_log::Buf;
 
-    use super::HumanFormat;
+    use super::{FastFields, HumanFormat};
 
     #[test]
     fn human_lines_keep_the_original_text_and_app_lines_get_the_span() {
@@ -149,6 +152,7 @@ mod tests {
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
+            .fmt_fields(FastFields)
             .event_format(HumanFormat { ansi: false })
             .with_writer(move || out.clone())
             .finish();

@@ -29,6 +29,8 @@ use crate::State;
 
 mod dead;
 mod generate;
+mod log_buffer;
+mod log_fast;
 mod logging;
 mod migrate;
 mod pause;

@@ -265,6 +265,8 @@ pub(super) fn main(cli: RunArgs, args: &[OsString], state: State) -> ExitCode {
     };
     let result = runtime.block_on(start(&cli, queues, state));
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // The log file's last lines (see `log_buffer`).
+    super::log_buffer::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -205,6 +205,7 @@ impl Inner {
                 alive: cons.alive.clone(),
                 unacked: Arc::new(AtomicUsize::new(0)),
                 in_hand: Arc::new(AtomicUsize::new(0)),
+                acks: Arc::default(),
             })
         }
         .await;

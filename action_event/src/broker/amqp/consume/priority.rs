@@ -106,6 +106,7 @@ impl Inner {
                         unacked: None,
                         in_hand: sub.in_hand.clone(),
                         alive: sub.alive.clone(),
+                        acks: sub.acks.clone(),
                     };
                     return Check::Got(Box::new(m.delivery), origin);
                 }
@@ -185,6 +186,7 @@ impl Inner {
                         unacked: Some(s.unacked.clone()),
                         in_hand: s.in_hand.clone(),
                         alive: s.alive.clone(),
+                        acks: s.acks.clone(),
                     });
                     (d, origin)
                 });

@@ -18,6 +18,7 @@ use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 
+use crate::broker::amqp::ack_batch::AckBatch;
 use crate::broker::amqp::connection::OP_TIMEOUT;
 use crate::broker::amqp::{Inner, lock};
 /// Buffered events of a level no `take` reached for this long go back to the broker.
@@ -96,6 +97,8 @@ pub(super) struct Sub {
     /// while there are any, the channel is not closed (that would requeue
     /// them, and they would run twice).
     pub(super) in_hand: Arc<AtomicUsize>,
+    /// The acks of this channel, combined where exact (see `ack_batch`).
+    pub(super) acks: Arc<AckBatch>,
 }
 
 /// Where a handed-out delivery came from: the counters of its consumer
@@ -106,6 +109,8 @@ pub(crate) struct Origin {
     pub(crate) in_hand: Arc<AtomicUsize>,
     /// Its generation's `alive` flag.
     pub(crate) alive: Arc<AtomicBool>,
+    /// The acks of its channel.
+    pub(crate) acks: Arc<AckBatch>,
 }
 
 /// Consumers whose channel the broker closed (e.g. for `consumer_timeout`),
