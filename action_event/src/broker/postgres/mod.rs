@@ -26,7 +26,9 @@
 //! | [`options`] | the `postgres://` URL and its options (`schema`, `lease`, `poll`, `pool`, `migrate`) |
 //! | [`schema`]  | the tables, versioned migrations under an advisory lock, the SQL for teams that apply it themselves |
 //! | [`publish`] | storing events, one or many (multi-row insert), and in the app's transaction |
-//! | [`claim`]   | taking events: strict priority, `FOR UPDATE SKIP LOCKED`, waking on `LISTEN/NOTIFY` |
+//! | [`claim`]   | taking events: strict priority, batch claims with `FOR UPDATE SKIP LOCKED` |
+//! | [`ahead`]   | events a batch claim took and has not handed out yet, and giving them back |
+//! | [`wait`]    | idle takes: one look per broker, waking on `LISTEN/NOTIFY`           |
 //! | [`owner`]   | who holds a claim (a session advisory lock per broker), leases and their heartbeat, a dead poller's events back, poller status |
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
@@ -48,7 +50,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +62,7 @@ use super::{Broker, DeadEvent, DeadFilter, Delivery, PollerReport, Presence, Que
 use crate::envelope::{Envelope, now_ms};
 use crate::{Error, redact_url};
 
+pub mod ahead;
 pub mod claim;
 pub mod dead;
 pub mod depth;
@@ -69,6 +73,7 @@ pub mod publish;
 pub mod schema;
 pub mod settle;
 pub mod tick;
+pub mod wait;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
 
@@ -112,12 +117,16 @@ struct Inner {
     pool: PgPool,
     /// This broker's row in `owners` (see [`owner`]).
     owner: i64,
-    /// Wakes one waiting take: a `NOTIFY` came, or a take passes it on.
-    wake: tokio::sync::Notify,
-    /// One claim at a time per broker: deliveries are handed out in the
-    /// order they were claimed (strict priority at hand-out, see [`claim`]).
+    /// Wakes waiting takes; the last look that found nothing ([`wait`]).
+    waiter: wait::Waiter,
+    /// One claim at a time per broker (handing out needs no lock).
     claiming: tokio::sync::Mutex<()>,
-    /// Rows handed out and not settled: the heartbeat keeps their lease.
+    /// Takes inside `take` now: how many events a claim takes ([`claim`]).
+    takers: AtomicUsize,
+    /// Events claimed and not handed out yet ([`ahead`]).
+    ahead: Mutex<VecDeque<ahead::Ahead>>,
+    /// Rows claimed (handed out or ahead) and not settled: the heartbeat
+    /// keeps their lease.
     held: Mutex<HashSet<i64>>,
     /// What `poller status` shows of this broker's poller, once announced.
     presence: Mutex<Option<Arc<dyn Presence>>>,
@@ -139,6 +148,10 @@ impl Inner {
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    pub(super) fn ahead(&self) -> std::sync::MutexGuard<'_, VecDeque<ahead::Ahead>> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for PostgresBroker {
@@ -155,6 +168,18 @@ impl Drop for PostgresBroker {
         // the events still held come back to the other brokers at once.
         for t in &self.tasks {
             t.abort();
+        }
+        // Events claimed ahead go back as they were (not counted as a
+        // delivery), if a runtime is there to do it.
+        if !self.inner.ahead().is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                if let Err(e) = ahead::give_back(&inner).await {
+                    tracing::warn!(broker = %inner.url, "events claimed ahead not given back (they come back within a second, the owner gone): {e}");
+                }
+            });
         }
     }
 }
@@ -208,8 +233,10 @@ impl PostgresBroker {
             cfg,
             pool,
             owner,
-            wake: tokio::sync::Notify::new(),
+            waiter: wait::Waiter::default(),
             claiming: tokio::sync::Mutex::new(()),
+            takers: AtomicUsize::new(0),
+            ahead: Mutex::new(VecDeque::new()),
             held: Mutex::new(HashSet::new()),
             presence: Mutex::new(None),
             sql,
@@ -324,6 +351,10 @@ impl Broker for PostgresBroker {
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
         crate::broker::paused::take(self, queues, wait).await
+    }
+
+    async fn give_back(&self) -> Result<(), Error> {
+        ahead::give_back(&self.inner).await.map(|_| ())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {

@@ -48,6 +48,8 @@ pub(super) struct Sql {
     pub(super) key: i32,
     pub(super) insert: String,
     pub(super) claim: String,
+    pub(super) any_ready: String,
+    pub(super) unclaim: String,
     pub(super) next_due: String,
     pub(super) extend: String,
     pub(super) ack: String,
@@ -77,12 +79,27 @@ impl Sql {
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
-            // `$1` queue, `$2` now, `$3` lease end, `$4` claim, `$5` owner.
+            // `$1` queue, `$2` now, `$3` lease end, `$4` claim, `$5` owner,
+            // `$6` how many: the first ready rows of one queue (see
+            // `claim`), with their visible_at before the claim.
             claim: format!(
-                "UPDATE {s}.events SET visible_at = $3, claim = $4, owner = $5, deliveries = deliveries + 1 \
-                 WHERE id = (SELECT id FROM {s}.events WHERE queue = $1 AND visible_at <= $2 \
-                 ORDER BY visible_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, event_id, body, deliveries"
+                "WITH picked AS (SELECT id, visible_at FROM {s}.events WHERE queue = $1 AND visible_at <= $2 \
+                 ORDER BY visible_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.events e SET visible_at = $3, claim = $4, owner = $5, deliveries = e.deliveries + 1 \
+                 FROM picked WHERE e.id = picked.id \
+                 RETURNING e.id, e.event_id, e.body, e.deliveries, picked.visible_at"
+            ),
+            // `$1` queues, `$2` now: whether one of them has a ready event.
+            any_ready: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE queue = ANY($1) AND visible_at <= $2)"
+            ),
+            // `$1` row ids, `$2` their claims, `$3` their visible_at before
+            // the claim: events claimed ahead go back as they were.
+            unclaim: format!(
+                "UPDATE {s}.events e SET visible_at = v.visible_at, claim = NULL, owner = NULL, \
+                 deliveries = e.deliveries - 1 \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, claim, visible_at) \
+                 WHERE e.id = v.id AND e.claim = v.claim"
             ),
             // `$1` queues, `$2` now: the earliest time an event of one of
             // them becomes ready (one index probe per queue).
@@ -197,12 +214,9 @@ pub(super) async fn listen(inner: Weak<Inner>, mut listener: PgListener) {
         match got {
             Ok(Some(_)) => {
                 backoff = Duration::from_millis(100);
-                inner.wake.notify_one();
+                inner.waiter.bump();
             }
-            Ok(None) => {
-                inner.wake.notify_waiters();
-                inner.wake.notify_one();
-            }
+            Ok(None) => inner.waiter.bump_all(),
             Err(e) => {
                 tracing::warn!(broker = %inner.url, "LISTEN connection: {e}; reconnecting");
                 drop(inner);
@@ -273,6 +287,7 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, conn: PgConnection) {
             if let Err(e) = write_report(&inner, &mut c).await {
                 tracing::debug!(broker = %inner.url, "poller report: {e}");
             }
+            super::ahead::give_back_stale(&inner).await;
         }
         // A connection that failed is dropped (and with it, maybe, the
         // lock): the next tick opens a new one and takes the lock again.

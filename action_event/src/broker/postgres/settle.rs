@@ -49,6 +49,9 @@ pub(super) async fn retry(
         .rows_affected();
     if n == 0 {
         warn_lapsed(&inner.url, &tag.event_id, "retry");
+    } else {
+        // This broker's idle takes look again when it is due.
+        inner.waiter.due(now_i64().saturating_add(dur_ms(delay)));
     }
     Ok(())
 }
@@ -67,7 +70,7 @@ pub(super) async fn release(inner: &Inner, tag: &Tag) -> Result<(), Error> {
     if n == 0 {
         warn_lapsed(&inner.url, &tag.event_id, "release");
     } else {
-        inner.wake.notify_one();
+        inner.waiter.bump();
     }
     Ok(())
 }
