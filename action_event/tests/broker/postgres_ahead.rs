@@ -22,8 +22,9 @@ async fn claimed(b: &action_event::broker::postgres::PostgresBroker, queue: &str
 }
 
 /// One take claims a batch of `medium` (one handed out, the others held
-/// ahead). A `high` event queued after that goes first: a held `medium`
-/// event does not start while a `high` one is ready. `give_back` returns
+/// ahead). A `high` event queued after that (by this broker, then by
+/// another) goes first: a held `medium` event does not start while a
+/// `high` one is ready. `give_back` returns
 /// the held ones as they were: not redelivered, in their order, to another
 /// broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,12 +61,31 @@ async fn a_ready_high_event_goes_before_medium_events_held_ahead() {
         medium[1].id,
         "then the held ones, in order"
     );
-    for d in [&first, &second, &third] {
+    // The same with a `high` event queued by another broker (another
+    // process): `a` learns of it by its `NOTIFY` (on localhost within
+    // milliseconds; 500 ms allowed), not by a read before each hand-out.
+    let c = open_postgres(&schema, "").await.expect("publishing broker");
+    let other = Envelope::new("e", "high", json!({ "from": "c" }));
+    c.publish(&other).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fourth = a.take(&q, wait).await.expect("take").expect("event");
+    assert_eq!(
+        env_of(&fourth).id,
+        other.id,
+        "the other broker's high event first"
+    );
+    let fifth = a.take(&q, wait).await.expect("take").expect("event");
+    assert_eq!(
+        env_of(&fifth).id,
+        medium[2].id,
+        "then the held ones, in order"
+    );
+    for d in [&first, &second, &third, &fourth, &fifth] {
         a.ack(d).await.expect("ack");
     }
 
     a.give_back().await.expect("give back");
-    assert_eq!(claimed(&a, "medium").await, 0, "the 3 held ahead went back");
+    assert_eq!(claimed(&a, "medium").await, 0, "the 2 held ahead went back");
     let b = open_postgres(&schema, "").await.expect("second broker");
     let mut got = Vec::new();
     while let Some(d) = b.take(&q, Duration::from_millis(200)).await.expect("take") {
@@ -73,8 +93,8 @@ async fn a_ready_high_event_goes_before_medium_events_held_ahead() {
         got.push(env_of(&d).id);
         b.ack(&d).await.expect("ack");
     }
-    let want: Vec<_> = medium[2..].iter().map(|e| e.id).collect();
-    assert_eq!(got, want, "the 8 others, in order, once each");
+    let want: Vec<_> = medium[3..].iter().map(|e| e.id).collect();
+    assert_eq!(got, want, "the 7 others, in order, once each");
     drop_schema(b.pool(), &schema).await;
 }
 

@@ -14,11 +14,13 @@
 //! grow with the number of events waiting.
 //!
 //! The first row is handed out; the others are held ahead
-//! ([`super::ahead`]) and handed out by the next takes, each after one read
-//! finds no ready event in the queues listed before its own (none when its
-//! queue is the first asked for): a `medium` event held ahead never starts
-//! while a `high` one is ready. If one is, the take claims from the higher
-//! queues first and the held event waits.
+//! ([`super::ahead`]) and handed out by the next takes, each only when the
+//! queues listed before its own have nothing ready: a `medium` event held
+//! ahead never starts while a `high` one is ready. That is known without a
+//! read while the answer of the last look stands (the claim that took the
+//! batch found `high` empty, and no notification or due time since, see
+//! [`super::wait`]), else a read finds out. If one is ready, the take
+//! claims from the higher queues first and the held event waits.
 //!
 //! `k` is the URL's `batch` (default 8), or the number of takes waiting in
 //! this broker if that is more (a poller at concurrency 64 with 64 free
@@ -102,14 +104,24 @@ async fn next(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Erro
     loop {
         let (scan, held) = match ahead::pop(inner, queues) {
             Some((0, a)) => return Ok(Some(hand_out(inner, a))),
-            Some((i, a)) => match any_ready(inner, &queues[..i]).await {
-                Ok(false) => return Ok(Some(hand_out(inner, a))),
-                Ok(true) => (&queues[..i], Some(a)),
-                Err(e) => {
-                    ahead::unpop(inner, a);
-                    return Err(e);
+            Some((i, a)) => {
+                let higher = &queues[..i];
+                if inner.waiter.stands(higher, inner.cfg.poll).is_some() {
+                    return Ok(Some(hand_out(inner, a)));
                 }
-            },
+                let epoch = inner.waiter.epoch();
+                match any_ready(inner, higher).await {
+                    Ok((false, due)) => {
+                        inner.waiter.found_nothing(epoch, higher, due);
+                        return Ok(Some(hand_out(inner, a)));
+                    }
+                    Ok((true, _)) => (higher, Some(a)),
+                    Err(e) => {
+                        ahead::unpop(inner, a);
+                        return Err(e);
+                    }
+                }
+            }
             None => {
                 if inner.waiter.stands(queues, inner.cfg.poll).is_some() {
                     return Ok(None);
@@ -130,7 +142,7 @@ async fn next(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Erro
             }
         }
         let epoch = inner.waiter.epoch();
-        let claimed = claim(inner, scan).await;
+        let claimed = claim(inner, scan, epoch).await;
         drop(one_at_a_time);
         return match (claimed, held) {
             (Ok(Some(d)), held) => {
@@ -166,8 +178,10 @@ fn hand_out(inner: &Inner, a: Ahead) -> Delivery {
 
 /// One claim over `queues`, in order: up to `k` rows of the first queue
 /// that has ready ones (module docs). The first is returned, the others
-/// are held ahead.
-async fn claim(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Error> {
+/// are held ahead. The queues before it had nothing ready: recorded (in
+/// `epoch`, read before this look) so that the events held ahead are
+/// handed out without a read while that stands ([`super::wait`]).
+async fn claim(inner: &Inner, queues: &[String], epoch: u64) -> Result<Option<Delivery>, Error> {
     let k = if inner.cfg.batch <= 1 {
         1
     } else {
@@ -177,7 +191,7 @@ async fn claim(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Err
     let now = now_i64();
     let until = now.saturating_add(inner.lease_ms());
     let claim: i64 = rand::random();
-    for queue in queues {
+    for (i, queue) in queues.iter().enumerate() {
         let mut rows: Vec<(i64, String, String, i32, i64)> = sqlx::query_as(&inner.sql.claim)
             .bind(queue)
             .bind(now)
@@ -190,6 +204,11 @@ async fn claim(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Err
             .map_err(|e| inner.err("take", e))?;
         if rows.is_empty() {
             continue;
+        }
+        if i > 0 && rows.len() > 1 {
+            let higher = &queues[..i];
+            let due = next_due(inner, higher).await?;
+            inner.waiter.found_nothing(epoch, higher, due);
         }
         // RETURNING keeps no order: the queue's order is (visible_at, id).
         rows.sort_unstable_by_key(|r| (r.4, r.0));
@@ -221,9 +240,10 @@ async fn claim(inner: &Inner, queues: &[String]) -> Result<Option<Delivery>, Err
     Ok(None)
 }
 
-/// Whether any of `queues` has a ready event (a plain read).
-async fn any_ready(inner: &Inner, queues: &[String]) -> Result<bool, Error> {
-    sqlx::query_scalar(&inner.sql.any_ready)
+/// Whether any of `queues` has a ready event (a plain read), and when the
+/// earliest one not ready yet is due.
+async fn any_ready(inner: &Inner, queues: &[String]) -> Result<(bool, Option<i64>), Error> {
+    sqlx::query_as(&inner.sql.any_ready)
         .bind(queues)
         .bind(now_i64())
         .fetch_one(&inner.pool)

@@ -35,6 +35,7 @@
 //! | [`depth`]   | counting a queue, listing scheduled events                           |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
 //! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
+//! | [`transient`] | which sqlx errors are worth trying again ([`Error::is_transient`]) |
 //!
 //! Times (`visible_at`, leases, delays) are milliseconds of the clocks of
 //! the machines that write them: keep them in sync (NTP), as for any job
@@ -73,6 +74,7 @@ pub mod publish;
 pub mod schema;
 pub mod settle;
 pub mod tick;
+pub mod transient;
 pub mod wait;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
@@ -303,28 +305,40 @@ impl PostgresBroker {
         &self.inner.pool
     }
 
-    /// Inserts `envelope` with the app's connection (in its transaction):
-    /// [`crate::QueueRequest`]'s `.on(..)`.
+    /// Inserts `envelopes` with the app's connection (in its transaction),
+    /// in one statement: [`crate::Queueing`]'s and [`crate::QueueingMany`]'s
+    /// `.on(..)`.
     pub(crate) async fn insert_on(
         &self,
         conn: &mut sqlx::PgConnection,
-        envelope: &Envelope,
+        envelopes: &[Envelope],
     ) -> Result<(), Error> {
-        let n = publish::insert_on(conn, &self.inner.sql.insert, std::slice::from_ref(envelope))
+        let n = publish::insert_on(conn, &self.inner.sql.insert, envelopes)
             .await
             .map_err(|e| {
+                let what = match envelopes {
+                    [one] => format!("event `{}`", one.name),
+                    [first, ..] => {
+                        format!("{} events (the first `{}`)", envelopes.len(), first.name)
+                    }
+                    [] => "no event".to_string(),
+                };
                 Error::broker_caused(
                     &self.inner.url,
                     format!(
-                        "event `{}`: queueing in the app's transaction (is the app's connection \
+                        "{what}: queueing in the app's transaction (is the app's connection \
                          on the database of this URL, schema `{}`?)",
-                        envelope.name, self.inner.cfg.schema
+                        self.inner.cfg.schema
                     ),
                     e,
                 )
             })?;
-        if n == 0 {
-            tracing::debug!(broker = %self.inner.url, "event {} is already queued: not stored twice", envelope.id);
+        if n < envelopes.len() as u64 {
+            tracing::debug!(
+                broker = %self.inner.url,
+                "{} event(s) already queued: not stored twice",
+                envelopes.len() as u64 - n
+            );
         }
         Ok(())
     }

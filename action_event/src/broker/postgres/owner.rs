@@ -89,9 +89,12 @@ impl Sql {
                  FROM picked WHERE e.id = picked.id \
                  RETURNING e.id, e.event_id, e.body, e.deliveries, picked.visible_at"
             ),
-            // `$1` queues, `$2` now: whether one of them has a ready event.
+            // `$1` queues, `$2` now: whether one of them has a ready event,
+            // and when the earliest not ready yet is due.
             any_ready: format!(
-                "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE queue = ANY($1) AND visible_at <= $2)"
+                "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE queue = ANY($1) AND visible_at <= $2), \
+                 (SELECT MIN((SELECT visible_at FROM {s}.events WHERE queue = q AND visible_at > $2 \
+                 ORDER BY visible_at LIMIT 1)) FROM UNNEST($1::text[]) AS q)"
             ),
             // `$1` row ids, `$2` their claims, `$3` their visible_at before
             // the claim: events claimed ahead go back as they were.
@@ -113,15 +116,22 @@ impl Sql {
             ),
             // `$1` row id, `$2` claim.
             ack: format!("DELETE FROM {s}.events WHERE id = $1 AND claim = $2"),
-            // `$1` row id, `$2` claim, `$3` body, `$4` visible_at.
+            // `$1` row id, `$2` claim, `$3` body, `$4` visible_at. Tells
+            // every broker when the event is due (the payload: see `wait`):
+            // one row if the claim was still this delivery's.
             retry: format!(
-                "UPDATE {s}.events SET body = $3, visible_at = $4, claim = NULL, owner = NULL, deliveries = 0 \
-                 WHERE id = $1 AND claim = $2"
+                "WITH r AS (UPDATE {s}.events SET body = $3, visible_at = $4, claim = NULL, owner = NULL, \
+                 deliveries = 0 WHERE id = $1 AND claim = $2 RETURNING visible_at) \
+                 SELECT pg_notify('{channel}', r.visible_at::text) FROM r",
+                channel = schema::channel(s)
             ),
-            // `$1` row id, `$2` claim, `$3` now.
+            // `$1` row id, `$2` claim, `$3` now. Ready now: every broker is
+            // told (one row if the claim was still this delivery's).
             release: format!(
-                "UPDATE {s}.events SET visible_at = $3, claim = NULL, owner = NULL \
-                 WHERE id = $1 AND claim = $2"
+                "WITH r AS (UPDATE {s}.events SET visible_at = $3, claim = NULL, owner = NULL \
+                 WHERE id = $1 AND claim = $2 RETURNING 1) \
+                 SELECT pg_notify('{channel}', '') FROM r",
+                channel = schema::channel(s)
             ),
             // `$1` key, `$2` now: owners gone, deleted, their events ready.
             reclaim: format!(
@@ -203,18 +213,23 @@ async fn reconnect(inner: &Inner) -> Result<PgConnection, Error> {
     Ok(conn)
 }
 
-/// Listens for the notifications of new events and wakes a waiting take;
-/// after a lost connection (sqlx reconnects it and listens again), wakes
-/// every take: a notification may have been missed. Ends with the broker.
+/// Listens for the notifications of new events and wakes a waiting take
+/// (payload empty: something is ready now; a number: an event is due at
+/// that time, see [`super::wait`]); after a lost connection (sqlx
+/// reconnects it and listens again), wakes every take: a notification may
+/// have been missed. Ends with the broker.
 pub(super) async fn listen(inner: Weak<Inner>, mut listener: PgListener) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let got = listener.try_recv().await;
         let Some(inner) = inner.upgrade() else { return };
         match got {
-            Ok(Some(_)) => {
+            Ok(Some(n)) => {
                 backoff = Duration::from_millis(100);
-                inner.waiter.bump();
+                match n.payload().parse::<i64>() {
+                    Ok(due_ms) => inner.waiter.due(due_ms),
+                    Err(_) => inner.waiter.bump(),
+                }
             }
             Ok(None) => inner.waiter.bump_all(),
             Err(e) => {

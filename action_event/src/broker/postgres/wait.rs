@@ -9,16 +9,28 @@
 //! event of those queues is due. While that answer stands
 //! ([`Waiter::stands`]), every other take of the broker waits on a
 //! [`Notify`](tokio::sync::Notify) without a query. The answer falls when
-//! - the epoch moves ([`Waiter::bump`]): a `NOTIFY` came (an insert by any
-//!   process, on commit; events of a poller gone came back), or this
-//!   broker released or gave back events;
-//! - the earliest delayed or retried event of those queues is due;
+//! - the epoch moves ([`Waiter::bump`]): a `NOTIFY` with no payload came
+//!   (an insert by any process, on commit; a release; events of a poller
+//!   gone or held ahead given back), or this broker released or gave back
+//!   events;
+//! - the earliest delayed or retried event of those queues is due: known
+//!   at the look, or told later by a `NOTIFY` whose payload is its time (a
+//!   retry by any broker, [`Waiter::due`]); a lease that lapses is such a
+//!   time too (the look sees claimed rows' `visible_at`);
 //! - it is `poll` old (default 1 s): the safety net for leases that lapse
 //!   (a stalled poller's events become ready without a notification).
 //!
 //! A bump wakes one waiting take; a take that then gets an event wakes the
 //! next ([`Waiter::pass_on`]), so a burst is taken by every free slot and a
 //! single event wakes a single take.
+//!
+//! The same answer lets an event held ahead ([`super::ahead`]) be handed
+//! out without a read: "nothing ready in `high`", learnt by the claim that
+//! took a batch of `medium` after finding `high` empty, stands until one of
+//! the above happens. Strict priority is then as strict as a read before
+//! each hand-out: a `high` event becomes ready only by an insert, a
+//! release or a give-back (each notifies), or when its time comes (known,
+//! or notified by the retry that set it).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,12 +94,14 @@ impl Waiter {
         });
     }
 
-    /// An event of this broker's queues is due at `due_ms` (a retry): the
-    /// last answer stands no longer than that.
+    /// An event is due at `due_ms` (a retry, by any broker): the last
+    /// answer stands no longer than that; one waiting take wakes to wait
+    /// for that time instead.
     pub(super) fn due(&self, due_ms: i64) {
         if let Some(n) = self.lock().as_mut() {
             n.due_ms = Some(n.due_ms.map_or(due_ms, |d| d.min(due_ms)));
         }
+        self.notify.notify_one();
     }
 
     /// How much longer the last "nothing ready" stands for `queues`, if it
