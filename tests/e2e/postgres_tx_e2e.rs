@@ -84,7 +84,7 @@ async fn a_batch_in_a_transaction_is_queued_all_or_none() {
     let w = World::new(&Backend::Postgres);
     let client = w.client().await;
     let pool = sqlx::PgPool::connect(POSTGRES_URL).await.expect("pool");
-    let batch = |prefix: &str| (0..100).map(move |i| record(&format!("{prefix}-{i}")));
+    let batch = |prefix: &'static str| (0..100).map(move |i| record(&format!("{prefix}-{i}")));
 
     let mut tx = pool.begin().await.expect("begin");
     let rolled = client
