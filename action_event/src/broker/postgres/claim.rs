@@ -205,11 +205,7 @@ async fn claim(inner: &Inner, queues: &[String], epoch: u64) -> Result<Option<De
         if rows.is_empty() {
             continue;
         }
-        if i > 0 && rows.len() > 1 {
-            let higher = &queues[..i];
-            let due = next_due(inner, higher).await?;
-            inner.waiter.found_nothing(epoch, higher, due);
-        }
+        let held_ahead = rows.len() > 1;
         // RETURNING keeps no order: the queue's order is (visible_at, id).
         rows.sort_unstable_by_key(|r| (r.4, r.0));
         inner.held().extend(rows.iter().map(|r| r.0));
@@ -229,11 +225,17 @@ async fn claim(inner: &Inner, queues: &[String], epoch: u64) -> Result<Option<De
                 since,
             });
         let first = rows.next();
-        let mut ahead = inner.ahead();
-        let before = ahead.len();
-        ahead.extend(rows);
-        if ahead.len() > before {
+        inner.ahead().extend(rows);
+        if held_ahead {
             inner.waiter.pass_on();
+            if i > 0 {
+                // Without this answer, each event held ahead costs a read.
+                let higher = &queues[..i];
+                match next_due(inner, higher).await {
+                    Ok(due) => inner.waiter.found_nothing(epoch, higher, due),
+                    Err(e) => tracing::debug!(broker = %inner.url, "{e}"),
+                }
+            }
         }
         return Ok(first.map(Ahead::into_delivery));
     }
