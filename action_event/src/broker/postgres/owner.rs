@@ -47,6 +47,7 @@ const REGISTER_GRACE_MS: i64 = 10_000;
 pub(super) struct Sql {
     pub(super) key: i32,
     pub(super) insert: String,
+    pub(super) insert_new: String,
     pub(super) claim: String,
     pub(super) any_ready: String,
     pub(super) unclaim: String,
@@ -78,6 +79,12 @@ impl Sql {
                 "INSERT INTO {s}.events (event_id, queue, name, body, visible_at, queued_at) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) \
                  ON CONFLICT (event_id) DO NOTHING"
+            ),
+            // The same, failing on an event id already stored (no
+            // speculative insertion: cheaper, see `publish`).
+            insert_new: format!(
+                "INSERT INTO {s}.events (event_id, queue, name, body, visible_at, queued_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])"
             ),
             // `$1` queue, `$2` now, `$3` lease end, `$4` claim, `$5` owner,
             // `$6` how many: the first ready rows of one queue (see
