@@ -8,7 +8,7 @@
 
 use action_event::prelude::*;
 use action_event::sqlx;
-use action_event::{Client, QueueExt};
+use action_event::{Client, QueueExt, QueueRequest};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[action_event(queue = "high")]
@@ -45,19 +45,27 @@ async fn main() -> Result<()> {
             queue!(order_placed, id = 7).on(&mut tx).await?;
             tx.commit().await?;
 
-            // Rolled back: neither the order nor its event (typed form).
+            // Rolled back: neither the order nor its events (typed forms).
             let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO example_postgres.orders (id) VALUES (8)")
                 .execute(&mut *tx)
                 .await?;
             OrderPlacedEvent { id: 8 }.queue().on(&mut tx).await?;
+            // Many at once (one multi-row insert), typed and by name.
+            let more: Vec<OrderPlacedEvent> = (9..12).map(|id| OrderPlacedEvent { id }).collect();
+            OrderPlacedEvent::queue_many(&more).on(&mut tx).await?;
+            action_event::queue_many(
+                (12..15).map(|id| QueueRequest::new("order_placed").param("id", id)),
+            )
+            .on(&mut tx)
+            .await?;
             tx.rollback().await?;
             Ok::<_, action_event::anyhow::Error>(())
         })
         .await?;
 
     let waiting = client.broker().depth("high").await?.waiting;
-    println!("events waiting: {waiting} (order 7's; order 8 rolled back with its event)");
+    println!("events waiting: {waiting} (order 7's; order 8 rolled back with its events)");
     sqlx::query("DROP SCHEMA example_postgres CASCADE")
         .execute(&pool)
         .await?;

@@ -33,7 +33,7 @@ pub(crate) use current::{
     Current, LocalQueue, count_local_mode, replace_thread_current, scope_current,
 };
 use current::{installed, outside_test_mode};
-pub use many::queue_many;
+pub use many::{QueueingMany, queue_many};
 pub use queueing::Queueing;
 
 /// A handle on a broker for queueing events. Cheap to clone.
@@ -670,7 +670,9 @@ pub trait QueueExt: Event {
     /// Queues every event of `events` on its handler's queue in one batch
     /// through the current client, as [`queue_many`] does: all are checked
     /// first (nothing is queued if one fails), then stored together; the
-    /// ids come back in order.
+    /// ids come back in order. With the `postgres` feature,
+    /// `ResizeEvent::queue_many(&batch).on(&mut tx).await?` stores them in
+    /// the app's own transaction ([`QueueingMany::on`]).
     ///
     /// ```no_run
     /// use action_event::prelude::*;
@@ -686,18 +688,17 @@ pub trait QueueExt: Event {
     /// assert_eq!(ids.len(), 1000);
     /// # Ok(()) }
     /// ```
-    fn queue_many<'a, I>(
-        events: I,
-    ) -> impl Future<Output = Result<Vec<EventId>, Error>> + Send + 'static
+    fn queue_many<'a, I>(events: I) -> QueueingMany
     where
         I: IntoIterator<Item = &'a Self>,
         Self: 'a,
     {
-        let reqs = events
-            .into_iter()
-            .map(QueueRequest::typed)
-            .collect::<Result<Vec<_>, Error>>();
-        async move { queue_many(reqs?).await }
+        QueueingMany::new(
+            events
+                .into_iter()
+                .map(|e| QueueRequest::typed(e).and_then(QueueRequest::into_envelope))
+                .collect(),
+        )
     }
 }
 

@@ -330,6 +330,10 @@ fn chain_is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(l) = e.downcast_ref::<lapin::Error>() {
             return lapin_is_transient(l);
         }
+        #[cfg(feature = "postgres")]
+        if let Some(s) = e.downcast_ref::<sqlx::Error>() {
+            return crate::broker::postgres::transient::is_transient(s);
+        }
         #[cfg(feature = "sqlite")]
         if let Some(r) = e.downcast_ref::<rusqlite::Error>() {
             return matches!(
@@ -342,7 +346,7 @@ fn chain_is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn io_is_transient(e: &std::io::Error) -> bool {
+pub(crate) fn io_is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         e.kind(),

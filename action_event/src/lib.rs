@@ -264,7 +264,7 @@ pub use action_event_macros::skip_before_filter;
 /// # Ok(()) }
 /// ```
 pub use action_event_macros::queue;
-pub use client::{Client, QueueExt, QueueRequest, Queueing, queue_many};
+pub use client::{Client, QueueExt, QueueRequest, Queueing, QueueingMany, queue_many};
 
 pub use dispatch::{Failure, FailureKind, Outcome};
 pub use envelope::{Envelope, EventId};

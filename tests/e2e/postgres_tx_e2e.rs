@@ -73,6 +73,58 @@ async fn rollback_never_runs_commit_runs() {
     assert_eq!(events_in(&w).await, 0);
 }
 
+/// A batch (`queue_many(..).on(&mut tx)`, one multi-row insert): rolled
+/// back, none of its 100 events exists or runs; committed, all 100 run,
+/// once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_a_transaction_is_queued_all_or_none() {
+    if !postgres_available() {
+        return;
+    }
+    let w = World::new(&Backend::Postgres);
+    let client = w.client().await;
+    let pool = sqlx::PgPool::connect(POSTGRES_URL).await.expect("pool");
+    let batch = |prefix: &'static str| (0..100).map(move |i| record(&format!("{prefix}-{i}")));
+
+    let mut tx = pool.begin().await.expect("begin");
+    let rolled = client
+        .scope(action_event::queue_many(batch("rolled")).on(&mut tx))
+        .await
+        .expect("queue the batch in tx");
+    assert_eq!(rolled.len(), 100);
+    assert_eq!(events_in(&w).await, 0, "not visible before the commit");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(events_in(&w).await, 0, "rolled back: none");
+
+    let mut tx = pool.begin().await.expect("begin");
+    let committed = client
+        .scope(action_event::queue_many(batch("kept")).on(&mut *tx))
+        .await
+        .expect("queue the batch in tx");
+    assert_eq!(committed.len(), 100);
+    assert_eq!(events_in(&w).await, 0, "not visible before the commit");
+    tx.commit().await.expect("commit");
+    assert_eq!(events_in(&w).await, 100, "committed: all");
+
+    let mut poller = w.spawn("p.log", &["--queues", "medium"]);
+    let records = w.wait_records(Duration::from_secs(60), "the 100 committed events", |r| {
+        r.iter().filter(|r| r.what == "end").count() >= 100
+    });
+    stop(&mut poller, "poller");
+    for i in 0..100 {
+        assert_eq!(
+            of_tag(&records, &format!("kept-{i}")).len(),
+            2,
+            "kept-{i}: start and end, once"
+        );
+    }
+    assert!(
+        records.iter().all(|r| !r.tag.starts_with("rolled")),
+        "a rolled-back event ran"
+    );
+    assert_eq!(events_in(&w).await, 0);
+}
+
 /// `.on(..)` with a client on another backend is an error naming the
 /// broker and the fix; nothing is queued anywhere.
 #[tokio::test]

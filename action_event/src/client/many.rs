@@ -15,13 +15,130 @@
 //!   ([`Broker::publish_many`](crate::broker::Broker::publish_many)) keeps
 //!   their ids, so consumers that dedupe by id see each once.
 //!
+//! - PostgreSQL stores the batch in one statement (a multi-row insert):
+//!   all or none; with the `postgres` feature, [`QueueingMany::on`] stores
+//!   it with the app's own connection, inside its transaction: all of them
+//!   exist if and only if that transaction commits.
+//!
 //! Under a test mode ([`crate::testing::fake`] / [`crate::testing::inline`])
 //! the events are recorded or run one by one, in order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use super::current::{Current, installed, outside_test_mode};
 use super::{Client, QueueRequest};
 use crate::Error;
 use crate::envelope::{Envelope, EventId};
+
+type Boxed = Pin<Box<dyn Future<Output = Result<Vec<EventId>, Error>> + Send + 'static>>;
+
+/// Many events on their way to a queue, checked: a future of their ids
+/// (what [`queue_many`] and the typed
+/// [`QueueExt::queue_many`](super::QueueExt::queue_many) return), or, with
+/// the `postgres` feature, [`QueueingMany::on`] the app's transaction.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), action_event::Error> {
+/// use action_event::QueueRequest;
+/// let ids = action_event::queue_many((0..3).map(|i| QueueRequest::new("resize").param("image", i))).await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "the events are queued only once this is awaited (or `.on(&mut tx).await`ed)"]
+pub struct QueueingMany {
+    envelopes: Option<Result<Vec<Envelope>, Error>>,
+    running: Option<Boxed>,
+}
+
+impl QueueingMany {
+    pub(crate) fn new(envelopes: Result<Vec<Envelope>, Error>) -> QueueingMany {
+        QueueingMany {
+            envelopes: Some(envelopes),
+            running: None,
+        }
+    }
+
+    /// Queues every event with the app's own PostgreSQL connection or
+    /// transaction `conn` (anything `sqlx::Acquire`: `&mut tx`,
+    /// `&mut *conn`, `&pool`), in one multi-row insert, instead of the
+    /// broker's: they are stored if and only if the app's transaction
+    /// commits (all of them, or none). Returns their ids in order. Needs
+    /// what [`Queueing::on`](super::Queueing::on) needs; with a client on
+    /// another backend it is an error ([`Error::Queue`]) and nothing is
+    /// queued.
+    ///
+    /// ```no_run
+    /// use action_event::prelude::*;
+    /// use action_event::{QueueRequest, sqlx};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// #[action_event(queue = "low")]
+    /// pub struct ResizeEvent { pub image: i64 }
+    /// impl Process for ResizeEvent {
+    ///     async fn process(self, _: &Context) -> Result<()> { Ok(()) }
+    /// }
+    ///
+    /// # async fn app(pool: sqlx::PgPool) -> Result<()> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("INSERT INTO albums (id) VALUES (7)").execute(&mut *tx).await?;
+    /// // By name:
+    /// action_event::queue_many((1..=100).map(|i| QueueRequest::new("resize").param("image", i)))
+    ///     .on(&mut tx)
+    ///     .await?;
+    /// // Typed:
+    /// let batch: Vec<ResizeEvent> = (101..=200).map(|image| ResizeEvent { image }).collect();
+    /// ResizeEvent::queue_many(&batch).on(&mut tx).await?;
+    /// tx.commit().await?; // the 200 events exist from here on, and not before
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub async fn on<'c, A>(mut self, conn: A) -> Result<Vec<EventId>, Error>
+    where
+        A: sqlx::Acquire<'c, Database = sqlx::Postgres>,
+    {
+        let envelopes = self.envelopes.take().ok_or_else(|| {
+            Error::Registry(
+                "this `QueueingMany` was polled already: `.on(..)` must come before `.await`"
+                    .into(),
+            )
+        })?;
+        super::transactional::queue_many_on(envelopes?, conn).await
+    }
+}
+
+impl Future for QueueingMany {
+    type Output = Result<Vec<EventId>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.running.is_none() {
+            let Some(envelopes) = self.envelopes.take() else {
+                return Poll::Ready(Err(Error::Registry(
+                    "a `QueueingMany` was polled after it finished".into(),
+                )));
+            };
+            self.running = Some(Box::pin(async move { send_many(envelopes?).await }));
+        }
+        match self.running.as_mut() {
+            Some(fut) => fut.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueingMany {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let events = match &self.envelopes {
+            Some(Ok(e)) => format!("{} event(s)", e.len()),
+            Some(Err(e)) => format!("error: {e}"),
+            None => "taken".into(),
+        };
+        f.debug_struct("QueueingMany")
+            .field("envelopes", &events)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
 
 impl Client {
     /// Queues every request on this client's broker in one batch and
@@ -59,7 +176,9 @@ impl Client {
 /// global client, as [`QueueRequest::send`] does) in one batch; returns
 /// their ids in order. Every request is checked before anything is sent:
 /// one bad request fails the call and nothing is queued (see the
-/// [module docs](self)).
+/// [module docs](self)). With the `postgres` feature,
+/// `queue_many(..).on(&mut tx).await?` queues them in the app's own
+/// transaction instead ([`QueueingMany::on`]).
 ///
 /// ```rust,standalone_crate
 /// use action_event::prelude::*;
@@ -89,11 +208,15 @@ impl Client {
 /// assert_eq!(fake.queued().len(), 3);
 /// # });
 /// ```
-pub async fn queue_many<I>(requests: I) -> Result<Vec<EventId>, Error>
+pub fn queue_many<I>(requests: I) -> QueueingMany
 where
     I: IntoIterator<Item = QueueRequest>,
 {
-    let envelopes = envelopes(requests)?;
+    QueueingMany::new(envelopes(requests))
+}
+
+/// Sends checked envelopes through the current client ([`queue_many`]).
+async fn send_many(envelopes: Vec<Envelope>) -> Result<Vec<EventId>, Error> {
     let Some(first) = envelopes.first() else {
         return Ok(Vec::new());
     };
@@ -119,7 +242,7 @@ where
         .collect()
 }
 
-async fn send_local(
+pub(super) async fn send_local(
     local: &dyn super::LocalQueue,
     envelopes: Vec<Envelope>,
 ) -> Result<Vec<EventId>, Error> {

@@ -28,6 +28,7 @@ mod sqlite_broker;
 mod sqlite_owner;
 
 // PostgreSQL only.
+mod postgres_ahead;
 mod postgres_broker;
 
 // RabbitMQ only: on the shared broker, then on private nodes

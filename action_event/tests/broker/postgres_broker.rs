@@ -165,3 +165,25 @@ async fn scheduled_list_shows_events_not_due_yet_soonest_first() {
     b.ack(&held).await.expect("ack");
     drop_schema(b.pool(), &schema).await;
 }
+
+/// Publishing envelopes again (same ids, e.g. after an error) stores each
+/// once: a batch with some ids already stored stores only the new ones.
+#[tokio::test]
+async fn publishing_the_same_ids_again_stores_each_once() {
+    let schema = new_schema();
+    let Some(b) = open_postgres(&schema, "").await else {
+        return;
+    };
+    let envs: Vec<_> = (0..10)
+        .map(|i| Envelope::new("e", "low", json!({ "i": i })))
+        .collect();
+    b.publish_many(&envs[..4]).await.expect("first part");
+    b.publish(&envs[2]).await.expect("one again");
+    b.publish_many(&envs).await.expect("all, 4 again");
+    let n: i64 = action_event::sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.events"))
+        .fetch_one(b.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 10);
+    drop_schema(b.pool(), &schema).await;
+}

@@ -26,13 +26,16 @@
 //! | [`options`] | the `postgres://` URL and its options (`schema`, `lease`, `poll`, `pool`, `migrate`) |
 //! | [`schema`]  | the tables, versioned migrations under an advisory lock, the SQL for teams that apply it themselves |
 //! | [`publish`] | storing events, one or many (multi-row insert), and in the app's transaction |
-//! | [`claim`]   | taking events: strict priority, `FOR UPDATE SKIP LOCKED`, waking on `LISTEN/NOTIFY` |
+//! | [`claim`]   | taking events: strict priority, batch claims with `FOR UPDATE SKIP LOCKED` |
+//! | [`ahead`]   | events a batch claim took and has not handed out yet, and giving them back |
+//! | [`wait`]    | idle takes: one look per broker, waking on `LISTEN/NOTIFY`           |
 //! | [`owner`]   | who holds a claim (a session advisory lock per broker), leases and their heartbeat, a dead poller's events back, poller status |
 //! | [`settle`]  | ack, retry, release: only while the claim is still this delivery's   |
 //! | [`dead`]    | dead letters: list, retry, purge                                     |
 //! | [`depth`]   | counting a queue, listing scheduled events                           |
 //! | [`pause`]   | paused queues: the table `paused_queues`                             |
 //! | [`tick`]    | periodic ticks: one atomic claim per tick                            |
+//! | [`transient`] | which sqlx errors are worth trying again ([`Error::is_transient`]) |
 //!
 //! Times (`visible_at`, leases, delays) are milliseconds of the clocks of
 //! the machines that write them: keep them in sync (NTP), as for any job
@@ -48,7 +51,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +63,7 @@ use super::{Broker, DeadEvent, DeadFilter, Delivery, PollerReport, Presence, Que
 use crate::envelope::{Envelope, now_ms};
 use crate::{Error, redact_url};
 
+pub mod ahead;
 pub mod claim;
 pub mod dead;
 pub mod depth;
@@ -69,6 +74,8 @@ pub mod publish;
 pub mod schema;
 pub mod settle;
 pub mod tick;
+pub mod transient;
+pub mod wait;
 
 pub use schema::{SCHEMA_VERSION, migration_sql};
 
@@ -112,12 +119,16 @@ struct Inner {
     pool: PgPool,
     /// This broker's row in `owners` (see [`owner`]).
     owner: i64,
-    /// Wakes one waiting take: a `NOTIFY` came, or a take passes it on.
-    wake: tokio::sync::Notify,
-    /// One claim at a time per broker: deliveries are handed out in the
-    /// order they were claimed (strict priority at hand-out, see [`claim`]).
+    /// Wakes waiting takes; the last look that found nothing ([`wait`]).
+    waiter: wait::Waiter,
+    /// One claim at a time per broker (handing out needs no lock).
     claiming: tokio::sync::Mutex<()>,
-    /// Rows handed out and not settled: the heartbeat keeps their lease.
+    /// Takes inside `take` now: how many events a claim takes ([`claim`]).
+    takers: AtomicUsize,
+    /// Events claimed and not handed out yet ([`ahead`]).
+    ahead: Mutex<VecDeque<ahead::Ahead>>,
+    /// Rows claimed (handed out or ahead) and not settled: the heartbeat
+    /// keeps their lease.
     held: Mutex<HashSet<i64>>,
     /// What `poller status` shows of this broker's poller, once announced.
     presence: Mutex<Option<Arc<dyn Presence>>>,
@@ -139,6 +150,10 @@ impl Inner {
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    pub(super) fn ahead(&self) -> std::sync::MutexGuard<'_, VecDeque<ahead::Ahead>> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for PostgresBroker {
@@ -155,6 +170,18 @@ impl Drop for PostgresBroker {
         // the events still held come back to the other brokers at once.
         for t in &self.tasks {
             t.abort();
+        }
+        // Events claimed ahead go back as they were (not counted as a
+        // delivery), if a runtime is there to do it.
+        if !self.inner.ahead().is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                if let Err(e) = ahead::give_back(&inner).await {
+                    tracing::warn!(broker = %inner.url, "events claimed ahead not given back (they come back within a second, the owner gone): {e}");
+                }
+            });
         }
     }
 }
@@ -208,8 +235,10 @@ impl PostgresBroker {
             cfg,
             pool,
             owner,
-            wake: tokio::sync::Notify::new(),
+            waiter: wait::Waiter::default(),
             claiming: tokio::sync::Mutex::new(()),
+            takers: AtomicUsize::new(0),
+            ahead: Mutex::new(VecDeque::new()),
             held: Mutex::new(HashSet::new()),
             presence: Mutex::new(None),
             sql,
@@ -276,28 +305,40 @@ impl PostgresBroker {
         &self.inner.pool
     }
 
-    /// Inserts `envelope` with the app's connection (in its transaction):
-    /// [`crate::QueueRequest`]'s `.on(..)`.
+    /// Inserts `envelopes` with the app's connection (in its transaction),
+    /// in one statement: [`crate::Queueing`]'s and [`crate::QueueingMany`]'s
+    /// `.on(..)`.
     pub(crate) async fn insert_on(
         &self,
         conn: &mut sqlx::PgConnection,
-        envelope: &Envelope,
+        envelopes: &[Envelope],
     ) -> Result<(), Error> {
-        let n = publish::insert_on(conn, &self.inner.sql.insert, std::slice::from_ref(envelope))
+        let n = publish::insert_on(conn, &self.inner.sql.insert, envelopes)
             .await
             .map_err(|e| {
+                let what = match envelopes {
+                    [one] => format!("event `{}`", one.name),
+                    [first, ..] => {
+                        format!("{} events (the first `{}`)", envelopes.len(), first.name)
+                    }
+                    [] => "no event".to_string(),
+                };
                 Error::broker_caused(
                     &self.inner.url,
                     format!(
-                        "event `{}`: queueing in the app's transaction (is the app's connection \
+                        "{what}: queueing in the app's transaction (is the app's connection \
                          on the database of this URL, schema `{}`?)",
-                        envelope.name, self.inner.cfg.schema
+                        self.inner.cfg.schema
                     ),
                     e,
                 )
             })?;
-        if n == 0 {
-            tracing::debug!(broker = %self.inner.url, "event {} is already queued: not stored twice", envelope.id);
+        if n < envelopes.len() as u64 {
+            tracing::debug!(
+                broker = %self.inner.url,
+                "{} event(s) already queued: not stored twice",
+                envelopes.len() as u64 - n
+            );
         }
         Ok(())
     }
@@ -324,6 +365,10 @@ impl Broker for PostgresBroker {
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
         crate::broker::paused::take(self, queues, wait).await
+    }
+
+    async fn give_back(&self) -> Result<(), Error> {
+        ahead::give_back(&self.inner).await.map(|_| ())
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {

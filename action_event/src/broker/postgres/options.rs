@@ -10,6 +10,7 @@
 //! | `lease`   | `30s`          | how long a taken event stays invisible without a heartbeat     |
 //! | `poll`    | `1s`           | longest sleep of an idle take between two looks (a safety net: idle takes wake on `LISTEN/NOTIFY`) |
 //! | `pool`    | `10`           | most connections the broker opens for its operations (plus one for `LISTEN`) |
+//! | `batch`   | `8`            | fewest events one claim takes from a queue with a backlog (more when more takes wait; see [`super::claim`]); `1` claims one at a time |
 //! | `migrate` | `auto`         | `auto`: opening runs the migrations; `off`: opening refuses a schema that is not up to date (`poller migrate` runs them) |
 //!
 //! e.g. `postgres://app@db/app?schema=jobs&lease=2m`. An unknown
@@ -24,6 +25,7 @@ pub(super) const DEFAULT_SCHEMA: &str = "action_event";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_POOL: u32 = 10;
+const DEFAULT_BATCH: u32 = 8;
 
 /// The parsed options of a `postgres://` URL.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub(super) struct Options {
     pub(super) lease: Duration,
     pub(super) poll: Duration,
     pub(super) pool: u32,
+    /// Fewest events one claim takes (see [`super::claim`]).
+    pub(super) batch: u32,
     pub(super) migrate: bool,
 }
 
@@ -57,6 +61,7 @@ impl Options {
             lease: DEFAULT_LEASE,
             poll: DEFAULT_POLL,
             pool: DEFAULT_POOL,
+            batch: DEFAULT_BATCH,
             migrate: true,
         };
         let duration = |key: &str, value: &str| {
@@ -97,6 +102,17 @@ impl Options {
                         .ok_or_else(|| {
                             bad(format!(
                                 "option `pool`: `{value}` is not a number from 1 to 1000 (the default is {DEFAULT_POOL})"
+                            ))
+                        })?;
+                }
+                "batch" => {
+                    cfg.batch = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "option `batch`: `{value}` is not a number from 1 to 1000 (the default is {DEFAULT_BATCH})"
                             ))
                         })?;
                 }
@@ -151,9 +167,10 @@ mod tests {
     #[test]
     fn url_options() {
         let c = Options::parse(
-            "postgres://u:pw@h:5433/db?schema=jobs&lease=2m&poll=50ms&pool=3&sslmode=disable",
+            "postgres://u:pw@h:5433/db?schema=jobs&lease=2m&poll=50ms&pool=3&batch=32&sslmode=disable",
         )
         .unwrap();
+        assert_eq!(c.batch, 32);
         assert_eq!(c.schema, "jobs");
         assert_eq!(c.lease, Duration::from_secs(120));
         assert_eq!(c.poll, Duration::from_millis(50));
@@ -168,6 +185,7 @@ mod tests {
             "postgres://h/db?schema=a;drop",
             "postgres://h/db?lease=soon",
             "postgres://h/db?pool=0",
+            "postgres://h/db?batch=0",
             "postgres://h/db?migrate=maybe",
         ] {
             let e = Options::parse(bad).unwrap_err().to_string();

@@ -47,7 +47,10 @@ const REGISTER_GRACE_MS: i64 = 10_000;
 pub(super) struct Sql {
     pub(super) key: i32,
     pub(super) insert: String,
+    pub(super) insert_new: String,
     pub(super) claim: String,
+    pub(super) any_ready: String,
+    pub(super) unclaim: String,
     pub(super) next_due: String,
     pub(super) extend: String,
     pub(super) ack: String,
@@ -77,12 +80,36 @@ impl Sql {
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
-            // `$1` queue, `$2` now, `$3` lease end, `$4` claim, `$5` owner.
+            // The same, failing on an event id already stored (no
+            // speculative insertion: cheaper, see `publish`).
+            insert_new: format!(
+                "INSERT INTO {s}.events (event_id, queue, name, body, visible_at, queued_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])"
+            ),
+            // `$1` queue, `$2` now, `$3` lease end, `$4` claim, `$5` owner,
+            // `$6` how many: the first ready rows of one queue (see
+            // `claim`), with their visible_at before the claim.
             claim: format!(
-                "UPDATE {s}.events SET visible_at = $3, claim = $4, owner = $5, deliveries = deliveries + 1 \
-                 WHERE id = (SELECT id FROM {s}.events WHERE queue = $1 AND visible_at <= $2 \
-                 ORDER BY visible_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, event_id, body, deliveries"
+                "WITH picked AS (SELECT id, visible_at FROM {s}.events WHERE queue = $1 AND visible_at <= $2 \
+                 ORDER BY visible_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.events e SET visible_at = $3, claim = $4, owner = $5, deliveries = e.deliveries + 1 \
+                 FROM picked WHERE e.id = picked.id \
+                 RETURNING e.id, e.event_id, e.body, e.deliveries, picked.visible_at"
+            ),
+            // `$1` queues, `$2` now: whether one of them has a ready event,
+            // and when the earliest not ready yet is due.
+            any_ready: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE queue = ANY($1) AND visible_at <= $2), \
+                 (SELECT MIN((SELECT visible_at FROM {s}.events WHERE queue = q AND visible_at > $2 \
+                 ORDER BY visible_at LIMIT 1)) FROM UNNEST($1::text[]) AS q)"
+            ),
+            // `$1` row ids, `$2` their claims, `$3` their visible_at before
+            // the claim: events claimed ahead go back as they were.
+            unclaim: format!(
+                "UPDATE {s}.events e SET visible_at = v.visible_at, claim = NULL, owner = NULL, \
+                 deliveries = e.deliveries - 1 \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, claim, visible_at) \
+                 WHERE e.id = v.id AND e.claim = v.claim"
             ),
             // `$1` queues, `$2` now: the earliest time an event of one of
             // them becomes ready (one index probe per queue).
@@ -96,15 +123,22 @@ impl Sql {
             ),
             // `$1` row id, `$2` claim.
             ack: format!("DELETE FROM {s}.events WHERE id = $1 AND claim = $2"),
-            // `$1` row id, `$2` claim, `$3` body, `$4` visible_at.
+            // `$1` row id, `$2` claim, `$3` body, `$4` visible_at. Tells
+            // every broker when the event is due (the payload: see `wait`):
+            // one row if the claim was still this delivery's.
             retry: format!(
-                "UPDATE {s}.events SET body = $3, visible_at = $4, claim = NULL, owner = NULL, deliveries = 0 \
-                 WHERE id = $1 AND claim = $2"
+                "WITH r AS (UPDATE {s}.events SET body = $3, visible_at = $4, claim = NULL, owner = NULL, \
+                 deliveries = 0 WHERE id = $1 AND claim = $2 RETURNING visible_at) \
+                 SELECT pg_notify('{channel}', r.visible_at::text) FROM r",
+                channel = schema::channel(s)
             ),
-            // `$1` row id, `$2` claim, `$3` now.
+            // `$1` row id, `$2` claim, `$3` now. Ready now: every broker is
+            // told (one row if the claim was still this delivery's).
             release: format!(
-                "UPDATE {s}.events SET visible_at = $3, claim = NULL, owner = NULL \
-                 WHERE id = $1 AND claim = $2"
+                "WITH r AS (UPDATE {s}.events SET visible_at = $3, claim = NULL, owner = NULL \
+                 WHERE id = $1 AND claim = $2 RETURNING 1) \
+                 SELECT pg_notify('{channel}', '') FROM r",
+                channel = schema::channel(s)
             ),
             // `$1` key, `$2` now: owners gone, deleted, their events ready.
             reclaim: format!(
@@ -186,23 +220,25 @@ async fn reconnect(inner: &Inner) -> Result<PgConnection, Error> {
     Ok(conn)
 }
 
-/// Listens for the notifications of new events and wakes a waiting take;
-/// after a lost connection (sqlx reconnects it and listens again), wakes
-/// every take: a notification may have been missed. Ends with the broker.
+/// Listens for the notifications of new events and wakes a waiting take
+/// (payload empty: something is ready now; a number: an event is due at
+/// that time, see [`super::wait`]); after a lost connection (sqlx
+/// reconnects it and listens again), wakes every take: a notification may
+/// have been missed. Ends with the broker.
 pub(super) async fn listen(inner: Weak<Inner>, mut listener: PgListener) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let got = listener.try_recv().await;
         let Some(inner) = inner.upgrade() else { return };
         match got {
-            Ok(Some(_)) => {
+            Ok(Some(n)) => {
                 backoff = Duration::from_millis(100);
-                inner.wake.notify_one();
+                match n.payload().parse::<i64>() {
+                    Ok(due_ms) => inner.waiter.due(due_ms),
+                    Err(_) => inner.waiter.bump(),
+                }
             }
-            Ok(None) => {
-                inner.wake.notify_waiters();
-                inner.wake.notify_one();
-            }
+            Ok(None) => inner.waiter.bump_all(),
             Err(e) => {
                 tracing::warn!(broker = %inner.url, "LISTEN connection: {e}; reconnecting");
                 drop(inner);
@@ -273,6 +309,7 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, conn: PgConnection) {
             if let Err(e) = write_report(&inner, &mut c).await {
                 tracing::debug!(broker = %inner.url, "poller report: {e}");
             }
+            super::ahead::give_back_stale(&inner).await;
         }
         // A connection that failed is dropped (and with it, maybe, the
         // lock): the next tick opens a new one and takes the lock again.

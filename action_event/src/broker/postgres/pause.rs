@@ -4,9 +4,9 @@
 //! Pausing inserts the row, resuming deletes it; both commit before they
 //! return, so the state is shared by every poller on every machine and
 //! survives restarts. `take` reads the table at most every 250 ms per
-//! broker handle (`crate::broker::paused`). This backend claims one
-//! event per `take` (nothing ahead), so a pause has nothing to give back:
-//! a delivery whose queue turns out paused once in hand is released.
+//! broker handle (`crate::broker::paused`). When a queue is seen paused,
+//! the events claimed ahead from it ([`super::ahead`]) go back at once; a
+//! delivery whose queue turns out paused once in hand is released.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -49,6 +49,9 @@ pub(super) async fn pause(broker: &PostgresBroker, queue: &str, paused: bool) ->
         )
     })?;
     inner.paused.note(queue, paused);
+    if paused {
+        broker.now_paused(&[queue.to_string()]).await;
+    }
     Ok(())
 }
 
@@ -77,8 +80,11 @@ impl Pausable for PostgresBroker {
         Ok((list(self).await?.into_iter().collect(), None))
     }
 
-    async fn now_paused(&self, _queues: &[String]) {
-        // Nothing is claimed ahead of `take` (module docs).
+    async fn now_paused(&self, queues: &[String]) {
+        if let Err(e) = super::ahead::give_back_if(&self.inner, |a| queues.contains(&a.queue)).await
+        {
+            tracing::warn!(broker = %self.inner.url, "events claimed ahead from a paused queue not given back (they come back within a second): {e}");
+        }
     }
 
     async fn take_from(

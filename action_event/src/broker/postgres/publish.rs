@@ -3,7 +3,12 @@
 //! Every insert is one statement over arrays (`INSERT .. SELECT * FROM
 //! UNNEST($1, ..)`): a bulk publish of thousands of events is one round
 //! trip and one commit. An event id already stored is not stored twice
-//! (`ON CONFLICT (event_id) DO NOTHING`). The statement-level insert
+//! (`ON CONFLICT (event_id) DO NOTHING`). A publish on the broker's own
+//! connection first tries the plain insert, which fails as a whole on a
+//! duplicate id, and only then the `ON CONFLICT` one: a speculative
+//! insertion per row costs more than the rare second statement. In the
+//! app's transaction a failed statement would abort the app's
+//! transaction, so `.on(..)` always uses `ON CONFLICT`. The statement-level insert
 //! trigger ([`super::schema`]) notifies idle pollers, at the commit of the
 //! transaction that holds the insert.
 
@@ -67,12 +72,18 @@ pub(super) async fn publish_many(inner: &Inner, envelopes: &[Envelope]) -> Resul
         return Ok(());
     }
     let rows = Rows::new(envelopes);
-    let n = rows
-        .query(&inner.sql.insert)
-        .execute(&inner.pool)
-        .await
-        .map_err(|e| inner.err("publish", e))?
-        .rows_affected();
+    let n = match rows.query(&inner.sql.insert_new).execute(&inner.pool).await {
+        Ok(done) => done.rows_affected(),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => rows
+            .query(&inner.sql.insert)
+            .execute(&inner.pool)
+            .await
+            .map_err(|e| inner.err("publish", e))?
+            .rows_affected(),
+        Err(e) => return Err(inner.err("publish", e)),
+    };
+    // This broker's takes see it at once, before the notification arrives.
+    inner.waiter.bump();
     if n < envelopes.len() as u64 {
         tracing::debug!(
             broker = %inner.url,

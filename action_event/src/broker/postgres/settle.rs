@@ -1,5 +1,10 @@
 //! Settling a delivery: ack, retry, release.
 //!
+//! Retry and release notify every broker (the channel of the insert
+//! trigger, see [`super::wait`]): a retried event is due at a time the
+//! payload gives, a released one is ready now, so idle takes and events
+//! held ahead see them without a look of their own.
+//!
 //! Each statement touches the row only while it still carries the
 //! delivery's claim token, and stops the heartbeat for that delivery even
 //! when it fails (as SQLite does: a poller that cannot settle an event must
@@ -43,12 +48,15 @@ pub(super) async fn retry(
         .bind(tag.claim)
         .bind(text(next.to_bytes()))
         .bind(now_i64().saturating_add(dur_ms(delay)))
-        .execute(&inner.pool)
+        .fetch_all(&inner.pool)
         .await
         .map_err(|e| inner.err("retry", e))?
-        .rows_affected();
+        .len();
     if n == 0 {
         warn_lapsed(&inner.url, &tag.event_id, "retry");
+    } else {
+        // This broker's idle takes look again when it is due.
+        inner.waiter.due(now_i64().saturating_add(dur_ms(delay)));
     }
     Ok(())
 }
@@ -60,14 +68,14 @@ pub(super) async fn release(inner: &Inner, tag: &Tag) -> Result<(), Error> {
         .bind(tag.row)
         .bind(tag.claim)
         .bind(now_i64())
-        .execute(&inner.pool)
+        .fetch_all(&inner.pool)
         .await
         .map_err(|e| inner.err("release", e))?
-        .rows_affected();
+        .len();
     if n == 0 {
         warn_lapsed(&inner.url, &tag.event_id, "release");
     } else {
-        inner.wake.notify_one();
+        inner.waiter.bump();
     }
     Ok(())
 }
