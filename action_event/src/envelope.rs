@@ -298,7 +298,11 @@ mod tests {
         let mut cases = vec![
             Envelope::new("hello_world", "high", serde_json::json!({"name": "world"})),
             Envelope::new("q\"uo\\te\n\u{1}é", "low", serde_json::json!({})),
-            Envelope::new("", "", serde_json::json!({"a": [1, "x\"y", null], "b": {"c": 1.5}})),
+            Envelope::new(
+                "",
+                "",
+                serde_json::json!({"a": [1, "x\"y", null], "b": {"c": 1.5}}),
+            ),
         ];
         let mut delayed = Envelope::new("later", "medium", serde_json::json!({"i": 0}));
         delayed.run_at_ms = Some(u64::MAX);
@@ -320,7 +324,10 @@ mod tests {
                 "event `{}`",
                 env.name
             );
-            assert_eq!(Envelope::from_slice(&env.to_bytes()).ok(), Some(env).filter(|e| e.params.is_object()));
+            assert_eq!(
+                Envelope::from_slice(&env.to_bytes()).ok(),
+                Some(env).filter(|e| e.params.is_object())
+            );
         }
     }
 }

@@ -34,9 +34,7 @@ const ROWS_PER_INSERT: [usize; 3] = [256, 16, 1];
 /// The INSERT of `rows` rows, same columns and conflict rule as [`INSERT`].
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(140 + rows * 34);
-    sql.push_str(
-        "INSERT INTO events (event_id, queue, name, body, visible_at, queued_at) VALUES ",
-    );
+    sql.push_str("INSERT INTO events (event_id, queue, name, body, visible_at, queued_at) VALUES ");
     for r in 0..rows {
         let b = r * 6;
         if r > 0 {
@@ -149,11 +147,16 @@ fn insert_chunk(
         let mut id = uuid::Uuid::encode_buffer();
         let id: &str = row.event_id.hyphenated().encode_lower(&mut id);
         stmt.raw_bind_parameter(b + 1, id).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 2, row.queue.as_str()).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 3, row.name.as_str()).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 4, row.body.as_str()).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 5, row.visible_at).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 6, row.queued_at).map_err(bind)?;
+        stmt.raw_bind_parameter(b + 2, row.queue.as_str())
+            .map_err(bind)?;
+        stmt.raw_bind_parameter(b + 3, row.name.as_str())
+            .map_err(bind)?;
+        stmt.raw_bind_parameter(b + 4, row.body.as_str())
+            .map_err(bind)?;
+        stmt.raw_bind_parameter(b + 5, row.visible_at)
+            .map_err(bind)?;
+        stmt.raw_bind_parameter(b + 6, row.queued_at)
+            .map_err(bind)?;
     }
     let stored = stmt.raw_execute().map_err(|e| inner.err("publish", e))?;
     if stored < chunk.len() {
