@@ -1,5 +1,7 @@
 //! Publishing: one row per event, concurrent publishes committed together.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::conn::{Inner, State};
@@ -16,8 +18,10 @@ pub(super) struct NewRow {
     /// Encoded (hyphenated, lower case) on a stack buffer when bound: no
     /// heap string per row.
     event_id: uuid::Uuid,
-    queue: String,
-    name: String,
+    /// Shared with the row before when equal (a batch is mostly one event
+    /// on one queue): a reference count, not a copy, per row.
+    queue: Arc<str>,
+    name: Arc<str>,
     body: String,
     visible_at: i64,
     queued_at: i64,
@@ -78,20 +82,36 @@ pub(super) async fn publish_many(
         return Ok(());
     }
     let now = now_i64();
+    let mut last: Option<(Arc<str>, Arc<str>)> = None;
     let rows = envelopes
         .iter()
-        .map(|envelope| new_row(envelope, now))
+        .map(|envelope| {
+            let (queue, name) = match &last {
+                Some((q, n)) if **q == *envelope.queue && **n == *envelope.name => {
+                    (Arc::clone(q), Arc::clone(n))
+                }
+                _ => {
+                    let fresh: (Arc<str>, Arc<str>) = (
+                        envelope.queue.as_str().into(),
+                        envelope.name.as_str().into(),
+                    );
+                    last = Some(fresh.clone());
+                    fresh
+                }
+            };
+            new_row(envelope, queue, name, now)
+        })
         .collect();
     broker
         .group_commit(|inner| &inner.publishes, rows, insert_rows)
         .await
 }
 
-fn new_row(envelope: &Envelope, now: i64) -> NewRow {
+fn new_row(envelope: &Envelope, queue: Arc<str>, name: Arc<str>, now: i64) -> NewRow {
     NewRow {
         event_id: envelope.id.0,
-        queue: envelope.queue.clone(),
-        name: envelope.name.clone(),
+        queue,
+        name,
         body: text(envelope.to_bytes()),
         visible_at: envelope.run_at_ms.map(ms_i64).unwrap_or(now),
         queued_at: match envelope.queued_at_ms {
@@ -147,10 +167,8 @@ fn insert_chunk(
         let mut id = uuid::Uuid::encode_buffer();
         let id: &str = row.event_id.hyphenated().encode_lower(&mut id);
         stmt.raw_bind_parameter(b + 1, id).map_err(bind)?;
-        stmt.raw_bind_parameter(b + 2, row.queue.as_str())
-            .map_err(bind)?;
-        stmt.raw_bind_parameter(b + 3, row.name.as_str())
-            .map_err(bind)?;
+        stmt.raw_bind_parameter(b + 2, &*row.queue).map_err(bind)?;
+        stmt.raw_bind_parameter(b + 3, &*row.name).map_err(bind)?;
         stmt.raw_bind_parameter(b + 4, row.body.as_str())
             .map_err(bind)?;
         stmt.raw_bind_parameter(b + 5, row.visible_at)
