@@ -570,3 +570,32 @@ async fn events_claimed_ahead_and_not_started_go_back_at_the_heartbeat() {
     a.ack(&d0).await.unwrap();
     assert_eq!(a.depth("low").await.unwrap().waiting, 0);
 }
+
+/// A batch larger than one multi-row INSERT (256 rows), with a repeated
+/// event id inside it and then sent again whole: every event stored once,
+/// in the batch's order, with the bytes it was sent with.
+#[tokio::test]
+async fn a_large_batch_sent_twice_is_stored_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "").await;
+    let mut batch: Vec<Envelope> = (0..600)
+        .map(|i| Envelope::new("e", "low", json!({ "i": i })))
+        .collect();
+    // Rows 300 and 599 repeat rows 10 and 299 (inside one statement, and
+    // across statements).
+    batch[300] = batch[10].clone();
+    batch[599] = batch[299].clone();
+    b.publish_many(&batch).await.expect("publish_many");
+    assert_eq!(b.depth("low").await.expect("depth").waiting, 598);
+    b.publish_many(&batch).await.expect("publish_many again");
+    assert_eq!(b.depth("low").await.expect("depth").waiting, 598);
+
+    let mut seen = HashSet::new();
+    let want: Vec<&Envelope> = batch.iter().filter(|e| seen.insert(e.id)).collect();
+    let mut got = Vec::new();
+    while let Some(d) = b.take(&qs(&["low"]), NOW).await.expect("take") {
+        got.push(env_of(&d));
+        b.ack(&d).await.expect("ack");
+    }
+    assert_eq!(got.iter().collect::<Vec<_>>(), want);
+}

@@ -55,7 +55,12 @@ impl Topology {
 
 impl Inner {
     pub(super) fn full_name(&self, queue: &str) -> String {
-        format!("{}{queue}", self.opts.prefix)
+        // Called on every publish: two copies, not the formatter (~1k
+        // instructions a publish under callgrind).
+        let mut name = String::with_capacity(self.opts.prefix.len() + queue.len());
+        name.push_str(&self.opts.prefix);
+        name.push_str(queue);
+        name
     }
 
     pub(super) fn dead_name(&self) -> String {
