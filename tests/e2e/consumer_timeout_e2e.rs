@@ -31,8 +31,8 @@ fn world(prefix: &str) -> Option<(RabbitNode, World)> {
     Some((node, w))
 }
 
-/// Hold queues (name, unacked messages).
-fn holds(node: &RabbitNode, prefix: &str) -> Vec<(String, String)> {
+/// Every queue of the node with its unacked messages.
+fn unacked_by_queue(node: &RabbitNode) -> Vec<(String, String)> {
     node.ctl_ok(&[
         "list_queues",
         "name",
@@ -42,27 +42,25 @@ fn holds(node: &RabbitNode, prefix: &str) -> Vec<(String, String)> {
     .lines()
     .filter_map(|l| {
         let mut it = l.split_whitespace();
-        let name = it.next()?;
-        let unacked = it.next()?;
-        name.starts_with(&format!("{prefix}.hold."))
-            .then(|| (name.to_string(), unacked.to_string()))
+        Some((it.next()?.to_string(), it.next()?.to_string()))
     })
     .collect()
 }
 
+/// Hold queues (name, unacked messages).
+fn holds(node: &RabbitNode, prefix: &str) -> Vec<(String, String)> {
+    unacked_by_queue(node)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&format!("{prefix}.hold.")))
+        .collect()
+}
+
 /// The unacked messages of `queue`, when it exists.
 fn unacked(node: &RabbitNode, queue: &str) -> Option<u64> {
-    node.ctl_ok(&[
-        "list_queues",
-        "name",
-        "messages_unacknowledged",
-        "--no-table-headers",
-    ])
-    .lines()
-    .find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next()? == queue).then(|| it.next()?.parse().ok())?
-    })
+    unacked_by_queue(node)
+        .into_iter()
+        .find(|(name, _)| name == queue)
+        .and_then(|(_, n)| n.parse().ok())
 }
 
 /// Hold queues with one unacked message, by name.
