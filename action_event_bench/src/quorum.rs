@@ -155,6 +155,43 @@ async fn on(
             .ratio(fwr / raw)
             .target(Target::AtLeast(0.9)),
     );
+    // The same callers against a raw publisher with as many confirms in
+    // flight as there are callers, and the bulk API against the raw window.
+    let tasks = usize::try_from(plan.enqueue_tasks).unwrap_or(usize::MAX);
+    let (mut raw_tasks, mut bulk) = (0f64, 0f64);
+    for _ in 0..plan.reps {
+        raw_tasks = raw_tasks.max(raw_enqueue_window(&s, n, tasks).await?);
+        bulk = bulk.max(fw_bulk(&s, n).await?);
+    }
+    let what_tasks = format!(
+        "Quorum queues, {label}: enqueue {}: `queue!` from {} tasks vs raw with as many confirms in flight",
+        thousands(n),
+        plan.enqueue_tasks
+    );
+    report.push(
+        Row::new(B, &what_tasks)
+            .framework(fmt_rate(fwr))
+            .baseline(format!(
+                "lapin publish to a quorum queue, {} confirms in flight: {}",
+                plan.enqueue_tasks,
+                fmt_rate(raw_tasks)
+            ))
+            .ratio(fwr / raw_tasks),
+    );
+    let what_bulk = format!(
+        "Quorum queues, {label}: enqueue {}: one `queue_many` call",
+        thousands(n)
+    );
+    report.push(
+        Row::new(B, &what_bulk)
+            .framework(fmt_rate(bulk))
+            .baseline(format!(
+                "lapin publish to a quorum queue, {WINDOW} confirms in flight: {}",
+                fmt_rate(raw)
+            ))
+            .ratio(bulk / raw)
+            .target(Target::AtLeast(0.9)),
+    );
 
     eprintln!("rabbitmq quorum ({label}): drain");
     let what = format!(
@@ -183,10 +220,15 @@ async fn on(
 }
 
 async fn raw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+    raw_enqueue_window(s, n, WINDOW).await
+}
+
+/// Raw publishing with up to `window` confirms in flight: events/s.
+async fn raw_enqueue_window(s: &Side<'_>, n: u64, window: usize) -> anyhow::Result<f64> {
     let q = s.raw_queue("enqueue").await?;
     let bodies = bodies(n)?;
     let started = Instant::now();
-    let result = raw_publish(&s.pch, &q, &bodies, WINDOW).await;
+    let result = raw_publish(&s.pch, &q, &bodies, window).await;
     let elapsed = started.elapsed();
     s.drop_queue(&q).await;
     ensure!(result? == n, "raw publish sent fewer than {n}");
@@ -198,6 +240,15 @@ async fn fw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
     let elapsed = fw::enqueue(&client, n, s.plan.enqueue_tasks).await?;
     let waiting = client.broker().depth("medium").await?.waiting;
     ensure!(waiting == n, "queue! stored {waiting} of {n}");
+    Ok(rate(n, elapsed))
+}
+
+/// One `queue_many` call of `n` events: events/s.
+async fn fw_bulk(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+    let client = Client::connect(&s.fw_url("bulk")).await?;
+    let elapsed = fw::enqueue_bulk(&client, n).await?;
+    let waiting = client.broker().depth("medium").await?.waiting;
+    ensure!(waiting == n, "queue_many stored {waiting} of {n}");
     Ok(rate(n, elapsed))
 }
 
