@@ -38,8 +38,7 @@ pub use queueing::Queueing;
 
 /// A handle on a broker for queueing events. Cheap to clone.
 ///
-/// `queue!` and [`QueueExt::queue`] use the current client (see the
-/// [module docs](self)): one installed with [`Client::scope`], else the
+/// `queue!` and [`QueueExt::queue`] use the current client: one installed with [`Client::scope`], else the
 /// global client: the one set with [`Client::set_global`] (the poller's
 /// command line sets its own), else one connected on first use to
 /// `ACTION_EVENT_URL`, else `sqlite://action_event.db`.
@@ -498,7 +497,7 @@ impl QueueRequest {
         Ok(env)
     }
 
-    /// Queues it through the current client (see the [module docs](self)):
+    /// Queues it through the current client (see [`Client`]):
     /// the one a poller or [`Client::scope`] installed, else the test mode
     /// of this thread ([`crate::testing::fake`] records it,
     /// [`crate::testing::inline`] runs it), else the global client. While
@@ -512,7 +511,7 @@ impl QueueRequest {
     /// ```
     ///
     /// The [`Queueing`] it returns is a future; with the `postgres`
-    /// feature, [`Queueing::on`] queues in the app's transaction instead.
+    /// feature, `Queueing::on` queues in the app's transaction instead.
     pub fn send(self) -> Queueing {
         Queueing::new(Ok(self))
     }
@@ -613,7 +612,7 @@ pub trait QueueExt: Event {
     /// # Ok(()) }
     /// ```
     /// With the `postgres` feature, `event.queue().on(&mut tx).await?`
-    /// queues it in the app's transaction ([`Queueing::on`]).
+    /// queues it in the app's transaction (`Queueing::on`).
     fn queue(&self) -> Queueing {
         Queueing::new(QueueRequest::typed(self))
     }
@@ -672,7 +671,7 @@ pub trait QueueExt: Event {
     /// first (nothing is queued if one fails), then stored together; the
     /// ids come back in order. With the `postgres` feature,
     /// `ResizeEvent::queue_many(&batch).on(&mut tx).await?` stores them in
-    /// the app's own transaction ([`QueueingMany::on`]).
+    /// the app's own transaction (`QueueingMany::on`).
     ///
     /// ```no_run
     /// use action_event::prelude::*;

@@ -514,7 +514,7 @@ pub trait Broker: Send + Sync + 'static {
     // --- postgres ---
 
     /// This broker as the PostgreSQL broker, if it is one: transactional
-    /// enqueue ([`crate::QueueRequest::on`]) needs its schema. The default
+    /// enqueue (`queue!(..).on(&mut tx)`, see [`Queueing`](crate::Queueing)) needs its schema. The default
     /// is `None` (every other backend).
     ///
     /// ```no_run

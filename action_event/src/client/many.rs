@@ -1,27 +1,6 @@
 //! Bulk queueing: many events in one call, like Sidekiq's `push_bulk` or
 //! Oban's `insert_all` ([`queue_many`], [`Client::queue_many`],
 //! [`QueueExt::queue_many`](super::QueueExt::queue_many)).
-//!
-//! All or nothing where the library can promise it:
-//! - every request is checked first, like `queue!` (unknown event, bad
-//!   params, bad queue name: the error names the event and the field); one
-//!   bad request fails the call and **nothing is queued**;
-//! - SQLite stores the whole batch in one transaction: all or none;
-//! - RabbitMQ publishes the batch with every confirm in flight and returns
-//!   once each one is confirmed. It has no transaction that spans
-//!   confirms: after an `Err` from the broker (an outage longer than
-//!   `publish_timeout`, an unroutable message) part of the batch may be
-//!   stored. Sending the same envelopes again
-//!   ([`Broker::publish_many`](crate::broker::Broker::publish_many)) keeps
-//!   their ids, so consumers that dedupe by id see each once.
-//!
-//! - PostgreSQL stores the batch in one statement (a multi-row insert):
-//!   all or none; with the `postgres` feature, [`QueueingMany::on`] stores
-//!   it with the app's own connection, inside its transaction: all of them
-//!   exist if and only if that transaction commits.
-//!
-//! Under a test mode ([`crate::testing::fake`] / [`crate::testing::inline`])
-//! the events are recorded or run one by one, in order.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,7 +16,7 @@ type Boxed = Pin<Box<dyn Future<Output = Result<Vec<EventId>, Error>> + Send + '
 /// Many events on their way to a queue, checked: a future of their ids
 /// (what [`queue_many`] and the typed
 /// [`QueueExt::queue_many`](super::QueueExt::queue_many) return), or, with
-/// the `postgres` feature, [`QueueingMany::on`] the app's transaction.
+/// the `postgres` feature, `QueueingMany::on` the app's transaction.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), action_event::Error> {
@@ -142,8 +121,8 @@ impl std::fmt::Debug for QueueingMany {
 
 impl Client {
     /// Queues every request on this client's broker in one batch and
-    /// returns their ids, in order, once all are stored durably (see the
-    /// [module docs](self) for what an error leaves behind).
+    /// returns their ids, in order, once all are stored durably (see
+    /// [`queue_many`] for what an error leaves behind).
     ///
     /// ```no_run
     /// # async fn run(client: action_event::Client) -> Result<(), action_event::Error> {
@@ -175,10 +154,10 @@ impl Client {
 /// [`Client::scope`] installed, else the test mode of this thread, else the
 /// global client, as [`QueueRequest::send`] does) in one batch; returns
 /// their ids in order. Every request is checked before anything is sent:
-/// one bad request fails the call and nothing is queued (see the
-/// [module docs](self)). With the `postgres` feature,
+/// one bad request fails the call and nothing is queued (see *All or
+/// nothing* below). With the `postgres` feature,
 /// `queue_many(..).on(&mut tx).await?` queues them in the app's own
-/// transaction instead ([`QueueingMany::on`]).
+/// transaction instead (`QueueingMany::on`).
 ///
 /// ```rust,standalone_crate
 /// use action_event::prelude::*;
@@ -208,6 +187,28 @@ impl Client {
 /// assert_eq!(fake.queued().len(), 3);
 /// # });
 /// ```
+///
+/// # All or nothing
+///
+/// All or nothing where the library can promise it:
+/// - every request is checked first, like `queue!` (unknown event, bad
+///   params, bad queue name: the error names the event and the field); one
+///   bad request fails the call and **nothing is queued**;
+/// - SQLite stores the whole batch in one transaction: all or none;
+/// - RabbitMQ publishes the batch with every confirm in flight and returns
+///   once each one is confirmed. It has no transaction that spans
+///   confirms: after an `Err` from the broker (an outage longer than
+///   `publish_timeout`, an unroutable message) part of the batch may be
+///   stored. Sending the same envelopes again
+///   ([`Broker::publish_many`](crate::broker::Broker::publish_many)) keeps
+///   their ids, so consumers that dedupe by id see each once;
+/// - PostgreSQL stores the batch in one statement (a multi-row insert):
+///   all or none; with the `postgres` feature, `QueueingMany::on` stores
+///   it with the app's own connection, inside its transaction: all of them
+///   exist if and only if that transaction commits.
+///
+/// Under a test mode ([`crate::testing::fake`] / [`crate::testing::inline`])
+/// the events are recorded or run one by one, in order.
 pub fn queue_many<I>(requests: I) -> QueueingMany
 where
     I: IntoIterator<Item = QueueRequest>,

@@ -1,30 +1,8 @@
 //! [`Queueing`]: what `queue!`, [`QueueRequest::send`] and
 //! [`QueueExt::queue`](super::QueueExt::queue) return. Awaited, it queues
-//! through the current client; with the `postgres` feature,
-//! [`Queueing::on`] queues inside the app's own PostgreSQL transaction
-//! instead.
-//!
-//! # Transactional enqueue
-//!
-//! `queue!(order_placed, id = 7).on(&mut tx).await?` inserts the event
-//! with the app's connection, in its open transaction: the event exists if
-//! and only if that transaction commits. A rollback (or a crash before the
-//! commit) leaves no event; after the commit it is as durable as the app's
-//! own rows, and pollers wake at the commit (the insert trigger's
-//! `NOTIFY` is delivered then).
-//!
-//! What `.on(..)` needs and what happens otherwise:
-//! - the `postgres` feature: without it `.on` does not exist (a compile
-//!   error: no method named `on`);
-//! - a current client (see [`Client`](super::Client)) on a `postgres://`
-//!   broker: its schema is where the event goes, and it has migrated the
-//!   tables. With a client on another backend (SQLite, RabbitMQ) `.on` is
-//!   a runtime error, [`Error::Queue`], naming the broker URL and the fix;
-//!   the event is never queued outside the transaction;
-//! - the app's connection on the same database as that URL;
-//! - under [`crate::testing::fake`] / [`crate::testing::inline`], `.on`
-//!   records or runs the event like `.await` does (the test mode decides
-//!   what happens to events; the transaction plays no part).
+//! through the current client; with the `postgres` feature, `.on(..)`
+//! queues inside the app's own PostgreSQL transaction instead (see
+//! [`Queueing`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,13 +15,35 @@ use crate::envelope::EventId;
 type Boxed = Pin<Box<dyn Future<Output = Result<EventId, Error>> + Send + 'static>>;
 
 /// An event on its way to a queue: a future of its [`EventId`], or, with
-/// the `postgres` feature, [`Queueing::on`] the app's transaction.
+/// the `postgres` feature, `Queueing::on` the app's transaction.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), action_event::Error> {
 /// let id = action_event::QueueRequest::new("hello_world").param("name", "world").send().await?;
 /// # Ok(()) }
 /// ```
+///
+/// # Transactional enqueue
+///
+/// `queue!(order_placed, id = 7).on(&mut tx).await?` inserts the event
+/// with the app's connection, in its open transaction: the event exists if
+/// and only if that transaction commits. A rollback (or a crash before the
+/// commit) leaves no event; after the commit it is as durable as the app's
+/// own rows, and pollers wake at the commit (the insert trigger's
+/// `NOTIFY` is delivered then).
+///
+/// What `.on(..)` needs and what happens otherwise:
+/// - the `postgres` feature: without it `.on` does not exist (a compile
+///   error: no method named `on`);
+/// - a current client (see [`Client`](crate::Client)) on a `postgres://`
+///   broker: its schema is where the event goes, and it has migrated the
+///   tables. With a client on another backend (SQLite, RabbitMQ) `.on` is
+///   a runtime error, [`Error::Queue`], naming the broker URL and the fix;
+///   the event is never queued outside the transaction;
+/// - the app's connection on the same database as that URL;
+/// - under [`crate::testing::fake`] / [`crate::testing::inline`], `.on`
+///   records or runs the event like `.await` does (the test mode decides
+///   what happens to events; the transaction plays no part).
 #[must_use = "an event is queued only once this is awaited (or `.on(&mut tx).await`ed)"]
 pub struct Queueing {
     request: Option<Result<QueueRequest, Error>>,
@@ -61,8 +61,8 @@ impl Queueing {
     /// Queues the event with the app's own PostgreSQL connection or
     /// transaction `conn` (anything `sqlx::Acquire`: `&mut tx`,
     /// `&mut *conn`, `&pool`) instead of the broker's: it is stored if and
-    /// only if the app's transaction commits. See the [module docs](self)
-    /// for what it needs and what happens with other backends.
+    /// only if the app's transaction commits. See [`Queueing`] for what it
+    /// needs and what happens with other backends.
     ///
     /// ```no_run
     /// use action_event::prelude::*;

@@ -13,7 +13,7 @@
 //! they were, when
 //! - the poller stops taking ([`Broker::give_back`], on SIGTERM too);
 //! - their queue is seen paused (`crate::broker::paused`);
-//! - they waited more than [`AHEAD_MAX`] (the heartbeat looks every
+//! - they waited more than 1 s (`AHEAD_MAX`) (the heartbeat looks every
 //!   second), so a poller busy with long events does not keep them from
 //!   other pollers;
 //! - the broker is dropped (a task does it, if a runtime is still there).

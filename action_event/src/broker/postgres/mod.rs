@@ -7,7 +7,7 @@
 //!
 //! # Why sqlx
 //!
-//! Transactional enqueue ([`QueueRequest::on`](crate::QueueRequest::on))
+//! Transactional enqueue ([`Queueing::on`](crate::Queueing::on))
 //! inserts the event with the app's own connection, inside the app's own
 //! transaction: the library must take the transaction type of the driver
 //! the app uses. sqlx is the driver most Rust web apps on PostgreSQL use

@@ -26,7 +26,7 @@
 //!
 //! Version 4: the index `events_scheduled` on `events (visible_at, id)
 //! WHERE claim IS NULL`, for the Scheduled page
-//! ([`super::depth::scheduled_list`]): without it, listing the next 50
+//! (`super::depth::scheduled_list`): without it, listing the next 50
 //! events not due yet sorted the whole table. `CREATE INDEX` (not
 //! `CONCURRENTLY`, which cannot run inside the migration's transaction)
 //! holds off inserts into `events` while it is built: a second or so per

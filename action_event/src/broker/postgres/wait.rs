@@ -4,24 +4,24 @@
 //! `take` is called again every 250 ms (the pause check of
 //! `crate::broker::paused`). If each looked at the tables each time, 4 idle
 //! pollers would send hundreds of queries a second. Instead a take that
-//! finds nothing ready records it ([`Waiter::found_nothing`]): the queues
+//! finds nothing ready records it (`Waiter::found_nothing`): the queues
 //! it looked at, the *epoch* it looked in, and when the earliest delayed
 //! event of those queues is due. While that answer stands
-//! ([`Waiter::stands`]), every other take of the broker waits on a
-//! [`Notify`](tokio::sync::Notify) without a query. The answer falls when
-//! - the epoch moves ([`Waiter::bump`]): a `NOTIFY` with no payload came
+//! (`Waiter::stands`), every other take of the broker waits on a
+//! `Notify` without a query. The answer falls when
+//! - the epoch moves (`Waiter::bump`): a `NOTIFY` with no payload came
 //!   (an insert by any process, on commit; a release; events of a poller
 //!   gone or held ahead given back), or this broker released or gave back
 //!   events;
 //! - the earliest delayed or retried event of those queues is due: known
 //!   at the look, or told later by a `NOTIFY` whose payload is its time (a
-//!   retry by any broker, [`Waiter::due`]); a lease that lapses is such a
+//!   retry by any broker, `Waiter::due`); a lease that lapses is such a
 //!   time too (the look sees claimed rows' `visible_at`);
 //! - it is `poll` old (default 1 s): the safety net for leases that lapse
 //!   (a stalled poller's events become ready without a notification).
 //!
 //! A bump wakes one waiting take; a take that then gets an event wakes the
-//! next ([`Waiter::pass_on`]), so a burst is taken by every free slot and a
+//! next (`Waiter::pass_on`), so a burst is taken by every free slot and a
 //! single event wakes a single take.
 //!
 //! The same answer lets an event held ahead ([`super::ahead`]) be handed
