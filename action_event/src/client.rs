@@ -692,12 +692,7 @@ pub trait QueueExt: Event {
         I: IntoIterator<Item = &'a Self>,
         Self: 'a,
     {
-        QueueingMany::new(
-            events
-                .into_iter()
-                .map(|e| QueueRequest::typed(e).and_then(QueueRequest::into_envelope))
-                .collect(),
-        )
+        QueueingMany::new(events.into_iter().map(QueueRequest::typed).collect())
     }
 }
 

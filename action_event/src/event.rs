@@ -470,6 +470,11 @@ impl<T: Serialize + DeserializeOwned> EventParams for T {
     }
 
     fn __from_json(value: &serde_json::Value) -> std::result::Result<Self, ParamsError> {
+        // Params that fit (nearly all) are read once, without tracking the
+        // path; only a failure is read again to name the field.
+        if let Ok(v) = <T as serde::Deserialize>::deserialize(value) {
+            return Ok(v);
+        }
         serde_path_to_error::deserialize::<_, T>(value).map_err(|e| ParamsError {
             path: e.path().to_string(),
             message: e.into_inner().to_string(),

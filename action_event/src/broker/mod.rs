@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::envelope::{AttemptError, Envelope};
+use crate::envelope::{AttemptError, Envelope, EventId};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -548,5 +548,31 @@ pub trait Broker: Send + Sync + 'static {
     async fn scheduled_list(&self, limit: usize) -> Result<Option<Vec<ScheduledEvent>>, Error> {
         let _ = limit;
         Ok(None)
+    }
+
+    /// Stores, as one batch, every envelope `batch` yields, and returns
+    /// their ids in order; the first `Err` it yields is this call's error,
+    /// and then none of the batch is stored. What `queue_many` uses: a
+    /// backend may store the first envelopes while the iterator still
+    /// makes (and checks) the next ones, so long as a failed check leaves
+    /// nothing stored (SQLite: the batch's transaction is rolled back).
+    /// The default takes every envelope first, then calls
+    /// [`Broker::publish_many`] (whose rules on errors apply).
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// use action_event::QueueRequest;
+    /// let mut batch = (0..1000).map(|i| QueueRequest::new("resize").param("image", i).into_envelope());
+    /// let ids = broker.publish_checked(&mut batch).await?;
+    /// assert_eq!(ids.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    async fn publish_checked(
+        &self,
+        batch: &mut (dyn Iterator<Item = Result<Envelope, Error>> + Send),
+    ) -> Result<Vec<EventId>, Error> {
+        let envelopes = batch.collect::<Result<Vec<Envelope>, Error>>()?;
+        self.publish_many(&envelopes).await?;
+        Ok(envelopes.iter().map(|e| e.id).collect())
     }
 }

@@ -26,14 +26,16 @@ type Boxed = Pin<Box<dyn Future<Output = Result<Vec<EventId>, Error>> + Send + '
 /// ```
 #[must_use = "the events are queued only once this is awaited (or `.on(&mut tx).await`ed)"]
 pub struct QueueingMany {
-    envelopes: Option<Result<Vec<Envelope>, Error>>,
+    /// The requests, checked (made into envelopes) when this is awaited;
+    /// an `Err` when one could not even be made into a request.
+    requests: Option<Result<Vec<QueueRequest>, Error>>,
     running: Option<Boxed>,
 }
 
 impl QueueingMany {
-    pub(crate) fn new(envelopes: Result<Vec<Envelope>, Error>) -> QueueingMany {
+    pub(crate) fn new(requests: Result<Vec<QueueRequest>, Error>) -> QueueingMany {
         QueueingMany {
-            envelopes: Some(envelopes),
+            requests: Some(requests),
             running: None,
         }
     }
@@ -76,13 +78,13 @@ impl QueueingMany {
     where
         A: sqlx::Acquire<'c, Database = sqlx::Postgres>,
     {
-        let envelopes = self.envelopes.take().ok_or_else(|| {
+        let requests = self.requests.take().ok_or_else(|| {
             Error::Registry(
                 "this `QueueingMany` was polled already: `.on(..)` must come before `.await`"
                     .into(),
             )
         })?;
-        super::transactional::queue_many_on(envelopes?, conn).await
+        super::transactional::queue_many_on(envelopes(requests?)?, conn).await
     }
 }
 
@@ -91,12 +93,12 @@ impl Future for QueueingMany {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.running.is_none() {
-            let Some(envelopes) = self.envelopes.take() else {
+            let Some(requests) = self.requests.take() else {
                 return Poll::Ready(Err(Error::Registry(
                     "a `QueueingMany` was polled after it finished".into(),
                 )));
             };
-            self.running = Some(Box::pin(async move { send_many(envelopes?).await }));
+            self.running = Some(Box::pin(async move { send_many(requests?).await }));
         }
         match self.running.as_mut() {
             Some(fut) => fut.as_mut().poll(cx),
@@ -107,13 +109,13 @@ impl Future for QueueingMany {
 
 impl std::fmt::Debug for QueueingMany {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let events = match &self.envelopes {
-            Some(Ok(e)) => format!("{} event(s)", e.len()),
+        let events = match &self.requests {
+            Some(Ok(r)) => format!("{} event(s)", r.len()),
             Some(Err(e)) => format!("error: {e}"),
             None => "taken".into(),
         };
         f.debug_struct("QueueingMany")
-            .field("envelopes", &events)
+            .field("requests", &events)
             .field("running", &self.running.is_some())
             .finish()
     }
@@ -137,16 +139,19 @@ impl Client {
     where
         I: IntoIterator<Item = QueueRequest>,
     {
-        let envelopes = envelopes(requests)?;
+        let requests: Vec<QueueRequest> = requests.into_iter().collect();
         match installed() {
-            Some(Current::Local(local)) => send_local(&*local, envelopes).await,
-            _ => self.publish_many(envelopes).await,
+            Some(Current::Local(local)) => send_local(&*local, envelopes(requests)?).await,
+            _ => self.publish_requests(requests).await,
         }
     }
 
-    async fn publish_many(&self, envelopes: Vec<Envelope>) -> Result<Vec<EventId>, Error> {
-        self.broker.publish_many(&envelopes).await?;
-        Ok(envelopes.iter().map(|e| e.id).collect())
+    /// Checks and stores `requests` in one batch: the broker may store the
+    /// first ones while the next are checked
+    /// ([`Broker::publish_checked`](crate::broker::Broker::publish_checked)).
+    async fn publish_requests(&self, requests: Vec<QueueRequest>) -> Result<Vec<EventId>, Error> {
+        let mut batch = requests.into_iter().map(QueueRequest::into_envelope);
+        self.broker.publish_checked(&mut batch).await
     }
 }
 
@@ -213,21 +218,21 @@ pub fn queue_many<I>(requests: I) -> QueueingMany
 where
     I: IntoIterator<Item = QueueRequest>,
 {
-    QueueingMany::new(envelopes(requests))
+    QueueingMany::new(Ok(requests.into_iter().collect()))
 }
 
-/// Sends checked envelopes through the current client ([`queue_many`]).
-async fn send_many(envelopes: Vec<Envelope>) -> Result<Vec<EventId>, Error> {
-    let Some(first) = envelopes.first() else {
+/// Checks and sends requests through the current client ([`queue_many`]).
+async fn send_many(requests: Vec<QueueRequest>) -> Result<Vec<EventId>, Error> {
+    let Some(first) = requests.first() else {
         return Ok(Vec::new());
     };
     match installed() {
-        Some(Current::Local(local)) => send_local(&*local, envelopes).await,
-        Some(Current::Client(client)) => client.publish_many(envelopes).await,
+        Some(Current::Local(local)) => send_local(&*local, envelopes(requests)?).await,
+        Some(Current::Client(client)) => client.publish_requests(requests).await,
         None if outside_test_mode() => Err(Error::OutsideTestMode {
             event: first.name.clone(),
         }),
-        None => Client::global().await?.publish_many(envelopes).await,
+        None => Client::global().await?.publish_requests(requests).await,
     }
 }
 

@@ -19,6 +19,8 @@ use action_event::envelope::{AttemptError, now_ms};
 use action_event::{Envelope, Error};
 use serde_json::json;
 
+#[allow(unused_imports)] // used by the suites `contract_suite!` writes
+use crate::contract_checked::*;
 use crate::test_support::*;
 
 /// How long a take waits for an event that is ready (or due any moment).
@@ -48,6 +50,8 @@ macro_rules! contract_suite {
                 pause_and_resume_a_queue,
                 a_pause_reaches_a_taker_that_holds_events_ahead,
                 publish_many_stores_the_batch_in_order,
+                publish_checked_stores_a_large_batch_in_order,
+                publish_checked_stores_nothing_after_a_bad_envelope,
             ],
             multi_thread: [
                 two_brokers_take_every_event_exactly_once,

@@ -19,6 +19,7 @@
 mod test_support;
 
 mod contract;
+mod contract_checked;
 
 // Errors of real brokers: transient or not.
 mod transient;

@@ -203,6 +203,7 @@ impl SqliteBroker {
             state: Arc::new(tokio::sync::Mutex::new(State::new(conn))),
             publishes: std::sync::Mutex::new(Vec::new()),
             acks: std::sync::Mutex::new(Vec::new()),
+            checkpointing: Default::default(),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
         let heartbeat = runtime
@@ -304,6 +305,14 @@ impl Broker for SqliteBroker {
     /// One transaction: every envelope is stored, or none.
     async fn publish_many(&self, envelopes: &[Envelope]) -> Result<(), Error> {
         publish::publish_many(self, envelopes).await
+    }
+
+    /// One transaction, written while the batch is still being made.
+    async fn publish_checked(
+        &self,
+        batch: &mut (dyn Iterator<Item = Result<Envelope, Error>> + Send),
+    ) -> Result<Vec<crate::EventId>, Error> {
+        publish::publish_checked(self, batch).await
     }
 
     async fn tick_state(&self) -> Result<crate::periodic::TickState, Error> {

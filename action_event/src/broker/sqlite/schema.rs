@@ -132,6 +132,9 @@ pub(super) fn open_connection(url: &str, cfg: &Options) -> Result<Connection, Er
     conn.pragma_update(None, "synchronous", sync)
         .map_err(|e| fail(&e))?;
     init_schema(&mut conn, url, path)?;
+    // Checkpoints follow the write that needs one instead of running inside
+    // it (see `conn`'s module docs, *Checkpoints*).
+    conn.wal_hook(Some(super::conn::note_wal_pages));
     log_path_once(url, path);
     // The events of pollers that died come back now, not after their lease.
     if let Err(e) = owner::reclaim_gone(&mut conn, now_i64(), url, path) {
