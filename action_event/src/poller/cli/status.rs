@@ -121,14 +121,16 @@ async fn broker_status(args: &StatusArgs) {
     let ask = async {
         let b = broker::connect(&url).await?;
         let paused = super::pause::paused_line(&*b).await;
-        b.pollers(STATUS_WAIT).await.map(|p| (p, paused))
+        let health = b.broker_health().await;
+        b.pollers(STATUS_WAIT).await.map(|p| (p, paused, health))
     };
     let pollers = match tokio::time::timeout(STATUS_BOUND, ask).await {
-        Ok(Ok((pollers, paused))) => {
+        Ok(Ok((pollers, paused, health))) => {
             match paused {
                 Ok(line) => println!("{line}"),
                 Err(e) => eprintln!("warning: cannot tell which queues are paused: {e}"),
             }
+            print_health(health);
             match pollers {
                 Some(p) => p,
                 None => return,
@@ -178,6 +180,23 @@ async fn broker_status(args: &StatusArgs) {
             p.concurrency,
             in_flight
         );
+    }
+}
+
+/// The broker's own health (RabbitMQ quorum queues: stalled dead-lettering):
+/// each warning on stdout, beside the tables it concerns; notes too.
+fn print_health(health: Result<Option<broker::BrokerHealth>, crate::Error>) {
+    match health {
+        Ok(Some(h)) => {
+            for w in &h.warnings {
+                println!("WARNING: {w}");
+            }
+            for n in &h.notes {
+                println!("note: {n}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: cannot check the broker's health: {e}"),
     }
 }
 
