@@ -15,7 +15,8 @@
 //! to 5 s here), which stands in for the operator's leadership transfer.
 //!
 //! The test shows: `poller status` prints a WARNING naming the queue and
-//! the count; a poller logs the WARN; the poller logs the INFO when it
+//! the count; the dashboard's overview shows it as a banner; a poller logs
+//! the WARN; the poller logs the INFO when it
 //! clears, and every event ran (nothing lost).
 
 use std::io::{Read, Write};
@@ -46,6 +47,28 @@ fn api_counts(node: &RabbitNode, queue: &str) -> Option<(u64, u64, u64)> {
         n("messages_ready")?,
         n("messages_unacknowledged")?,
     ))
+}
+
+/// `GET /` of `poller web` at `bind`, once it answers (at most 30 s).
+fn overview(bind: &str, web: &mut std::process::Child) -> String {
+    let started = Instant::now();
+    loop {
+        assert!(alive(web), "poller web exited");
+        if let Ok(mut s) = std::net::TcpStream::connect(bind) {
+            s.set_read_timeout(Some(Duration::from_secs(15)))
+                .expect("timeout");
+            let req = format!("GET / HTTP/1.1\r\nHost: {bind}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).expect("send");
+            let mut page = String::new();
+            let _ = s.read_to_string(&mut page);
+            return page;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "poller web did not answer on {bind}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -140,6 +163,18 @@ fn a_stalled_delay_queue_is_reported_by_status_and_the_poller_and_clears() {
     assert!(status.contains("WARNING: "), "{status}");
     assert!(status.contains("ra:transfer_leadership"), "{status}");
     assert!(status.contains(node.name()), "the leader node: {status}");
+
+    // The dashboard's overview shows it as a banner.
+    let port = rabbit_node::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut web = w.spawn("web.log", &["web", "--bind", &bind]);
+    let page = overview(&bind, &mut web);
+    send_signal(&web, SIGTERM);
+    let _ = web.wait();
+    assert!(
+        page.contains("id=\"broker-warning\"") && page.contains(&needle),
+        "no banner on the overview:\n{page}"
+    );
 
     // A poller (serving another queue, so the work queue stays deleted)
     // logs the WARN within its first look.

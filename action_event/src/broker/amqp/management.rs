@@ -74,9 +74,7 @@ pub(super) fn parse(value: &str, amqp: &url::Url) -> Result<Management, String> 
     let mut endpoints = Vec::new();
     for one in value.split(',').map(str::trim) {
         if one.is_empty() {
-            return Err(format!(
-                "`management`: an empty URL in the list (expected `http://host:15672` or `http://host1:15672,http://host2:15672`)"
-            ));
+            return Err("`management`: an empty URL in the list (expected `http://host:15672` or `http://host1:15672,http://host2:15672`)".to_string());
         }
         let u = url::Url::parse(one).map_err(|e| {
             format!(
