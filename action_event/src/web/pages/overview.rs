@@ -44,12 +44,12 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
 /// banner each; empty when all is well or the backend has no such check.
 async fn health_banner(broker: &dyn crate::broker::Broker) -> String {
     let health =
-        tokio::time::timeout(std::time::Duration::from_secs(6), broker.broker_health()).await;
+        tokio::time::timeout(std::time::Duration::from_secs(3), broker.broker_health()).await;
     let warnings = match health {
         Ok(Ok(Some(h))) => h.warnings,
         Ok(Ok(None)) => Vec::new(),
         Ok(Err(e)) => vec![format!("cannot check the broker's health: {e}")],
-        Err(_) => vec!["cannot check the broker's health: no answer within 6s".to_string()],
+        Err(_) => vec!["cannot check the broker's health: no answer within 3s".to_string()],
     };
     warnings
         .iter()
