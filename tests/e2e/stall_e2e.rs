@@ -98,6 +98,21 @@ fn a_stalled_delay_queue_is_reported_by_status_and_the_poller_and_clears() {
         "{status}"
     );
 
+    // A management URL where nothing answers: status says the check
+    // cannot run, naming the URL and the option to fix.
+    let closed = format!("http://127.0.0.1:{}", rabbit_node::free_port());
+    let broken = World::amqp_at(&format!(
+        "{}?queue_type=quorum&management={closed}",
+        node.url()
+    ));
+    let status = broken.run_ok(&["status", "--pid-dir", "none"]);
+    assert!(
+        status.contains("WARNING: ")
+            && status.contains("cannot read RabbitMQ's management API")
+            && status.contains(&closed),
+        "{status}"
+    );
+
     // 20 events due in 5 s; their work queue is deleted before that.
     const N: usize = 20;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -156,10 +171,14 @@ fn a_stalled_delay_queue_is_reported_by_status_and_the_poller_and_clears() {
         );
         std::thread::sleep(Duration::from_secs(2));
     };
+    let timed = Instant::now();
+    let again = w.run_ok(&["status", "--pid-dir", "none"]);
     eprintln!(
-        "status warned {:?} after the events were stuck:\n{status}",
-        stuck_at.elapsed()
+        "status warned {:?} after the events were stuck (one status run with the check: {:?}):\n{status}",
+        stuck_at.elapsed(),
+        timed.elapsed()
     );
+    assert!(again.contains(&needle), "{again}");
     assert!(status.contains("WARNING: "), "{status}");
     assert!(status.contains("ra:transfer_leadership"), "{status}");
     assert!(status.contains(node.name()), "the leader node: {status}");
@@ -181,6 +200,7 @@ fn a_stalled_delay_queue_is_reported_by_status_and_the_poller_and_clears() {
     let mut watcher = w.spawn("watcher.log", &["--queues", "high"]);
     wait_log(&w, "watcher.log", &needle);
     let log = w.log("watcher.log");
+    assert!(log.contains("stall check on: "), "{log}");
     assert!(
         log.lines()
             .any(|l| l.contains("WARN") && l.contains(&needle)),
