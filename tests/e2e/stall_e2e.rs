@@ -98,6 +98,19 @@ fn a_stalled_delay_queue_is_reported_by_status_and_the_poller_and_clears() {
         "{status}"
     );
 
+    // ... and a poller logs it once, at INFO, when it starts taking.
+    let mut p = off.spawn("off.log", &["--queues", "high"]);
+    wait_log(&off, "off.log", "quorum queues is off");
+    stop(&mut p, "the poller without `management`");
+    let log = off.log("off.log");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("quorum queues is off"))
+            .all(|l| l.contains("INFO"))
+            && log.matches("quorum queues is off").count() == 1,
+        "{log}"
+    );
+
     // A management URL where nothing answers: status says the check
     // cannot run, naming the URL and the option to fix.
     let closed = format!("http://127.0.0.1:{}", rabbit_node::free_port());
