@@ -385,12 +385,17 @@ fn lapin_is_transient(e: &lapin::Error) -> bool {
     }
 }
 
-/// Removes the password from a URL, for logs and errors.
+/// Removes the password from a URL, for logs and errors, and from URLs in
+/// its query (RabbitMQ's `management=http://user:pass@host:15672`).
 ///
 /// ```
 /// assert_eq!(
 ///     action_event::redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
 ///     "amqp://guest:***@127.0.0.1:5672/%2f"
+/// );
+/// assert_eq!(
+///     action_event::redact_url("amqp://h/%2f?management=http://mon:secret@h:15672"),
+///     "amqp://h/%2f?management=http://mon:***@h:15672"
 /// );
 /// assert_eq!(action_event::redact_url("sqlite://a.db"), "sqlite://a.db");
 /// ```
@@ -400,19 +405,30 @@ pub fn redact_url(url: &str) -> String {
     };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
+    let head = redact_authority(&url[..scheme_end + 3], &rest[..authority_end]);
+    let mut out = head;
+    let mut tail = &rest[authority_end..];
+    // URLs inside the query: their authority ends at the next `&` or `,` too.
+    while let Some(i) = tail.find("://") {
+        out.push_str(&tail[..i + 3]);
+        tail = &tail[i + 3..];
+        let end = tail.find(['/', '?', '#', '&', ',']).unwrap_or(tail.len());
+        out.push_str(&redact_authority("", &tail[..end]));
+        tail = &tail[end..];
+    }
+    out.push_str(tail);
+    out
+}
+
+/// `prefix` + `authority` with the password of its userinfo replaced by `***`.
+fn redact_authority(prefix: &str, authority: &str) -> String {
     let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+        return format!("{prefix}{authority}");
     };
     let userinfo = &authority[..at];
     match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
+        Some(colon) => format!("{prefix}{}:***{}", &userinfo[..colon], &authority[at..]),
+        None => format!("{prefix}{authority}"),
     }
 }
 

@@ -31,6 +31,8 @@ pub struct RabbitNode {
     child: Option<Child>,
     /// `rabbit` application keys kept in `advanced.config` ([`RabbitNode::set_rabbit_env`]).
     env: Vec<(String, String)>,
+    /// The management API's HTTP port ([`RabbitNode::start_with_management`] only).
+    management: Option<u16>,
 }
 
 /// A throwaway CA and a server certificate it signed, as PEM files.
@@ -173,6 +175,40 @@ impl RabbitNode {
         RabbitNode::boot(conf, true)
     }
 
+    /// Like [`RabbitNode::start`], plus the `rabbitmq_management` plugin on
+    /// its own free port on 127.0.0.1 ([`RabbitNode::management_url`]);
+    /// returns once the API answers.
+    ///
+    /// ```no_run
+    /// use action_event_test_support::rabbit_node::RabbitNode;
+    /// let node = RabbitNode::start_with_management("");
+    /// println!("{}", node.management_url());
+    /// ```
+    pub fn start_with_management(conf: &str) -> RabbitNode {
+        let port = free_port();
+        let conf = format!("management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n{conf}");
+        let node = RabbitNode::boot_full(&conf, false, None, Some(port));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the management API of {} did not open port {port} in 60 s",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    /// `http://127.0.0.1:<port>` of the management API
+    /// ([`RabbitNode::start_with_management`] only; panics otherwise).
+    pub fn management_url(&self) -> String {
+        let port = self
+            .management
+            .expect("a node started with start_with_management");
+        format!("http://127.0.0.1:{port}")
+    }
+
     fn boot(conf: &str, tls: bool) -> RabbitNode {
         RabbitNode::boot_with(conf, tls, None)
     }
@@ -180,6 +216,17 @@ impl RabbitNode {
     /// Boots a node; with `cookie`, its Erlang cookie is that (the nodes of
     /// a cluster share one) instead of a fresh random one.
     pub(crate) fn boot_with(conf: &str, tls: bool, cookie: Option<&str>) -> RabbitNode {
+        RabbitNode::boot_full(conf, tls, cookie, None)
+    }
+
+    /// [`RabbitNode::boot_with`]; with `management`, the management plugin
+    /// is enabled (its port is already in `conf`).
+    fn boot_full(
+        conf: &str,
+        tls: bool,
+        cookie: Option<&str>,
+        management: Option<u16>,
+    ) -> RabbitNode {
         assert!(
             available(),
             "rabbitmq-server is not installed at {} (set RABBITMQ_BIN)",
@@ -219,7 +266,11 @@ impl RabbitNode {
             format!("listeners.tcp.default = {port}\nloopback_users = none\n{tls_conf}{conf}\n"),
         )
         .expect("write rabbitmq.conf");
-        std::fs::write(p.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        let plugins = match management {
+            Some(_) => "[rabbitmq_management].\n",
+            None => "[].\n",
+        };
+        std::fs::write(p.join("enabled_plugins"), plugins).expect("write enabled_plugins");
         std::fs::write(p.join("advanced.config"), "[].\n").expect("write advanced.config");
         if let Some(cookie) = cookie {
             write_cookie(p, cookie);
@@ -231,6 +282,7 @@ impl RabbitNode {
             tls,
             child: None,
             env: Vec::new(),
+            management,
             dir,
         };
         node.spawn_and_wait();

@@ -36,6 +36,7 @@ mod poller_e2e;
 mod postgres_tx_e2e;
 mod quorum_e2e;
 mod sqlite_recovery_e2e;
+mod stall_e2e;
 mod status_e2e;
 mod status_recovery_e2e;
 mod tls_e2e;

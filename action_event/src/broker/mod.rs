@@ -36,7 +36,7 @@ mod connect;
 mod report;
 
 pub use connect::{DEFAULT_URL, URL_ENV, connect, resolve_url};
-pub use report::{InFlight, PollerCounts, PollerReport, Presence, ScheduledEvent};
+pub use report::{BrokerHealth, InFlight, PollerCounts, PollerReport, Presence, ScheduledEvent};
 
 /// An event taken from a queue, owned by this poller until it is acked,
 /// retried, dead-lettered or released.
@@ -574,5 +574,28 @@ pub trait Broker: Send + Sync + 'static {
         let envelopes = batch.collect::<Result<Vec<Envelope>, Error>>()?;
         self.publish_many(&envelopes).await?;
         Ok(envelopes.iter().map(|e| e.id).collect())
+    }
+
+    // --- health ---
+
+    /// What this backend knows is wrong with the broker itself: events it
+    /// holds that will not run until an operator acts, each line naming the
+    /// queue, the count and the fix (see [`BrokerHealth`]). `None` (the
+    /// default) when the backend has no such check. RabbitMQ with
+    /// `queue_type=quorum` looks for stalled dead-lettering through the
+    /// management API (the `management` URL option); without the option it
+    /// returns a note saying the check is off.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: &dyn action_event::broker::Broker) -> Result<(), action_event::Error> {
+    /// if let Some(health) = broker.broker_health().await? {
+    ///     for w in &health.warnings {
+    ///         eprintln!("WARNING: {w}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn broker_health(&self) -> Result<Option<BrokerHealth>, Error> {
+        Ok(None)
     }
 }

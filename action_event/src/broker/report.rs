@@ -125,3 +125,25 @@ pub trait Presence: Send + Sync {
     /// This poller now. Called on a broker task: keep it quick.
     fn report(&self) -> PollerReport;
 }
+
+/// What a backend knows is wrong with the broker itself, for the poller's
+/// log, `poller status` and the dashboard (see
+/// [`Broker::broker_health`](super::Broker::broker_health)).
+///
+/// `warnings` name a queue, a count and the fix: events the broker holds
+/// and will not hand out until an operator acts (RabbitMQ 3.10: a stalled
+/// dead-letter worker). `notes` are not problems: a check that is off, and
+/// how to turn it on.
+///
+/// ```
+/// use action_event::broker::BrokerHealth;
+/// let h = BrokerHealth::default();
+/// assert!(h.warnings.is_empty() && h.notes.is_empty());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerHealth {
+    /// One line each: the queue, how many events, since when, the fix.
+    pub warnings: Vec<String>,
+    /// One line each: a check that did not run, and why.
+    pub notes: Vec<String>,
+}

@@ -27,6 +27,8 @@
 //! | `status` | answering status pings, and asking for them |
 //! | `pause` | paused queues: a marker queue per paused queue, read at most every 250 ms |
 //! | `tick` | periodic ticks: the single-active-consumer lease |
+//! | `management` | the `management` option and one GET to RabbitMQ's management API |
+//! | `stall` | quorum queues: warns of dead-lettering RabbitMQ 3.10 stalled (`broker_health`) |
 //!
 //! Following one publish: [`Broker::publish`] → `Inner::publish_envelope`
 //! (`publish`) → `Inner::route` (picks a delay level, `delay`) →
@@ -58,12 +60,14 @@ mod dead;
 mod delay;
 mod delivery;
 mod hold;
+mod management;
 mod options;
 mod pause;
 mod poison;
 mod publish;
 mod publish_many;
 mod recover;
+mod stall;
 mod status;
 mod tag;
 mod tick;
@@ -77,7 +81,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Broker, DeadEvent, DeadFilter, Delivery, PollerReport, Presence, QueueDepth};
+use super::{
+    Broker, BrokerHealth, DeadEvent, DeadFilter, Delivery, PollerReport, Presence, QueueDepth,
+};
 use crate::envelope::{Envelope, now_ms};
 use crate::{Error, redact_url};
 use connection::TopoErr;
@@ -124,6 +130,7 @@ struct Inner {
     consume: Consume,
     holds: Holds,
     ticks: tick::Ticks,
+    stall: stall::Watch,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +167,7 @@ impl AmqpBroker {
             consume: Consume::new(),
             holds: Holds::new(),
             ticks: tick::Ticks::new(),
+            stall: Default::default(),
         });
         inner.open_publisher().await?;
         tokio::spawn(consume::reaper(Arc::downgrade(&inner)));
@@ -266,6 +274,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn take(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>, Error> {
+        self.inner.start_stall_watch();
         super::paused::take(self, queues, wait).await
     }
 
@@ -367,5 +376,9 @@ impl Broker for AmqpBroker {
 
     async fn tick_last(&self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
         self.inner.tick_last().await
+    }
+
+    async fn broker_health(&self) -> Result<Option<BrokerHealth>, Error> {
+        Ok(self.inner.health().await)
     }
 }

@@ -18,6 +18,7 @@
 //! | `cacertfile` | none | `amqps://` only: a PEM file of CA certificates trusted besides the system's |
 //! | `queue_type` | `classic` | `quorum`: every durable queue is a Raft-replicated quorum queue (see *Quorum queues* below) |
 //! | `delivery_limit` | `20` | `queue_type=quorum` only: an event delivered this many times without being settled (its poller died each time) is dead; `off` turns it off |
+//! | `management` | none | `queue_type=quorum` only: RabbitMQ's management API, `http://host:15672` (several comma-separated for a cluster), for the stall check (see *Stalled dead-lettering* below) |
 //!
 //! # Several hosts (a cluster)
 //!
@@ -44,6 +45,22 @@
 //! queue cannot be exclusive), and losing one loses a ping, never an event.
 //! Strict priority is one queue per priority (no `x-max-priority`, which
 //! quorum queues lack on RabbitMQ 3.10), so it is the same on both types.
+//!
+//! # Stalled dead-lettering
+//!
+//! RabbitMQ 3.10 can stall a quorum queue's dead-letter worker for good
+//! when the node leading the *target* work queue dies while events are on
+//! their way to it: the events stay in their delay or hold queue, counted
+//! in `messages` but neither ready nor unacked, and do not run until that
+//! queue's leadership moves. AMQP cannot see them; the management API can.
+//! With `management=http://host:15672` a poller looks every 10 s and logs
+//! a WARN naming the queue, the count and the fix once it has held for
+//! 20 s (again every 5 minutes, and an INFO when it clears); `poller
+//! status` and the dashboard show it too (`Broker::broker_health`). The
+//! credentials are the AMQP URL's unless the management URL has its own
+//! (a user with the `monitoring` tag is enough); plain `http://` only.
+//! Without the option the check is off, and the poller says so once at
+//! start. See `stall` and `management`.
 //!
 //! A queue's type cannot change: declaring an existing classic queue as
 //! quorum fails with an error naming the queue and the way to migrate (a
@@ -127,6 +144,8 @@ pub(super) struct Options {
     pub(super) publish_timeout: Duration,
     pub(super) prefetch: u16,
     pub(super) consumer_timeout: Duration,
+    /// `management=`: the management API, for the stall check.
+    pub(super) management: Option<super::management::Management>,
 }
 
 pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
@@ -153,6 +172,7 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
     let mut tls = OwnedTLSConfig::default();
     let mut queue_type = QueueType::Classic;
     let mut delivery_limit: Option<Option<u32>> = None;
+    let mut management: Option<String> = None;
     let mut rest: Vec<(String, String)> = Vec::new();
     let mut has_heartbeat = false;
     let mut has_frame_max = false;
@@ -199,6 +219,7 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
                     })?),
                 });
             }
+            "management" => management = Some(v.into_owned()),
             "cacertfile" => {
                 if u.scheme() != "amqps" {
                     return Err(bad(format!(
@@ -236,6 +257,16 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
             ));
         }
     };
+    let management = match management {
+        None => None,
+        Some(_) if queue_type != QueueType::Quorum => {
+            return Err(bad(
+                "`management` needs `queue_type=quorum` (the stall it watches for is in quorum queues' at-least-once dead-lettering)"
+                    .into(),
+            ));
+        }
+        Some(v) => Some(super::management::parse(&v, &u).map_err(&bad)?),
+    };
     u.set_query(None);
     u.query_pairs_mut().extend_pairs(&rest);
     let mut hosts = vec![u.to_string()];
@@ -256,6 +287,7 @@ pub(super) fn parse_url(url: &str) -> Result<Options, Error> {
         publish_timeout,
         prefetch,
         consumer_timeout,
+        management,
     })
 }
 
@@ -421,6 +453,41 @@ mod tests {
         ] {
             let e = parse_url(url).err().expect("error");
             assert!(e.to_string().contains(needle), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn management_option() {
+        assert!(
+            parse_url("amqp://h/%2f?queue_type=quorum")
+                .expect("valid")
+                .management
+                .is_none()
+        );
+        let c = parse_url(
+            "amqp://u:p@h1,h2/%2f?queue_type=quorum&management=http://h1:15672,http://h2:15672",
+        )
+        .expect("valid");
+        let m = c.management.expect("management");
+        assert_eq!(m.endpoints.len(), 2);
+        assert_eq!(m.endpoints[1].shown(), "http://h2:15672");
+        assert_eq!(
+            c.lapin_url,
+            "amqp://u:p@h1/%2f?heartbeat=30&frame_max=131072"
+        );
+        for (url, needle) in [
+            (
+                "amqp://u:secret@h/%2f?management=http://h:15672",
+                "needs `queue_type=quorum`",
+            ),
+            (
+                "amqp://u:secret@h/%2f?queue_type=quorum&management=https://h:15671",
+                "https is not supported",
+            ),
+        ] {
+            let e = parse_url(url).err().expect("error");
+            assert!(e.to_string().contains(needle), "{url}: {e}");
+            assert!(!e.to_string().contains("secret"), "{url}: {e}");
         }
     }
 

@@ -102,6 +102,9 @@ async fn periodic_status(args: &StatusArgs) {
 /// How long `status` waits for the broker before it gives up on the
 /// cross-machine table.
 const STATUS_BOUND: Duration = Duration::from_secs(5);
+/// How long `status` waits for the broker's health check (RabbitMQ: one
+/// request to the management API).
+const HEALTH_BOUND: Duration = Duration::from_secs(2);
 /// How long `status` collects the pollers' answers.
 const STATUS_WAIT: Duration = Duration::from_millis(1500);
 
@@ -121,14 +124,24 @@ async fn broker_status(args: &StatusArgs) {
     let ask = async {
         let b = broker::connect(&url).await?;
         let paused = super::pause::paused_line(&*b).await;
-        b.pollers(STATUS_WAIT).await.map(|p| (p, paused))
+        // Bounded on its own, so a slow management API cannot cost the
+        // pollers' table its share of STATUS_BOUND.
+        let health = match tokio::time::timeout(HEALTH_BOUND, b.broker_health()).await {
+            Ok(h) => h.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(HEALTH_BOUND)
+            )),
+        };
+        b.pollers(STATUS_WAIT).await.map(|p| (p, paused, health))
     };
     let pollers = match tokio::time::timeout(STATUS_BOUND, ask).await {
-        Ok(Ok((pollers, paused))) => {
+        Ok(Ok((pollers, paused, health))) => {
             match paused {
                 Ok(line) => println!("{line}"),
                 Err(e) => eprintln!("warning: cannot tell which queues are paused: {e}"),
             }
+            print_health(health);
             match pollers {
                 Some(p) => p,
                 None => return,
@@ -178,6 +191,23 @@ async fn broker_status(args: &StatusArgs) {
             p.concurrency,
             in_flight
         );
+    }
+}
+
+/// The broker's own health (RabbitMQ quorum queues: stalled dead-lettering):
+/// each warning on stdout, beside the tables it concerns; notes too.
+fn print_health(health: Result<Option<broker::BrokerHealth>, String>) {
+    match health {
+        Ok(Some(h)) => {
+            for w in &h.warnings {
+                println!("WARNING: {w}");
+            }
+            for n in &h.notes {
+                println!("note: {n}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: cannot check the broker's health: {e}"),
     }
 }
 

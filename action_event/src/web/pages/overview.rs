@@ -12,6 +12,7 @@ use crate::web::html::{self, esc, seg};
 pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base): Base) -> Response {
     let (rows, paused_error) = queue_rows(&state).await;
     let mut body = String::new();
+    body.push_str(&health_banner(&*state.config.broker).await);
     if let Some(e) = paused_error {
         let _ = write!(
             body,
@@ -37,6 +38,28 @@ pub(in crate::web) async fn page(State(state): State<Arc<AppState>>, Base(base):
     let broker = broker_label(&state);
     let f = state.frame(&base, "Overview", "overview", &broker);
     html::page(&f, &body).into_response()
+}
+
+/// The broker's own warnings (RabbitMQ: stalled dead-lettering), one
+/// banner each; empty when all is well or the backend has no such check.
+async fn health_banner(broker: &dyn crate::broker::Broker) -> String {
+    let health =
+        tokio::time::timeout(std::time::Duration::from_secs(3), broker.broker_health()).await;
+    let warnings = match health {
+        Ok(Ok(Some(h))) => h.warnings,
+        Ok(Ok(None)) => Vec::new(),
+        Ok(Err(e)) => vec![format!("cannot check the broker's health: {e}")],
+        Err(_) => vec!["cannot check the broker's health: no answer within 3s".to_string()],
+    };
+    warnings
+        .iter()
+        .map(|w| {
+            format!(
+                "<p class=\"warning banner\" id=\"broker-warning\">Warning: {}</p>",
+                esc(w)
+            )
+        })
+        .collect()
 }
 
 /// One `<tr>`, also what the live update redraws (same markup in JS).
