@@ -22,6 +22,11 @@ pub enum Kind {
     Fw,
     /// The hand-written rusqlite loop.
     RawSqlite,
+    /// The same rusqlite loop driven from a Tokio runtime built like `fw`'s
+    /// (each poll on the blocking pool, a Tokio sleep between polls): what
+    /// an async app's own loop costs. No bench row uses it; it tells how
+    /// much of `fw`'s idle RSS is the async runtime itself.
+    RawSqliteTokio,
     /// The hand-written lapin consumer.
     RawAmqp,
     /// The poller as an app's binary runs it (`poller::main_with_args`:
@@ -285,6 +290,17 @@ fn run(a: &ChildArgs) -> anyhow::Result<(u64, Duration)> {
                 }
             };
             Ok((done, started.elapsed()))
+        }
+        Kind::RawSqliteTokio => {
+            let rt = runtime()?;
+            let path = std::path::PathBuf::from(&a.target);
+            let conn = rt.block_on(crate::sqlite::blocking(move || {
+                crate::sqlite::raw_conn(&path)
+            }))?;
+            ready_go()?;
+            let started = Instant::now();
+            rt.block_on(crate::sqlite::raw_idle_async(conn, idle))?;
+            Ok((0, started.elapsed()))
         }
         Kind::Poller => {
             let probe = Probe::new(a.events, None);

@@ -165,6 +165,26 @@ pub fn raw_idle(conn: &mut Connection, for_: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`raw_idle`] from a Tokio runtime: each claim attempt on the blocking
+/// pool, a Tokio sleep of [`RAW_POLL`] between them.
+pub async fn raw_idle_async(conn: Connection, for_: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(conn));
+    while started.elapsed() < for_ {
+        let conn = conn.clone();
+        let found = blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the connection mutex is poisoned"))?;
+            Ok(raw_claim(&mut conn, "idle")?.is_some())
+        })
+        .await?;
+        ensure!(!found, "the idle queue is not empty");
+        tokio::time::sleep(RAW_POLL).await;
+    }
+    Ok(())
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {

@@ -276,8 +276,11 @@ impl Poller {
     async fn run_loop(self, shutdown: Shutdown) -> Result<RunSummary, Error> {
         let Poller { shared, config } = self;
         tracing::info!("Processing queues: {}", config.queues.join(","));
-        for line in shared.registry.describe().lines() {
-            tracing::debug!("event {line}");
+        // The table is built only when a DEBUG line would show it.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for line in shared.registry.describe().lines() {
+                tracing::debug!("event {line}");
+            }
         }
         let slots = Arc::new(Semaphore::new(config.concurrency));
         let (hard_tx, hard_rx) = watch::channel(false);
