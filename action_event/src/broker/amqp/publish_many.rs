@@ -44,33 +44,37 @@ impl Inner {
         // A batch is mostly one queue: its full name is made once per run
         // of equal queues, not once per message.
         let mut last: Option<(&str, String)> = None;
-        let prepared: Vec<Prepared> = envelopes
-            .iter()
-            .map(|env| {
-                let run_at = env.run_at_ms.filter(|r| *r > now);
-                let level = run_at.map(|r| pick_level(r - now));
-                let routing_key = match &last {
-                    Some((q, full)) if *q == env.queue => full.clone(),
-                    _ => {
-                        let full = self.full_name(&env.queue);
-                        last = Some((&env.queue, full.clone()));
-                        full
-                    }
-                };
-                Prepared {
-                    routing_key,
-                    level,
-                    exchange: level.map(|l| self.delay_name(l)).unwrap_or_default(),
-                    body: env.to_bytes(),
-                    props: envelope_properties(env.run_at_ms),
+        // Each message is encoded just before its first send, so RabbitMQ
+        // works on the first ones while the rest are encoded.
+        let mut make = |i: usize| {
+            let env = &envelopes[i];
+            let run_at = env.run_at_ms.filter(|r| *r > now);
+            let level = run_at.map(|r| pick_level(r - now));
+            let routing_key = match &last {
+                Some((q, full)) if *q == env.queue => full.clone(),
+                _ => {
+                    let full = self.full_name(&env.queue);
+                    last = Some((&env.queue, full.clone()));
+                    full
                 }
-            })
-            .collect();
+            };
+            Prepared {
+                routing_key,
+                level,
+                exchange: level.map(|l| self.delay_name(l)).unwrap_or_default(),
+                body: env.to_bytes(),
+                props: envelope_properties(env.run_at_ms),
+            }
+        };
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(envelopes.len());
         // Indices of the messages not confirmed yet.
-        let mut pending: Vec<usize> = (0..prepared.len()).collect();
+        let mut pending: Vec<usize> = (0..envelopes.len()).collect();
         let mut pause = std::time::Duration::from_millis(20);
         loop {
-            let last = match self.send_round(&prepared, &mut pending, deadline).await {
+            let last = match self
+                .send_round(&mut prepared, &mut make, &mut pending, deadline)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(TopoErr::Fatal(e)) => return Err(self.topo_err(TopoErr::Fatal(e))),
                 Err(TopoErr::Transient(m)) => m,
@@ -79,7 +83,7 @@ impl Inner {
                 return Err(self.err(format!(
                     "bulk publish: {} of {} messages not confirmed within {:?} ({last})",
                     pending.len(),
-                    prepared.len(),
+                    envelopes.len(),
                     self.opts.publish_timeout
                 )));
             }
@@ -92,9 +96,12 @@ impl Inner {
     /// Publishes every message of `pending`, then awaits their confirms;
     /// leaves in `pending` those to send again. `Err(Transient)` when any
     /// is left, `Err(Fatal)` for one returned as unroutable.
+    /// `prepared` holds the messages encoded so far; `make(i)` encodes
+    /// message `i` the first time it is sent (`pending` is in order).
     async fn send_round(
         &self,
-        prepared: &[Prepared],
+        prepared: &mut Vec<Prepared>,
+        make: &mut (dyn FnMut(usize) -> Prepared + Send),
         pending: &mut Vec<usize>,
         deadline: Instant,
     ) -> Result<(), TopoErr> {
@@ -106,11 +113,15 @@ impl Inner {
         let mut send_error = None;
         // What this round made sure is declared: checked once per
         // destination, not per message (a lock and two hashes each).
-        let mut ensured: Vec<(&str, Option<u64>)> = Vec::new();
+        let mut ensured: Vec<(String, Option<u64>)> = Vec::new();
         for &i in pending.iter() {
+            while prepared.len() <= i {
+                prepared.push(make(prepared.len()));
+            }
             let m = &prepared[i];
-            let dest = (m.routing_key.as_str(), m.level);
-            let fresh = !ensured.contains(&dest);
+            let fresh = !ensured
+                .iter()
+                .any(|(q, l)| *q == m.routing_key && *l == m.level);
             let publish = async {
                 if fresh {
                     self.ensure(&p, &m.routing_key, m.level).await?;
@@ -132,7 +143,7 @@ impl Inner {
             match publish.await {
                 Ok(c) => {
                     if fresh {
-                        ensured.push(dest);
+                        ensured.push((m.routing_key.clone(), m.level));
                     }
                     sent.push((i, c));
                 }
@@ -148,7 +159,12 @@ impl Inner {
         let results = tokio::time::timeout(remaining, join_all(confirms))
             .await
             .map_err(|_| TopoErr::Transient("no confirm".into()))?;
-        let mut confirmed = vec![false; prepared.len()];
+        let mut confirmed = vec![
+            false;
+            prepared
+                .len()
+                .max(pending.iter().max().map_or(0, |m| m + 1))
+        ];
         let mut last = send_error;
         for (i, r) in idx.into_iter().zip(results) {
             match r {
