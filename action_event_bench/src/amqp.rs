@@ -18,6 +18,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+mod enqueue;
 mod procs;
 
 use crate::Plan;
@@ -399,139 +400,7 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
     let n = plan.n;
 
     if plan.wants("enqueue") {
-        eprintln!("rabbitmq: enqueue");
-        let what = format!(
-            "Enqueue {}: `queue!` from {} tasks (persistent, confirmed)",
-            thousands(n),
-            plan.enqueue_tasks
-        );
-        let mut raw: anyhow::Result<f64> = Ok(0.0);
-        let mut raw_window: anyhow::Result<f64> = Ok(0.0);
-        let mut fw: anyhow::Result<f64> = Ok(0.0);
-        let tasks = usize::try_from(plan.enqueue_tasks).unwrap_or(usize::MAX);
-        for _ in 0..plan.reps {
-            if let Ok(best) = &raw {
-                raw = raw_enqueue_rate(&r, usize::MAX).await.map(|x| x.max(*best));
-            }
-            if let Ok(best) = &raw_window {
-                raw_window = raw_enqueue_rate(&r, tasks).await.map(|x| x.max(*best));
-            }
-            if r.fw_skip.is_none()
-                && let Ok(best) = &fw
-            {
-                fw = fw_enqueue_rate(&r).await.map(|x| x.max(*best));
-            }
-        }
-        let row = raw
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .and_then(|&b| {
-                let baseline = format!(
-                    "lapin publish, all {} confirms in flight, same bytes: {}",
-                    thousands(n),
-                    fmt_rate(b)
-                );
-                match r.skipped(&what, baseline.clone()) {
-                    Some(row) => Ok(row),
-                    None => fw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).map(|f| {
-                        Row::new(B, &what)
-                            .framework(fmt_rate(*f))
-                            .baseline(baseline)
-                            .ratio(f / b)
-                            .target(Target::AtLeast(0.9))
-                    }),
-                }
-            });
-        report.push_result(B, &what, row);
-
-        // What 64 callers can reach at all: the same bytes with as many
-        // confirms in flight as there are callers (the broker confirms
-        // after each fsync, for what is in flight then).
-        let what_window = format!(
-            "Enqueue {}: `queue!` from {} tasks vs raw with as many confirms in flight",
-            thousands(n),
-            plan.enqueue_tasks
-        );
-        let row = raw_window.and_then(|b| {
-            let baseline = format!(
-                "lapin publish, {} confirms in flight, same bytes: {}",
-                plan.enqueue_tasks,
-                fmt_rate(b)
-            );
-            match r.skipped(&what_window, baseline.clone()) {
-                Some(row) => Ok(row),
-                None => fw.map(|f| {
-                    Row::new(B, &what_window)
-                        .framework(fmt_rate(f))
-                        .baseline(baseline)
-                        .ratio(f / b)
-                }),
-            }
-        });
-        report.push_result(B, &what_window, row);
-
-        let what = format!(
-            "Enqueue {}: one `queue_many` call (bulk: every confirm in flight, returns when all are confirmed)",
-            thousands(n)
-        );
-        let mut bulk: anyhow::Result<f64> = Ok(0.0);
-        let mut raw_mandatory: anyhow::Result<f64> = Ok(0.0);
-        for _ in 0..plan.reps {
-            if r.fw_skip.is_none()
-                && let Ok(best) = &bulk
-            {
-                bulk = fw_bulk_rate(&r).await.map(|x| x.max(*best));
-            }
-            if let Ok(best) = &raw_mandatory {
-                raw_mandatory = raw_enqueue_rate_flagged(&r, usize::MAX, true)
-                    .await
-                    .map(|x| x.max(*best));
-            }
-        }
-        let bulk_rate = bulk.as_ref().ok().copied();
-        let row = raw.and_then(|b| {
-            let baseline = format!(
-                "lapin publish, all {} confirms in flight, same bytes: {}",
-                thousands(n),
-                fmt_rate(b)
-            );
-            match r.skipped(&what, baseline.clone()) {
-                Some(row) => Ok(row),
-                None => bulk.map(|f| {
-                    Row::new(B, &what)
-                        .framework(fmt_rate(f))
-                        .baseline(baseline)
-                        .ratio(f / b)
-                        .target(Target::AtLeast(1.0))
-                }),
-            }
-        });
-        report.push_result(B, &what, row);
-
-        // The same call beside raw publishing with `mandatory` set, as the
-        // library publishes (an unroutable event fails its call instead of
-        // vanishing): what that flag costs the broker is measured, not
-        // judged, here.
-        let what_mandatory = format!(
-            "Enqueue {}: one `queue_many` call vs raw publishing `mandatory` like the library",
-            thousands(n)
-        );
-        let row = raw_mandatory.and_then(|b| {
-            let baseline = format!(
-                "lapin publish, `mandatory`, all {} confirms in flight, same bytes: {}",
-                thousands(n),
-                fmt_rate(b)
-            );
-            match (r.skipped(&what_mandatory, baseline.clone()), bulk_rate) {
-                (Some(row), _) => Ok(row),
-                (None, Some(f)) => Ok(Row::new(B, &what_mandatory)
-                    .framework(fmt_rate(f))
-                    .baseline(baseline)
-                    .ratio(f / b)),
-                (None, None) => Err(anyhow::anyhow!("the queue_many row failed")),
-            }
-        });
-        report.push_result(B, &what_mandatory, row);
+        enqueue::rows(&r, report).await;
     }
 
     if plan.wants("process") {
@@ -616,66 +485,6 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
     let _ = r.publish.close(200, "OK".into()).await;
     let _ = r.consume.close(200, "OK".into()).await;
     Ok(())
-}
-
-/// Raw lapin publishing `n` bodies with up to `window` confirms in flight:
-/// events/s.
-async fn raw_enqueue_rate(r: &Rabbit<'_>, window: usize) -> anyhow::Result<f64> {
-    raw_enqueue_rate_flagged(r, window, false).await
-}
-
-/// [`raw_enqueue_rate`] with `mandatory` as asked.
-async fn raw_enqueue_rate_flagged(
-    r: &Rabbit<'_>,
-    window: usize,
-    mandatory: bool,
-) -> anyhow::Result<f64> {
-    let n = r.plan.n;
-    let q = r.raw_queue("enqueue").await?;
-    let bodies = (0..n)
-        .map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let started = Instant::now();
-    raw_publish_flagged(&r.pch, &q, &bodies, window, mandatory).await?;
-    let raw = rate(n, started.elapsed());
-    let stored = declare(&r.pch, &q).await?;
-    r.drop_queue(&q).await;
-    ensure!(u64::from(stored) == n, "raw publish stored {stored} of {n}");
-    Ok(raw)
-}
-
-/// `n` `queue!` calls from concurrent tasks: events/s.
-async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
-    let n = r.plan.n;
-    let (url, prefix) = r.fw_url("enqueue");
-    let client = Client::connect(&url).await?;
-    let result = async {
-        let elapsed = fw::enqueue(&client, n, r.plan.enqueue_tasks).await?;
-        let waiting = client.broker().depth("medium").await?.waiting;
-        ensure!(waiting == n, "queue! stored {waiting} of {n}");
-        Ok(rate(n, elapsed))
-    }
-    .await;
-    drop(client);
-    cleanup_prefix(&r.pch, &prefix).await;
-    result
-}
-
-/// One `queue_many` call of `n` events: events/s.
-async fn fw_bulk_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
-    let n = r.plan.n;
-    let (url, prefix) = r.fw_url("bulk");
-    let client = Client::connect(&url).await?;
-    let result = async {
-        let elapsed = fw::enqueue_bulk(&client, n).await?;
-        let waiting = client.broker().depth("medium").await?.waiting;
-        ensure!(waiting == n, "queue_many stored {waiting} of {n}");
-        Ok(rate(n, elapsed))
-    }
-    .await;
-    drop(client);
-    cleanup_prefix(&r.pch, &prefix).await;
-    result
 }
 
 /// The raw consumer draining a fresh backlog of `n`: events/s.
