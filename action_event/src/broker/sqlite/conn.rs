@@ -18,7 +18,7 @@
 //! `queue_many` of thousands of events, would wait for the copy of the
 //! whole log into the database file (measured: 26 ms of an 83 ms batch of
 //! 30,000). The broker's connection has a WAL hook instead
-//! ([`note_wal_pages`]) that only notes the mark; the operation returns,
+//! (`note_wal_pages`) that only notes the mark; the operation returns,
 //! and a task checkpoints (`PRAGMA wal_checkpoint(PASSIVE)`, what the
 //! automatic one does) right after, on the blocking pool, holding the
 //! connection like any operation. Same mark, same mode, same durability
