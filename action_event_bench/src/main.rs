@@ -133,6 +133,15 @@ impl Plan {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // With RUST_LOG set, the library's log goes to stderr (e.g.
+    // `RUST_LOG=action_event=debug` shows publishes sent again); without
+    // it nothing is installed, so the rows measure no logging.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     match args.cmd {
         Some(Cmd::Child(c)) => return child::main(c),
         Some(Cmd::Fill {
