@@ -39,26 +39,13 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
             fw = fw_enqueue_rate(r).await.map(|x| x.max(*best));
         }
     }
-    let row = raw
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(|&b| {
-            let baseline = format!(
-                "lapin publish, all {} confirms in flight, same bytes: {}",
-                thousands(n),
-                fmt_rate(b)
-            );
-            match r.skipped(&what, baseline.clone()) {
-                Some(row) => Ok(row),
-                None => fw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).map(|f| {
-                    Row::new(B, &what)
-                        .framework(fmt_rate(*f))
-                        .baseline(baseline)
-                        .ratio(f / b)
-                        .target(Target::AtLeast(0.9))
-                }),
-            }
-        });
+    let row = rate_row(r, &what, &fw, &raw, Some(Target::AtLeast(0.9)), |b| {
+        format!(
+            "lapin publish, all {} confirms in flight, same bytes: {}",
+            thousands(n),
+            fmt_rate(b)
+        )
+    });
     report.push_result(B, &what, row);
 
     // What 64 callers can reach at all: the same bytes with as many
@@ -69,21 +56,12 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         thousands(n),
         plan.enqueue_tasks
     );
-    let row = raw_window.and_then(|b| {
-        let baseline = format!(
+    let row = rate_row(r, &what_window, &fw, &raw_window, None, |b| {
+        format!(
             "lapin publish, {} confirms in flight, same bytes: {}",
             plan.enqueue_tasks,
             fmt_rate(b)
-        );
-        match r.skipped(&what_window, baseline.clone()) {
-            Some(row) => Ok(row),
-            None => fw.map(|f| {
-                Row::new(B, &what_window)
-                    .framework(fmt_rate(f))
-                    .baseline(baseline)
-                    .ratio(f / b)
-            }),
-        }
+        )
     });
     report.push_result(B, &what_window, row);
 
@@ -105,23 +83,12 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
                 .map(|x| x.max(*best));
         }
     }
-    let bulk_rate = bulk.as_ref().ok().copied();
-    let row = raw.and_then(|b| {
-        let baseline = format!(
+    let row = rate_row(r, &what, &bulk, &raw, Some(Target::AtLeast(1.0)), |b| {
+        format!(
             "lapin publish, all {} confirms in flight, same bytes: {}",
             thousands(n),
             fmt_rate(b)
-        );
-        match r.skipped(&what, baseline.clone()) {
-            Some(row) => Ok(row),
-            None => bulk.map(|f| {
-                Row::new(B, &what)
-                    .framework(fmt_rate(f))
-                    .baseline(baseline)
-                    .ratio(f / b)
-                    .target(Target::AtLeast(1.0))
-            }),
-        }
+        )
     });
     report.push_result(B, &what, row);
 
@@ -133,22 +100,41 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         "Enqueue {}: one `queue_many` call vs raw publishing `mandatory` like the library",
         thousands(n)
     );
-    let row = raw_mandatory.and_then(|b| {
-        let baseline = format!(
+    let row = rate_row(r, &what_mandatory, &bulk, &raw_mandatory, None, |b| {
+        format!(
             "lapin publish, `mandatory`, all {} confirms in flight, same bytes: {}",
             thousands(n),
             fmt_rate(b)
-        );
-        match (r.skipped(&what_mandatory, baseline.clone()), bulk_rate) {
-            (Some(row), _) => Ok(row),
-            (None, Some(f)) => Ok(Row::new(B, &what_mandatory)
-                .framework(fmt_rate(f))
-                .baseline(baseline)
-                .ratio(f / b)),
-            (None, None) => Err(anyhow::anyhow!("the queue_many row failed")),
-        }
+        )
     });
     report.push_result(B, &what_mandatory, row);
+}
+
+/// A row of action_event's rate `fw` against the baseline's `raw`
+/// (described by `baseline`), judged by `target` when given; an error of
+/// either side is the row's.
+fn rate_row(
+    r: &Rabbit<'_>,
+    what: &str,
+    fw: &anyhow::Result<f64>,
+    raw: &anyhow::Result<f64>,
+    target: Option<Target>,
+    baseline: impl FnOnce(f64) -> String,
+) -> anyhow::Result<Row> {
+    let b = *raw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let baseline = baseline(b);
+    if let Some(row) = r.skipped(what, baseline.clone()) {
+        return Ok(row);
+    }
+    let f = *fw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let row = Row::new(B, what)
+        .framework(fmt_rate(f))
+        .baseline(baseline)
+        .ratio(f / b);
+    Ok(match target {
+        Some(t) => row.target(t),
+        None => row,
+    })
 }
 
 /// Raw lapin publishing `n` bodies with up to `window` confirms in flight:

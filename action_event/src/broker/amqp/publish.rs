@@ -76,7 +76,7 @@ pub(super) struct PubConn {
     pub(super) conn: Arc<Connection>,
     pub(super) confirm: Channel,
     /// Since when (ms, 0: not) every confirm on `confirm` has been a nack.
-    pub(super) nacking_since: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) nacking_since: Arc<AtomicU64>,
 }
 
 /// How long nacks must go on, with no ack between them, before the confirm
@@ -100,14 +100,12 @@ impl PubConn {
 
     /// Notes an ack: the nack streak, if any, is over.
     fn acked(&self) {
-        self.nacking_since
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.nacking_since.store(0, Ordering::Relaxed);
     }
 
     /// Notes a nack; whether nacks have now gone on for [`NACK_STREAK`]
     /// with no ack between them.
     fn nacked_for_long(&self) -> bool {
-        use std::sync::atomic::Ordering;
         let now = now_ms().max(1);
         match self
             .nacking_since
