@@ -25,6 +25,7 @@ mod contract_checked;
 mod transient;
 
 // SQLite only.
+mod sqlite_acks;
 mod sqlite_broker;
 mod sqlite_owner;
 

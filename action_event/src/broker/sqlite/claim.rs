@@ -13,20 +13,38 @@
 //! records its owner, this broker's process ([`super::owner`]), so that the
 //! events of a poller that died come back at once instead.
 //!
+//! # Acks ride on claims
+//!
+//! An ack is a write transaction of its own, and SQLite's cost is mostly
+//! per transaction (the WAL commit and its locks). While a poller works
+//! through a backlog (its last claim found events), an ack waits up to
+//! `ack_linger` (URL option, default 2 ms) for the next claim, and that
+//! claim's transaction deletes the waiting acks' rows with its own update;
+//! acks that no claim carried in time commit together when the linger ends.
+//! An ack still returns only once its delete committed: only when it
+//! commits changes. The poller frees an event's slot before acking it, so
+//! the linger does not hold the next event back. If the process dies in
+//! between, the event runs again, as when it dies before the ack.
+//! Measured: a poller at concurrency 1 draining 30,000 events (batches of
+//! 8) spent 38 µs of CPU per event instead of 83 µs: one write
+//! transaction per 8 events instead of 9; the rusqlite loop that claims
+//! and deletes one row at a time spends 74 µs.
+//!
 //! # Cost
 //!
 //! Claiming is one index range scan per queue looked at (index
 //! `events(queue, visible_at, id)`), so it costs the same with ten or a
 //! million events waiting; see [`HOT_QUERIES`](super::HOT_QUERIES).
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rusqlite::{TransactionBehavior, params};
 
 use super::SqliteBroker;
 use super::ahead::Ahead;
-use super::conn::{Inner, State};
-use super::{now_i64, owner};
+use super::conn::{Inner, State, take_pending};
+use super::{now_i64, owner, settle};
 use crate::Error;
 use crate::broker::Delivery;
 
@@ -114,6 +132,7 @@ fn claim_once(
     // queue up behind each other or behind publishers. While a backlog is
     // being claimed, the read would only repeat what the claim looks at.
     if ahead.is_none() && state.peek && !any_ready(inner, state, queues, now)? {
+        inner.claiming.store(false, Ordering::Relaxed);
         return Ok(None);
     }
     // Something is ready: claim it under the write lock, looking again in
@@ -122,46 +141,31 @@ fn claim_once(
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| inner.err("take: begin", e))?;
-    let mut found: Option<(&String, Vec<ClaimedRow>)> = None;
-    {
-        let mut select = tx
-            .prepare_cached(CLAIM_BATCH)
-            .map_err(|e| inner.err("take", e))?;
-        for queue in scan {
-            let rows = select
-                .query_map(params![queue, now, inner.cfg.batch], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| inner.err("take", e))?;
-            if !rows.is_empty() {
-                found = Some((queue, rows));
-                break;
-            }
-        }
+    // The acks waiting for a claim go in this transaction (module docs,
+    // *Acks ride on claims*); forgotten by the heartbeat first, like any
+    // ack, even if the transaction then fails.
+    let acks = take_pending(&inner.acks);
+    for a in &acks.items {
+        state.held.remove(&(a.row, a.claim.clone()));
     }
-    let Some((queue, rows)) = found else {
-        // Nothing ready: nothing written, the rollback is free. The higher
-        // queues are empty now: the event claimed ahead goes.
-        drop(tx);
-        if let Some((_, pos)) = ahead {
-            return Ok(state.ahead.remove(pos).map(Ahead::into_delivery));
+    let claimed = (|| {
+        for a in &acks.items {
+            settle::delete_acked(inner, &tx, a)?;
         }
-        state.peek = true;
-        return Ok(None);
-    };
-    // The first claim registers this broker as an owner, in the same
-    // transaction: `state.owner` is set only once it committed.
-    let owner = match state.owner {
-        Some(id) => Some(id),
-        None => owner::register(&tx, now).map_err(|e| inner.err("take: owner", e))?,
-    };
-    let random = rand::random::<u128>();
-    let claim = match owner {
-        Some(id) => format!("{}{random:032x}", owner::claim_prefix(id)),
-        None => format!("{random:032x}"),
-    };
-    {
+        let Some((queue, rows)) = select_ready(inner, &tx, scan, now)? else {
+            return Ok(None);
+        };
+        // The first claim registers this broker as an owner, in the same
+        // transaction: `state.owner` is set only once it committed.
+        let owner = match state.owner {
+            Some(id) => Some(id),
+            None => owner::register(&tx, now).map_err(|e| inner.err("take: owner", e))?,
+        };
+        let random = rand::random::<u128>();
+        let claim = match owner {
+            Some(id) => format!("{}{random:032x}", owner::claim_prefix(id)),
+            None => format!("{random:032x}"),
+        };
         let until = now.saturating_add(inner.lease_ms());
         let mut update = tx
             .prepare_cached(CLAIM_UPDATE)
@@ -171,8 +175,31 @@ fn claim_once(
                 .execute(params![row, until, claim, owner])
                 .map_err(|e| inner.err("take", e))?;
         }
-    }
-    tx.commit().map_err(|e| inner.err("take: commit", e))?;
+        Ok(Some((queue, rows, owner, claim)))
+    })();
+    let claimed = match claimed {
+        // Nothing ready and no ack: nothing written, the rollback is free.
+        Ok(None) if acks.items.is_empty() => {
+            drop(tx);
+            Ok(None)
+        }
+        Ok(c) => tx
+            .commit()
+            .map(|()| c)
+            .map_err(|e| inner.err("take: commit", e)),
+        Err(e) => Err(e),
+    };
+    acks.finish(&inner.url, claimed.as_ref().map(|_| ()));
+    let Some((queue, rows, owner, claim)) = claimed? else {
+        // The higher queues are empty now: the event claimed ahead goes.
+        if let Some((_, pos)) = ahead {
+            return Ok(state.ahead.remove(pos).map(Ahead::into_delivery));
+        }
+        inner.claiming.store(false, Ordering::Relaxed);
+        state.peek = true;
+        return Ok(None);
+    };
+    inner.claiming.store(true, Ordering::Relaxed);
     state.owner = owner;
     state.peek = false;
     let since = Instant::now();
@@ -201,6 +228,30 @@ fn claim_once(
 
 /// A row [`CLAIM_BATCH`] found: id, event id, body, deliveries, visible_at.
 type ClaimedRow = (i64, String, String, i64, i64);
+
+/// The first queue of `scan` with ready events, and up to `batch` of them.
+fn select_ready(
+    inner: &Inner,
+    conn: &rusqlite::Connection,
+    scan: &[String],
+    now: i64,
+) -> Result<Option<(String, Vec<ClaimedRow>)>, Error> {
+    let mut select = conn
+        .prepare_cached(CLAIM_BATCH)
+        .map_err(|e| inner.err("take", e))?;
+    for queue in scan {
+        let rows = select
+            .query_map(params![queue, now, inner.cfg.batch], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| inner.err("take", e))?;
+        if !rows.is_empty() {
+            return Ok(Some((queue.clone(), rows)));
+        }
+    }
+    Ok(None)
+}
 
 /// Whether any of `queues` has a ready event (a plain read).
 fn any_ready(inner: &Inner, state: &State, queues: &[String], now: i64) -> Result<bool, Error> {

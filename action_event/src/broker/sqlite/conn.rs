@@ -124,6 +124,10 @@ pub(super) struct Inner {
     pub(super) publishes: std::sync::Mutex<Vec<Pending<Vec<NewRow>>>>,
     /// Acks waiting for the connection (see [`super::settle`]).
     pub(super) acks: std::sync::Mutex<Vec<Pending<Tag>>>,
+    /// Whether the last claim found events: a poller is working through a
+    /// backlog, so another claim is near and acks wait for it
+    /// ([`super::claim`], *Acks ride on claims*).
+    pub(super) claiming: std::sync::atomic::AtomicBool,
     /// Whether a checkpoint task is on its way (see the module docs,
     /// *Checkpoints*).
     pub(super) checkpointing: Arc<std::sync::atomic::AtomicBool>,
@@ -241,36 +245,45 @@ impl SqliteBroker {
         item: T,
         commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let take_all = || std::mem::take(&mut *lock_vec(pending(&self.inner)));
         let (done, mut result) = tokio::sync::oneshot::channel();
         lock_vec(pending(&self.inner)).push(Pending { item, done });
-        let mut guard = tokio::select! {
+        let guard = tokio::select! {
             biased;
             r = &mut result => return self.committed(r),
             guard = Arc::clone(&self.inner.state).lock_owned() => guard,
         };
-        let (items, senders): (Vec<T>, Vec<_>) =
-            take_all().into_iter().map(|p| (p.item, p.done)).unzip();
-        if items.is_empty() {
-            // Committed by whoever had the connection before us.
-            drop(guard);
-            return self.committed(result.await);
-        }
-        WOULD_WAIT.with(|w| w.set(false));
-        let first = commit(&self.inner, &mut guard, &items);
-        self.inner.checkpoint_if_due();
-        if first.is_err() && WOULD_WAIT.with(|w| w.get()) {
-            // Another connection holds the write lock: wait for it on the
-            // blocking pool, which also hands out the results.
+        // Committed here, or by whoever had the connection before us.
+        commit_pending(&self.inner, guard, pending, commit);
+        self.committed(result.await)
+    }
+
+    /// [`group_commit`](Self::group_commit) that waits up to `linger`
+    /// first, for more writes to join and for the next claim to carry
+    /// them ([`super::claim`], *Acks ride on claims*): the first write of a
+    /// group starts a task that commits the group after `linger`, unless a
+    /// claim committed it before. Each caller still returns only once its
+    /// write committed, and the writes are committed even if the callers
+    /// stop waiting.
+    pub(super) async fn lingering_commit<T: Send + 'static>(
+        &self,
+        pending: fn(&Inner) -> &std::sync::Mutex<Vec<Pending<T>>>,
+        item: T,
+        commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
+        linger: std::time::Duration,
+    ) -> Result<(), Error> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut waiting = lock_vec(pending(&self.inner));
+            waiting.push(Pending { item, done });
+            waiting.len() == 1
+        };
+        if first {
             let inner = Arc::clone(&self.inner);
-            drop(tokio::task::spawn_blocking(move || {
-                let r = inner.waiting(&mut guard, |state| commit(&inner, state, &items));
-                drop(guard);
-                hand_out(&inner.url, senders, r);
-            }));
-        } else {
-            drop(guard);
-            hand_out(&self.inner.url, senders, first);
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                let guard = Arc::clone(&inner.state).lock_owned().await;
+                commit_pending(&inner, guard, pending, commit);
+            });
         }
         self.committed(result.await)
     }
@@ -294,11 +307,65 @@ fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Commits every write `pending` holds with `commit`, on the connection
+/// `guard` holds: here, or on the blocking pool when SQLite would wait for
+/// another connection's lock. Hands each writer the outcome.
+fn commit_pending<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    mut guard: tokio::sync::OwnedMutexGuard<State>,
+    pending: fn(&Inner) -> &std::sync::Mutex<Vec<Pending<T>>>,
+    commit: fn(&Inner, &mut State, &[T]) -> Result<(), Error>,
+) {
+    let Taken { items, senders } = take_pending(pending(inner));
+    if items.is_empty() {
+        return;
+    }
+    WOULD_WAIT.with(|w| w.set(false));
+    let first = commit(inner, &mut guard, &items);
+    inner.checkpoint_if_due();
+    if first.is_err() && WOULD_WAIT.with(|w| w.get()) {
+        // Another connection holds the write lock: wait for it on the
+        // blocking pool (nothing was written).
+        let inner = Arc::clone(inner);
+        drop(tokio::task::spawn_blocking(move || {
+            let r = inner.waiting(&mut guard, |state| commit(&inner, state, &items));
+            drop(guard);
+            hand_out(&inner.url, senders, r.as_ref().map(|_| ()));
+        }));
+    } else {
+        drop(guard);
+        hand_out(&inner.url, senders, first.as_ref().map(|_| ()));
+    }
+}
+
+/// The writes taken out of a pending list, and where their outcome goes.
+pub(super) struct Taken<T> {
+    pub(super) items: Vec<T>,
+    senders: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+}
+
+impl<T> Taken<T> {
+    /// Hands each writer the outcome of the transaction that held them.
+    pub(super) fn finish(self, url: &str, r: Result<(), &Error>) {
+        hand_out(url, self.senders, r);
+    }
+}
+
+/// Takes every write waiting in `pending`: the caller commits them and
+/// calls [`Taken::finish`].
+pub(super) fn take_pending<T>(pending: &std::sync::Mutex<Vec<Pending<T>>>) -> Taken<T> {
+    let (items, senders) = std::mem::take(&mut *lock_vec(pending))
+        .into_iter()
+        .map(|p| (p.item, p.done))
+        .unzip();
+    Taken { items, senders }
+}
+
 /// Sends a group commit's outcome to each of its writers.
 fn hand_out(
     url: &str,
     senders: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
-    r: Result<(), Error>,
+    r: Result<(), &Error>,
 ) {
     match r {
         Ok(()) => {

@@ -203,6 +203,7 @@ impl SqliteBroker {
             state: Arc::new(tokio::sync::Mutex::new(State::new(conn))),
             publishes: std::sync::Mutex::new(Vec::new()),
             acks: std::sync::Mutex::new(Vec::new()),
+            claiming: Default::default(),
             checkpointing: Default::default(),
         });
         let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));

@@ -10,6 +10,7 @@
 //! | `busy_timeout` | `5s`     | how long to wait for another process's write lock              |
 //! | `poll`         | `100ms`  | longest sleep between two looks at an idle queue               |
 //! | `batch`        | `8`      | events one claim takes from a queue with a backlog (see [`super::ahead`]) |
+//! | `ack_linger`   | `2ms`    | while a poller works through a backlog, how long an ack waits for the next claim to commit it with (`0s`: at once; see [`super::claim`], *Acks ride on claims*) |
 //!
 //! e.g. `sqlite://var/events.db?lease=2m&synchronous=full`. An unknown option
 //! or a bad value is an [`Error::BadUrl`] naming it. The file is created
@@ -26,6 +27,7 @@ pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_POLL: Duration = Duration::from_millis(100);
 const DEFAULT_BATCH: u32 = 8;
+const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(2);
 
 /// The parsed options of a `sqlite://` URL.
 #[derive(Clone, Debug)]
@@ -36,6 +38,7 @@ pub(super) struct Options {
     pub(super) busy_timeout: Duration,
     pub(super) poll: Duration,
     pub(super) batch: u32,
+    pub(super) ack_linger: Duration,
 }
 
 impl Options {
@@ -67,6 +70,7 @@ impl Options {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             poll: DEFAULT_POLL,
             batch: DEFAULT_BATCH,
+            ack_linger: DEFAULT_ACK_LINGER,
         };
         let duration = |key: &str, value: &str| {
             humantime::parse_duration(value).map_err(|e| {
@@ -86,6 +90,7 @@ impl Options {
                     }
                 }
                 "busy_timeout" => cfg.busy_timeout = duration(&key, &value)?,
+                "ack_linger" => cfg.ack_linger = duration(&key, &value)?,
                 "poll" => {
                     cfg.poll = duration(&key, &value)?;
                     if cfg.poll.is_zero() {
@@ -118,10 +123,17 @@ impl Options {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown option `{other}`: expected `lease`, `synchronous`, `busy_timeout`, `poll` or `batch`"
+                        "unknown option `{other}`: expected `lease`, `synchronous`, `busy_timeout`, `poll`, `batch` or `ack_linger`"
                     )));
                 }
             }
+        }
+        if cfg.ack_linger >= cfg.lease {
+            return Err(bad(format!(
+                "option `ack_linger`: {} is not shorter than the lease ({}); the default is 2ms",
+                humantime::format_duration(cfg.ack_linger),
+                humantime::format_duration(cfg.lease)
+            )));
         }
         Ok(cfg)
     }
@@ -148,5 +160,10 @@ mod tests {
         assert!(!c.full_sync);
         assert!(Options::parse("sqlite://").is_err());
         assert!(Options::parse("sqlite://a.db?poll=0s").is_err());
+        assert_eq!(c.ack_linger, DEFAULT_ACK_LINGER);
+        let c = Options::parse("sqlite://a.db?ack_linger=0s").unwrap();
+        assert_eq!(c.ack_linger, Duration::ZERO);
+        let e = Options::parse("sqlite://a.db?lease=1s&ack_linger=2s").unwrap_err();
+        assert!(e.to_string().contains("`ack_linger`"), "{e}");
     }
 }

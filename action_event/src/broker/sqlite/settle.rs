@@ -15,12 +15,13 @@
 //! [`Broker::dead`]: crate::broker::Broker::dead
 //! [`Broker::release`]: crate::broker::Broker::release
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
 use super::claim::Tag;
-use super::conn::{Inner, State, each_in_one_tx};
+use super::conn::{Inner, Pending, State, each_in_one_tx};
 use super::{SqliteBroker, dur_ms, now_i64, text};
 use crate::Error;
 use crate::broker::Delivery;
@@ -39,12 +40,20 @@ pub(super) const RELEASE: &str =
 
 /// The event finished: its row goes. Acks that wait for the connection at
 /// the same time are committed together, like publishes: at high
-/// concurrency one write transaction settles many events.
+/// concurrency one write transaction settles many events. While the last
+/// claim found events, an ack first waits up to `ack_linger` (URL option)
+/// for the next claim's transaction to carry it. Either way it returns once its
+/// delete committed.
 pub(super) async fn ack(broker: &SqliteBroker, delivery: &Delivery) -> Result<(), Error> {
-    let tag = broker.tag(delivery)?;
-    broker
-        .group_commit(|inner| &inner.acks, tag.clone(), ack_rows)
-        .await
+    let tag = broker.tag(delivery)?.clone();
+    let linger = broker.inner.cfg.ack_linger;
+    if !linger.is_zero() && broker.inner.claiming.load(Ordering::Relaxed) {
+        broker
+            .lingering_commit(pending_acks, tag, ack_rows, linger)
+            .await
+    } else {
+        broker.group_commit(pending_acks, tag, ack_rows).await
+    }
 }
 
 /// The row becomes the next attempt `next`, due after `delay`.
@@ -101,6 +110,10 @@ async fn settle(
         .await
 }
 
+fn pending_acks(inner: &Inner) -> &std::sync::Mutex<Vec<Pending<Tag>>> {
+    &inner.acks
+}
+
 /// Deletes the rows of acked deliveries in one transaction (an autocommit
 /// delete for a single one). The deliveries are forgotten by the heartbeat
 /// first, even if the delete then fails (module docs).
@@ -108,17 +121,22 @@ fn ack_rows(inner: &Inner, state: &mut State, acks: &[Tag]) -> Result<(), Error>
     for a in acks {
         state.held.remove(&(a.row, a.claim.clone()));
     }
-    let delete = |conn: &Connection, a: &Tag| -> Result<(), Error> {
-        let n = conn
-            .prepare_cached(ACK)
-            .and_then(|mut s| s.execute(params![a.row, a.claim]))
-            .map_err(|e| inner.err("ack", e))?;
-        if n == 0 {
-            warn_lapsed(&inner.url, &a.event_id, "ack");
-        }
-        Ok(())
-    };
-    each_in_one_tx(inner, state, "ack", acks, delete)
+    each_in_one_tx(inner, state, "ack", acks, |conn, a| {
+        delete_acked(inner, conn, a)
+    })
+}
+
+/// Deletes an acked delivery's row if it still carries its claim token
+/// (else warns: another poller took it after its lease lapsed).
+pub(super) fn delete_acked(inner: &Inner, conn: &Connection, a: &Tag) -> Result<(), Error> {
+    let n = conn
+        .prepare_cached(ACK)
+        .and_then(|mut s| s.execute(params![a.row, a.claim]))
+        .map_err(|e| inner.err("ack", e))?;
+    if n == 0 {
+        warn_lapsed(&inner.url, &a.event_id, "ack");
+    }
+    Ok(())
 }
 
 pub(super) fn warn_lapsed(url: &str, event_id: &str, what: &str) {
