@@ -164,11 +164,11 @@ async fn on(
         thousands(n),
         plan.enqueue_tasks
     );
-    let label = format!(
+    let in_flight = format!(
         "lapin publish to a quorum queue, {} confirms in flight",
         plan.enqueue_tasks
     );
-    report.push(row(&what_tasks, &fwr, &raw_tasks, &label));
+    report.push(row(&what_tasks, &fwr, &raw_tasks, &in_flight));
     let what_bulk = format!(
         "Quorum queues, {label}: enqueue {}: one `queue_many` call",
         thousands(n)
@@ -185,8 +185,8 @@ async fn on(
         raw = raw_drain(&s, n).await?.best(&raw);
         fwr = fw_drain(&s, n).await?.best(&fwr);
     }
-    let label = format!("lapin consumer on a quorum queue, prefetch {PREFETCH}");
-    report.push(row(&what, &fwr, &raw, &label).target(Target::AtLeast(0.9)));
+    let consumer = format!("lapin consumer on a quorum queue, prefetch {PREFETCH}");
+    report.push(row(&what, &fwr, &raw, &consumer).target(Target::AtLeast(0.9)));
     let _ = s.pch.close(200, "OK".into()).await;
     let _ = s.publish.close(200, "OK".into()).await;
     let _ = s.consume.close(200, "OK".into()).await;
