@@ -19,15 +19,16 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 mod enqueue;
+mod memory;
+mod process;
 mod procs;
 
 use crate::Plan;
 use crate::child::{self, ChildSpec};
+use crate::cpu::Server;
 use crate::event::{self, clock_ns, percentiles};
 use crate::fw::{self, Until};
-use crate::report::{
-    Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, scale_target, thousands,
-};
+use crate::report::{Report, Row, Target, fmt_ms, fmt_rate, fmt_us, rate, scale_target, thousands};
 
 const B: &str = "rabbitmq";
 /// The raw consumer's prefetch.
@@ -255,6 +256,8 @@ struct Rabbit<'a> {
     consume: Connection,
     /// Why the framework side does not run, if it does not.
     fw_skip: Option<String>,
+    /// The broker's `beam.smp`, whose CPU the throughput rows read.
+    server: Server,
     seq: std::cell::Cell<u32>,
 }
 
@@ -395,6 +398,7 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
         pch,
         consume,
         fw_skip,
+        server: Server::rabbitmq(&plan.amqp_url),
         seq: std::cell::Cell::new(0),
     };
     let n = plan.n;
@@ -404,38 +408,7 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
     }
 
     if plan.wants("process") {
-        eprintln!("rabbitmq: processing");
-        let raw = best_of(plan.reps, || raw_drain_rate(&r)).await;
-        for c in plan.concurrencies {
-            let what = format!(
-                "Process {} no-op, backlog in `medium`, poller serves `high medium low`, concurrency {c}",
-                thousands(n)
-            );
-            let row = match &raw {
-                Err(e) => Err(anyhow::anyhow!("baseline: {e:#}")),
-                Ok(b) => {
-                    let baseline = format!(
-                        "lapin consumer, prefetch {PREFETCH}, decode + ack not awaited inline: {}",
-                        fmt_rate(*b)
-                    );
-                    match r.skipped(&what, baseline.clone()) {
-                        Some(row) => Ok(row),
-                        None => best_of(plan.reps, || drain(&r, c)).await.map(|f| {
-                            let row = Row::new(B, &what)
-                                .framework(fmt_rate(f))
-                                .baseline(baseline)
-                                .ratio(f / b);
-                            if c >= 8 {
-                                row.target(Target::AtLeast(0.9))
-                            } else {
-                                row
-                            }
-                        }),
-                    }
-                }
-            };
-            report.push_result(B, &what, row);
-        }
+        process::rows(&r, report).await;
     }
 
     if plan.wants("procs") {
@@ -455,7 +428,7 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
 
     if plan.wants("memory") {
         eprintln!("rabbitmq: memory");
-        memory(&r, report).await;
+        memory::rows(&r, report).await;
     }
 
     if plan.wants("scale") {
@@ -487,33 +460,6 @@ pub async fn rows(plan: &Plan, report: &mut Report, fw_skip: Option<String>) -> 
     Ok(())
 }
 
-/// The raw consumer draining a fresh backlog of `n`: events/s.
-async fn raw_drain_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
-    let n = r.plan.n;
-    let q = r.raw_queue("drain").await?;
-    let result = async {
-        r.raw_fill(&q, n).await?;
-        raw_consume(&r.consume, &q, n, None).await
-    }
-    .await;
-    r.drop_queue(&q).await;
-    Ok(rate(n, result?))
-}
-
-/// Runs `f` `reps` times and keeps the best (highest) result; the first
-/// error ends it.
-async fn best_of<F, Fut>(reps: usize, mut f: F) -> anyhow::Result<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<f64>>,
-{
-    let mut best = 0f64;
-    for _ in 0..reps {
-        best = best.max(f().await?);
-    }
-    Ok(best)
-}
-
 async fn fw_broker_filled(
     r: &Rabbit<'_>,
     tag: &str,
@@ -524,25 +470,6 @@ async fn fw_broker_filled(
     fw::fill(&Client::from_broker(broker.clone()), n, FILL_WINDOW).await?;
     tokio::time::sleep(FILL_SETTLE).await;
     Ok((broker, prefix))
-}
-
-async fn drain(r: &Rabbit<'_>, concurrency: usize) -> anyhow::Result<f64> {
-    let n = r.plan.n;
-    let (broker, prefix) = fw_broker_filled(r, "drain", n).await?;
-    let result = async {
-        let run =
-            fw::run_poller(broker.clone(), concurrency, Until::Empty(n), r.plan.limit).await?;
-        ensure!(
-            run.summary.completed == n,
-            "the poller completed {} of {n}",
-            run.summary.completed
-        );
-        Ok(rate(n, run.to_nth.context("no events ran")?))
-    }
-    .await;
-    drop(broker);
-    cleanup_prefix(&r.pch, &prefix).await;
-    result
 }
 
 type Lat = (u64, u64, u64);
@@ -628,97 +555,6 @@ async fn latency(r: &Rabbit<'_>, what: &str) -> anyhow::Result<Row> {
         .baseline(baseline)
         .ratio(f.1 as f64 / raw.1.max(1) as f64)
         .target(Target::AtMost(1.5)))
-}
-
-async fn memory(r: &Rabbit<'_>, report: &mut Report) {
-    let plan = r.plan;
-    let n = plan.n;
-    let idle_ms = plan.idle.as_millis().to_string();
-    let what = format!(
-        "Poller peak RSS idle ({}s, concurrency 8, own process)",
-        plan.idle.as_secs_f64()
-    );
-    let row = async {
-        let q = r.raw_queue("mem-idle").await?;
-        let raw = child::run_one(
-            plan,
-            ChildSpec::raw_amqp(&plan.amqp_url, &q, "idle", 0, &idle_ms),
-        )
-        .await;
-        r.drop_queue(&q).await;
-        let raw = raw?;
-        let baseline = format!(
-            "lapin consumer process: {} (RSS {})",
-            fmt_mb(raw.hwm_kb),
-            fmt_mb(raw.rss_kb)
-        );
-        if let Some(row) = r.skipped(&what, baseline.clone()) {
-            return Ok(row);
-        }
-        let (url, prefix) = r.fw_url("mem-idle");
-        let fw = child::run_one(plan, ChildSpec::fw(&url, "idle", 0, &idle_ms)).await;
-        cleanup_prefix(&r.pch, &prefix).await;
-        let fw = fw?;
-        Ok::<_, anyhow::Error>(
-            Row::new(B, &what)
-                .framework(format!("{} (RSS {})", fmt_mb(fw.hwm_kb), fmt_mb(fw.rss_kb)))
-                .baseline(baseline)
-                .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
-                .target(Target::AtMost(1.3)),
-        )
-    }
-    .await;
-    report.push_result(B, &what, row);
-
-    let what = format!(
-        "Poller peak RSS after draining {} (concurrency 8, own process)",
-        thousands(n)
-    );
-    let row = async {
-        let q = r.raw_queue("mem-drain").await?;
-        r.raw_fill(&q, n).await?;
-        let raw = child::run_one(
-            plan,
-            ChildSpec::raw_amqp(&plan.amqp_url, &q, "drain", n, "0"),
-        )
-        .await;
-        r.drop_queue(&q).await;
-        let raw = raw?;
-        let baseline = format!(
-            "lapin consumer process: {} (RSS {}; CPU {})",
-            fmt_mb(raw.hwm_kb),
-            fmt_mb(raw.rss_kb),
-            fmt_us(raw.cpu / n as u32)
-        );
-        if let Some(row) = r.skipped(&what, baseline.clone()) {
-            return Ok(row);
-        }
-        let (broker, prefix) = fw_broker_filled(r, "mem-drain", n).await?;
-        drop(broker);
-        let url = with_prefix(&plan.amqp_url, &prefix);
-        let fw = child::run_one(plan, ChildSpec::fw(&url, "drain", n, "0")).await;
-        cleanup_prefix(&r.pch, &prefix).await;
-        let fw = fw?;
-        ensure!(fw.done == n, "the poller drained {} of {n}", fw.done);
-        let mb = fw.hwm_kb as f64 / 1024.0;
-        Ok::<_, anyhow::Error>(
-            Row::new(B, &what)
-                .framework(format!(
-                    "{} (RSS {}; CPU {})",
-                    fmt_mb(fw.hwm_kb),
-                    fmt_mb(fw.rss_kb),
-                    fmt_us(fw.cpu / n as u32)
-                ))
-                .baseline(baseline)
-                .ratio(fw.hwm_kb as f64 / raw.hwm_kb.max(1) as f64)
-                .target(Target::Check {
-                    text: "< 40 MB".into(),
-                    pass: mb < 40.0,
-                }),
-        )
-    }
-    .await;
-    report.push_result(B, &what, row);
 }
 
 async fn scale(r: &Rabbit<'_>, report: &mut Report) {

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail, ensure};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::Plan;
+use crate::cpu::{Cpu, Meter, Server};
 use crate::event::{Probe, cpu_time, rss_kb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,12 +137,35 @@ pub async fn run_one(plan: &Plan, spec: ChildSpec) -> anyhow::Result<ChildResult
     r.pop().context("no result")
 }
 
+/// [`run_one`] of a child that runs `n` events, with its CPU per event:
+/// the child's own (its whole life) and `server`'s from `go` to its exit.
+pub async fn run_metered(
+    plan: &Plan,
+    spec: ChildSpec,
+    server: &Server,
+    n: u64,
+) -> anyhow::Result<(ChildResult, Cpu)> {
+    let (_, mut r, cpu) = run_inner(plan, vec![spec], Some((server, n))).await?;
+    Ok((r.pop().context("no result")?, cpu.context("no CPU")?))
+}
+
 /// Starts every child, waits until all are ready, starts them together and
 /// waits for all. Returns the wall time from `go` to the last exit.
 pub async fn run_many(
     plan: &Plan,
     specs: Vec<ChildSpec>,
 ) -> anyhow::Result<(Duration, Vec<ChildResult>)> {
+    let (elapsed, results, _) = run_inner(plan, specs, None).await?;
+    Ok((elapsed, results))
+}
+
+/// [`run_many`], reading `meter`'s server (and the children's CPU) per
+/// event of the `n` they run, when given.
+async fn run_inner(
+    plan: &Plan,
+    specs: Vec<ChildSpec>,
+    meter: Option<(&Server, u64)>,
+) -> anyhow::Result<(Duration, Vec<ChildResult>, Option<Cpu>)> {
     let mut children = Vec::new();
     for spec in specs {
         let mut child = tokio::process::Command::new(&plan.exe)
@@ -161,6 +185,7 @@ pub async fn run_many(
             let line = lines.next_line().await?.unwrap_or_default();
             ensure!(line == "READY", "child said `{line}` instead of READY");
         }
+        let running = meter.map(|(server, n)| (Meter::start(server), n));
         let started = Instant::now();
         for (child, _) in children.iter_mut() {
             let mut stdin = child.stdin.take().context("child stdin")?;
@@ -178,7 +203,9 @@ pub async fn run_many(
             ensure!(status.success(), "child exited with {status}");
             results.push(result.context("child printed no RESULT")?);
         }
-        Ok((started.elapsed(), results))
+        let elapsed = started.elapsed();
+        let cpu = running.map(|(m, n)| m.stop_child(n, results.iter().map(|r| r.cpu).sum()));
+        Ok((elapsed, results, cpu))
     };
     match tokio::time::timeout(limit, run).await {
         Ok(r) => r,

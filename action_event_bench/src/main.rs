@@ -6,9 +6,14 @@
 //! `target/BENCHMARKS.quick.md` instead, so a smoke run never replaces the
 //! recorded numbers). `--quick` uses small sizes and judges no timing: it
 //! fails only when something does not work.
+//!
+//! Every throughput row also records each side's CPU per event, its own
+//! and its broker's (`cpu.rs`), in a section of its own; `--compare`
+//! prints that table again at the end of stdout.
 
 mod amqp;
 mod child;
+mod cpu;
 mod event;
 mod fw;
 mod postgres;
@@ -76,6 +81,14 @@ struct Args {
     /// run is shown (default 3; --quick: 1).
     #[arg(long)]
     reps: Option<usize>,
+    /// After the run, print the "CPU per event, each side" table again, on
+    /// its own at the end of stdout: for every throughput row, µs of CPU
+    /// per event of the client (this process, or a side's own process) and
+    /// of the broker (the RabbitMQ node's beam.smp, all postgres processes;
+    /// SQLite: in process), for action_event and for the baseline. The
+    /// table is measured on every run and is always in the report.
+    #[arg(long)]
+    compare: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -300,6 +313,7 @@ async fn run(args: Args) -> ExitCode {
         rows: Vec::new(),
         notes: Vec::new(),
         errors: 0,
+        cpu: cpu::Table::default(),
     };
     report.header.push((
         "N".into(),
@@ -389,6 +403,13 @@ async fn run(args: Args) -> ExitCode {
 
     let md = report.markdown();
     println!("{md}");
+    if args.compare {
+        if report.cpu.is_empty() {
+            println!("(--compare: no throughput row ran, no CPU to compare)");
+        } else {
+            println!("{}", report.cpu.markdown());
+        }
+    }
     let out = args.out.unwrap_or_else(|| {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let root = manifest.parent().map(PathBuf::from).unwrap_or(manifest);
@@ -458,7 +479,7 @@ fn notes(plan: &Plan) -> Vec<String> {
              `poller::main_with_args` (the poller binary's path: `--threads` picks its \
              runtime, its default INFO log goes to a file, checked to hold a `Finished \
              processing` line per event); their CPU is user + system of that process per \
-             event (/proc/self/stat), the broker's not counted.",
+             event (/proc/self/stat); the broker's is in the CPU section.",
             amqp::WINDOW,
             amqp::PREFETCH,
             amqp::PREFETCH
@@ -470,6 +491,14 @@ fn notes(plan: &Plan) -> Vec<String> {
              to N (each event ran once).",
             2
         ),
+        "CPU per event, each side (the last section; `--compare` prints it again at the end \
+         of stdout): always measured, a reading is a few /proc files (PostgreSQL: a scan of \
+         /proc, ~3 ms), taken outside the clocks. The `beam.smp` is the one holding the socket \
+         listening on the URL's port; PostgreSQL's sum keeps the CPU of backends that exited \
+         (the postmaster's reaped-children times). The in-process drains' span also holds the \
+         poller's start and its last look at the empty queues (its rate stops at the N-th \
+         event)."
+            .into(),
         "In-process rows install no tracing subscriber: the poller's per-event log lines cost \
          nothing there; the RabbitMQ rows \"in own processes\" write the default INFO log to \
          a file, as a deployed poller does."

@@ -16,9 +16,10 @@ use action_event::{Client, Envelope, QueueRequest};
 use anyhow::{Context as _, ensure};
 
 use crate::Plan;
+use crate::cpu::{Meter, Run, Server};
 use crate::event::{self, NAME};
 use crate::fw::{self, Until};
-use crate::report::{Report, Row, Target, fmt_rate, fmt_us, rate, scale_target, thousands};
+use crate::report::{Report, Row, Target, fmt_rate, fmt_us, scale_target, thousands};
 
 const B: &str = "postgres";
 /// Rows per statement of the bulk rows and of every untimed fill.
@@ -246,15 +247,19 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
 
 async fn enqueue_single(plan: &Plan) -> anyhow::Result<Row> {
     let n = plan.n;
-    let (mut best_fw, mut best_raw) = (Duration::MAX, Duration::MAX);
+    let server = Server::postgres();
+    let (mut best_fw, mut best_raw) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
         let place = Place::new(plan, "enq").await?;
         let client = Client::from_broker(Arc::new(place.broker().await?));
-        best_fw = best_fw.min(fw::enqueue(&client, n, plan.enqueue_tasks).await?);
+        let meter = Meter::start(&server);
+        let elapsed = fw::enqueue(&client, n, plan.enqueue_tasks).await?;
+        best_fw = Run::new(n, elapsed, meter.stop(n)).best(&best_fw);
         place.drop_schema().await;
 
         let place = Place::new(plan, "enqraw").await?;
         let sql = Arc::new(place.insert_one());
+        let meter = Meter::start(&server);
         let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for t in 0..plan.enqueue_tasks {
@@ -282,15 +287,11 @@ async fn enqueue_single(plan: &Plan) -> anyhow::Result<Row> {
         while let Some(r) = set.join_next().await {
             r.context("raw enqueue task")??;
         }
-        best_raw = best_raw.min(started.elapsed());
+        let elapsed = started.elapsed();
+        best_raw = Run::new(n, elapsed, meter.stop(n)).best(&best_raw);
         place.drop_schema().await;
     }
-    let (f, r) = (rate(n, best_fw), rate(n, best_raw));
-    Ok(Row::new(B, "")
-        .framework(fmt_rate(f))
-        .baseline(format!("{} (sqlx INSERT per event)", fmt_rate(r)))
-        .ratio(f / r)
-        .target(Target::AtLeast(0.8)))
+    Ok(rate_row(best_fw, best_raw, "sqlx INSERT per event"))
 }
 
 async fn enqueue_bulk(plan: &Plan) -> anyhow::Result<Row> {
@@ -307,67 +308,78 @@ async fn enqueue_bulk(plan: &Plan) -> anyhow::Result<Row> {
             )
         })
         .unzip();
-    let (mut best_fw, mut best_raw) = (Duration::MAX, Duration::MAX);
+    let server = Server::postgres();
+    let (mut best_fw, mut best_raw) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
         let place = Place::new(plan, "bulk").await?;
         let broker = place.broker().await?;
+        let meter = Meter::start(&server);
         let started = Instant::now();
         for chunk in envs.chunks(CHUNK) {
             broker.publish_many(chunk).await?;
         }
-        best_fw = best_fw.min(started.elapsed());
+        let elapsed = started.elapsed();
+        best_fw = Run::new(n, elapsed, meter.stop(n)).best(&best_fw);
         drop(broker);
         place.drop_schema().await;
 
         let place = Place::new(plan, "bulkraw").await?;
         let sql = place.insert_many();
+        let meter = Meter::start(&server);
         let started = Instant::now();
         for (i, b) in ids.chunks(CHUNK).zip(bodies.chunks(CHUNK)) {
             insert_chunk(&place.raw, &sql, i, b).await?;
         }
-        best_raw = best_raw.min(started.elapsed());
+        let elapsed = started.elapsed();
+        best_raw = Run::new(n, elapsed, meter.stop(n)).best(&best_raw);
         place.drop_schema().await;
     }
-    let (f, r) = (rate(n, best_fw), rate(n, best_raw));
-    Ok(Row::new(B, "")
-        .framework(fmt_rate(f))
-        .baseline(format!("{} (sqlx multi-row INSERT)", fmt_rate(r)))
-        .ratio(f / r)
-        .target(Target::AtLeast(0.8)))
+    Ok(rate_row(best_fw, best_raw, "sqlx multi-row INSERT"))
+}
+
+/// A throughput row of the runs `f` (action_event) and `r` (the baseline
+/// named `label`), with their CPU; ≥ 0.8x.
+fn rate_row(f: Run, r: Run, label: &str) -> Row {
+    Row::new(B, "")
+        .framework(fmt_rate(f.rate))
+        .baseline(format!("{} ({label})", fmt_rate(r.rate)))
+        .ratio(f.rate / r.rate)
+        .target(Target::AtLeast(0.8))
+        .cpu(Some(&f.cpu), &r.cpu, label)
 }
 
 async fn drain(plan: &Plan, concurrency: usize) -> anyhow::Result<Row> {
     let n = plan.n;
-    let (mut best_fw, mut best_raw) = (Duration::MAX, Duration::MAX);
+    let server = Server::postgres();
+    let (mut best_fw, mut best_raw) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
         let place = Place::new(plan, "drain").await?;
         place.fill(n).await?;
-        let run = fw::run_poller(
-            Arc::new(place.broker().await?),
-            concurrency,
-            Until::Empty(n),
-            plan.limit,
-        )
-        .await?;
+        let broker = Arc::new(place.broker().await?);
+        let meter = Meter::start(&server);
+        let run = fw::run_poller(broker, concurrency, Until::Empty(n), plan.limit).await?;
+        let cpu = meter.stop(n);
         ensure!(
             run.probe.done() == n,
             "{} of {n} events ran",
             run.probe.done()
         );
-        best_fw = best_fw.min(run.to_nth.context("the n-th event never started")?);
+        let to_nth = run.to_nth.context("the n-th event never started")?;
+        best_fw = Run::new(n, to_nth, cpu).best(&best_fw);
         place.drop_schema().await;
 
         let place = Place::new(plan, "drainraw").await?;
         place.fill(n).await?;
-        best_raw = best_raw.min(raw_drain(&place, n, concurrency).await?);
+        let meter = Meter::start(&server);
+        let elapsed = raw_drain(&place, n, concurrency).await?;
+        best_raw = Run::new(n, elapsed, meter.stop(n)).best(&best_raw);
         place.drop_schema().await;
     }
-    let (f, r) = (rate(n, best_fw), rate(n, best_raw));
-    Ok(Row::new(B, "")
-        .framework(fmt_rate(f))
-        .baseline(format!("{} (sqlx SKIP LOCKED claim + delete)", fmt_rate(r)))
-        .ratio(f / r)
-        .target(Target::AtLeast(0.8)))
+    Ok(rate_row(
+        best_fw,
+        best_raw,
+        "sqlx SKIP LOCKED claim + delete",
+    ))
 }
 
 /// 4 pollers (each its own broker, concurrency 8) on empty queues for

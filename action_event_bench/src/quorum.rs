@@ -20,9 +20,10 @@ use lapin::{Channel, Connection};
 
 use crate::Plan;
 use crate::amqp::{PREFETCH, WINDOW, raw_connect, raw_consume, raw_publish};
+use crate::cpu::{Meter, Run, Server};
 use crate::event;
 use crate::fw::{self, Until};
-use crate::report::{Report, Row, Target, fmt_rate, rate, thousands};
+use crate::report::{Report, Row, Target, fmt_rate, thousands};
 
 const B: &str = "rabbitmq quorum";
 /// The most events per quorum row.
@@ -65,6 +66,8 @@ struct Side<'a> {
     publish: Connection,
     pch: Channel,
     consume: Connection,
+    /// Every node's `beam.smp`: the CPU of the broker.
+    server: Server,
     seq: std::cell::Cell<u32>,
 }
 
@@ -131,6 +134,7 @@ async fn on(
         publish,
         pch,
         consume,
+        server: Server::nodes((0..cluster.len()).map(|i| cluster.node(i).vm_pid())),
         seq: std::cell::Cell::new(0),
     };
 
@@ -140,140 +144,129 @@ async fn on(
         thousands(n),
         plan.enqueue_tasks
     );
-    let (mut raw, mut fwr) = (0f64, 0f64);
+    let (mut raw, mut fwr) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
-        raw = raw.max(raw_enqueue(&s, n).await?);
-        fwr = fwr.max(fw_enqueue(&s, n).await?);
+        raw = raw_enqueue(&s, n).await?.best(&raw);
+        fwr = fw_enqueue(&s, n).await?.best(&fwr);
     }
-    report.push(
-        Row::new(B, &what)
-            .framework(fmt_rate(fwr))
-            .baseline(format!(
-                "lapin publish to a quorum queue, {WINDOW} confirms in flight: {}",
-                fmt_rate(raw)
-            ))
-            .ratio(fwr / raw)
-            .target(Target::AtLeast(0.9)),
-    );
+    let window = format!("lapin publish to a quorum queue, {WINDOW} confirms in flight");
+    report.push(row(&what, &fwr, &raw, &window).target(Target::AtLeast(0.9)));
     // The same callers against a raw publisher with as many confirms in
     // flight as there are callers, and the bulk API against the raw window.
     let tasks = usize::try_from(plan.enqueue_tasks).unwrap_or(usize::MAX);
-    let (mut raw_tasks, mut bulk) = (0f64, 0f64);
+    let (mut raw_tasks, mut bulk) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
-        raw_tasks = raw_tasks.max(raw_enqueue_window(&s, n, tasks).await?);
-        bulk = bulk.max(fw_bulk(&s, n).await?);
+        raw_tasks = raw_enqueue_window(&s, n, tasks).await?.best(&raw_tasks);
+        bulk = fw_bulk(&s, n).await?.best(&bulk);
     }
     let what_tasks = format!(
         "Quorum queues, {label}: enqueue {}: `queue!` from {} tasks vs raw with as many confirms in flight",
         thousands(n),
         plan.enqueue_tasks
     );
-    report.push(
-        Row::new(B, &what_tasks)
-            .framework(fmt_rate(fwr))
-            .baseline(format!(
-                "lapin publish to a quorum queue, {} confirms in flight: {}",
-                plan.enqueue_tasks,
-                fmt_rate(raw_tasks)
-            ))
-            .ratio(fwr / raw_tasks),
+    let in_flight = format!(
+        "lapin publish to a quorum queue, {} confirms in flight",
+        plan.enqueue_tasks
     );
+    report.push(row(&what_tasks, &fwr, &raw_tasks, &in_flight));
     let what_bulk = format!(
         "Quorum queues, {label}: enqueue {}: one `queue_many` call",
         thousands(n)
     );
-    report.push(
-        Row::new(B, &what_bulk)
-            .framework(fmt_rate(bulk))
-            .baseline(format!(
-                "lapin publish to a quorum queue, {WINDOW} confirms in flight: {}",
-                fmt_rate(raw)
-            ))
-            .ratio(bulk / raw)
-            .target(Target::AtLeast(0.9)),
-    );
+    report.push(row(&what_bulk, &bulk, &raw, &window).target(Target::AtLeast(0.9)));
 
     eprintln!("rabbitmq quorum ({label}): drain");
     let what = format!(
         "Quorum queues, {label}: process {} no-op, concurrency {CONCURRENCY}",
         thousands(n)
     );
-    let (mut raw, mut fwr) = (0f64, 0f64);
+    let (mut raw, mut fwr) = (Run::default(), Run::default());
     for _ in 0..plan.reps {
-        raw = raw.max(raw_drain(&s, n).await?);
-        fwr = fwr.max(fw_drain(&s, n).await?);
+        raw = raw_drain(&s, n).await?.best(&raw);
+        fwr = fw_drain(&s, n).await?.best(&fwr);
     }
-    report.push(
-        Row::new(B, &what)
-            .framework(fmt_rate(fwr))
-            .baseline(format!(
-                "lapin consumer on a quorum queue, prefetch {PREFETCH}: {}",
-                fmt_rate(raw)
-            ))
-            .ratio(fwr / raw)
-            .target(Target::AtLeast(0.9)),
-    );
+    let consumer = format!("lapin consumer on a quorum queue, prefetch {PREFETCH}");
+    report.push(row(&what, &fwr, &raw, &consumer).target(Target::AtLeast(0.9)));
     let _ = s.pch.close(200, "OK".into()).await;
     let _ = s.publish.close(200, "OK".into()).await;
     let _ = s.consume.close(200, "OK".into()).await;
     Ok(())
 }
 
-async fn raw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+/// A row of the runs `fw` against `raw` (the baseline named `label`).
+fn row(what: &str, fw: &Run, raw: &Run, label: &str) -> Row {
+    Row::new(B, what)
+        .framework(fmt_rate(fw.rate))
+        .baseline(format!("{label}: {}", fmt_rate(raw.rate)))
+        .ratio(fw.rate / raw.rate)
+        .cpu(Some(&fw.cpu), &raw.cpu, label)
+}
+
+async fn raw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<Run> {
     raw_enqueue_window(s, n, WINDOW).await
 }
 
-/// Raw publishing with up to `window` confirms in flight: events/s.
-async fn raw_enqueue_window(s: &Side<'_>, n: u64, window: usize) -> anyhow::Result<f64> {
+/// Raw publishing with up to `window` confirms in flight.
+async fn raw_enqueue_window(s: &Side<'_>, n: u64, window: usize) -> anyhow::Result<Run> {
     let q = s.raw_queue("enqueue").await?;
     let bodies = bodies(n)?;
+    let meter = Meter::start(&s.server);
     let started = Instant::now();
     let result = raw_publish(&s.pch, &q, &bodies, window).await;
     let elapsed = started.elapsed();
+    let cpu = meter.stop(n);
     s.drop_queue(&q).await;
     ensure!(result? == n, "raw publish sent fewer than {n}");
-    Ok(rate(n, elapsed))
+    Ok(Run::new(n, elapsed, cpu))
 }
 
-async fn fw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+async fn fw_enqueue(s: &Side<'_>, n: u64) -> anyhow::Result<Run> {
     let client = Client::connect(&s.fw_url("enqueue")).await?;
+    let meter = Meter::start(&s.server);
     let elapsed = fw::enqueue(&client, n, s.plan.enqueue_tasks).await?;
+    let cpu = meter.stop(n);
     let waiting = client.broker().depth("medium").await?.waiting;
     ensure!(waiting == n, "queue! stored {waiting} of {n}");
-    Ok(rate(n, elapsed))
+    Ok(Run::new(n, elapsed, cpu))
 }
 
-/// One `queue_many` call of `n` events: events/s.
-async fn fw_bulk(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+/// One `queue_many` call of `n` events.
+async fn fw_bulk(s: &Side<'_>, n: u64) -> anyhow::Result<Run> {
     let client = Client::connect(&s.fw_url("bulk")).await?;
+    let meter = Meter::start(&s.server);
     let elapsed = fw::enqueue_bulk(&client, n).await?;
+    let cpu = meter.stop(n);
     let waiting = client.broker().depth("medium").await?.waiting;
     ensure!(waiting == n, "queue_many stored {waiting} of {n}");
-    Ok(rate(n, elapsed))
+    Ok(Run::new(n, elapsed, cpu))
 }
 
-async fn raw_drain(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+async fn raw_drain(s: &Side<'_>, n: u64) -> anyhow::Result<Run> {
     let q = s.raw_queue("drain").await?;
     let result = async {
         raw_publish(&s.pch, &q, &bodies(n)?, WINDOW).await?;
         tokio::time::sleep(SETTLE).await;
-        raw_consume(&s.consume, &q, n, None).await
+        let meter = Meter::start(&s.server);
+        let elapsed = raw_consume(&s.consume, &q, n, None).await?;
+        Ok::<_, anyhow::Error>(Run::new(n, elapsed, meter.stop(n)))
     }
     .await;
     s.drop_queue(&q).await;
-    Ok(rate(n, result?))
+    result
 }
 
-async fn fw_drain(s: &Side<'_>, n: u64) -> anyhow::Result<f64> {
+async fn fw_drain(s: &Side<'_>, n: u64) -> anyhow::Result<Run> {
     let broker = action_event::broker::connect(&s.fw_url("drain")).await?;
     fw::fill(&Client::from_broker(broker.clone()), n, WINDOW).await?;
     tokio::time::sleep(SETTLE).await;
+    let meter = Meter::start(&s.server);
     let run = fw::run_poller(broker, CONCURRENCY, Until::Empty(n), s.plan.limit).await?;
+    let cpu = meter.stop(n);
     ensure!(
         run.summary.completed == n,
         "the poller completed {} of {n}",
         run.summary.completed
     );
     let to_nth = run.to_nth.ok_or_else(|| anyhow::anyhow!("no events ran"))?;
-    Ok(rate(n, to_nth))
+    Ok(Run::new(n, to_nth, cpu))
 }

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::cpu;
+
 /// A target a row is judged against.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -26,6 +28,8 @@ pub struct Row {
     pub target: Option<Target>,
     /// A row that did not run: `skipped: ...` or `error: ...`.
     pub status: Option<String>,
+    /// Each side's CPU per event (throughput rows), for the CPU section.
+    pub cpu: Option<cpu::Pair>,
 }
 
 impl Row {
@@ -38,6 +42,7 @@ impl Row {
             ratio: None,
             target: None,
             status: None,
+            cpu: None,
         }
     }
     pub fn framework(mut self, s: impl Into<String>) -> Row {
@@ -54,6 +59,16 @@ impl Row {
     }
     pub fn target(mut self, t: Target) -> Row {
         self.target = Some(t);
+        self
+    }
+    /// Each side's CPU per event (`fw`: `None` if that side did not run)
+    /// and the baseline's name, for the "CPU per event, each side" table.
+    pub fn cpu(mut self, fw: Option<&cpu::Cpu>, raw: &cpu::Cpu, label: impl Into<String>) -> Row {
+        self.cpu = Some(cpu::Pair {
+            fw: fw.cloned(),
+            raw: raw.clone(),
+            label: label.into(),
+        });
         self
     }
 
@@ -111,10 +126,15 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
     pub errors: usize,
+    /// The rows' CPU per event, each side.
+    pub cpu: cpu::Table,
 }
 
 impl Report {
-    pub fn push(&mut self, row: Row) {
+    pub fn push(&mut self, mut row: Row) {
+        if let Some(pair) = row.cpu.take() {
+            self.cpu.push(&row.what, row.backend, pair);
+        }
         let c = row.cells(self.quick);
         eprintln!(
             "  {} [{}]: {} | {} | {} {}",
@@ -181,6 +201,9 @@ impl Report {
             for n in &self.notes {
                 let _ = writeln!(s, "- {n}");
             }
+        }
+        if !self.cpu.is_empty() {
+            let _ = write!(s, "\n{}", self.cpu.markdown());
         }
         s
     }

@@ -19,6 +19,8 @@ use crate::report::{
     Report, Row, Target, fmt_mb, fmt_ms, fmt_rate, fmt_us, rate, scale_target, thousands,
 };
 
+mod throughput;
+
 const B: &str = "sqlite";
 /// The queues a poller serves, in priority order; every backlog is in `medium`.
 pub const QUEUES: [&str; 3] = ["high", "medium", "low"];
@@ -217,100 +219,8 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
         .context("temp dir")?;
     let dir = dir.path();
     let n = plan.n;
-    let floor = Target::AtLeast(0.8);
 
-    if plan.wants("enqueue") {
-        eprintln!("sqlite: enqueue");
-        let what = format!(
-            "Enqueue {}: `queue!` from {} tasks (durable: each returns after its commit)",
-            thousands(n),
-            plan.enqueue_tasks
-        );
-        let r = async {
-            let (mut f, mut b) = (0f64, 0f64);
-            for _ in 0..plan.reps {
-                let (fr, br) = enqueue(plan, dir).await?;
-                (f, b) = (f.max(fr), b.max(br));
-            }
-            Ok::<_, anyhow::Error>((f, b))
-        }
-        .await
-        .map(|(f, b)| {
-            Row::new(B, &what)
-                .framework(fmt_rate(f))
-                .baseline(format!(
-                    "rusqlite INSERT loop, 1 connection, 1 tx/row (the broker commits concurrent \
-                     publishes together): {}",
-                    fmt_rate(b)
-                ))
-                .ratio(f / b)
-                .target(floor.clone())
-        });
-        report.push_result(B, &what, r);
-
-        let what = format!(
-            "Enqueue {}: one `queue_many` call (bulk: one transaction)",
-            thousands(n)
-        );
-        let r = async {
-            let (mut f, mut b) = (0f64, 0f64);
-            for _ in 0..plan.reps {
-                let (fr, br) = enqueue_bulk(plan, dir).await?;
-                (f, b) = (f.max(fr), b.max(br));
-            }
-            Ok::<_, anyhow::Error>((f, b))
-        }
-        .await
-        .map(|(f, b)| {
-            Row::new(B, &what)
-                .framework(fmt_rate(f))
-                .baseline(format!(
-                    "rusqlite INSERT loop in one transaction, same bytes: {}",
-                    fmt_rate(b)
-                ))
-                .ratio(f / b)
-                .target(Target::AtLeast(1.0))
-        });
-        report.push_result(B, &what, r);
-    }
-
-    if plan.wants("process") {
-        eprintln!("sqlite: processing");
-        // Best of `reps`, the baseline and each concurrency taking turns.
-        let mut raw: anyhow::Result<f64> = Ok(0.0);
-        let mut fw: Vec<anyhow::Result<f64>> = plan.concurrencies.iter().map(|_| Ok(0.0)).collect();
-        for _ in 0..plan.reps {
-            if let Ok(best) = &raw {
-                raw = raw_drain_rate(dir, n).await.map(|r| r.max(*best));
-            }
-            for (i, c) in plan.concurrencies.iter().enumerate() {
-                if let Ok(best) = &fw[i] {
-                    fw[i] = drain(plan, dir, *c).await.map(|r| r.max(*best));
-                }
-            }
-        }
-        for (c, f) in plan.concurrencies.iter().zip(fw) {
-            let what = format!(
-                "Process {} no-op, backlog in `medium`, poller serves `high medium low`, concurrency {c}",
-                thousands(n)
-            );
-            let r = match &raw {
-                Err(e) => Err(anyhow::anyhow!("baseline: {e:#}")),
-                Ok(b) => f.map(|f| {
-                    Row::new(B, &what)
-                        .framework(fmt_rate(f))
-                        .baseline(format!(
-                            "rusqlite claim+delete loop, 1 connection (same {}): {}",
-                            thousands(n),
-                            fmt_rate(*b)
-                        ))
-                        .ratio(f / b)
-                        .target(floor.clone())
-                }),
-            };
-            report.push_result(B, &what, r);
-        }
-    }
+    throughput::rows(plan, dir, report).await;
 
     if plan.wants("latency") {
         eprintln!("sqlite: latency");
@@ -357,104 +267,6 @@ pub async fn rows(plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
         report.push_result(B, &what, r);
     }
     Ok(())
-}
-
-async fn enqueue(plan: &Plan, dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let n = plan.n;
-    let fw_db = Db::fresh(dir, "enqueue-fw");
-    let client = Client::connect(&fw_db.url()).await?;
-    let fw_time = fw::enqueue(&client, n, plan.enqueue_tasks).await?;
-    drop(client);
-    let stored = depth(&fw_db).await?;
-    ensure!(stored == n, "queue! stored {stored} of {n}");
-
-    let raw_db = Db::fresh(dir, "enqueue-raw");
-    raw_db.create().await?;
-    let path = raw_db.path.clone();
-    let raw_time = blocking(move || {
-        let bodies = (0..n)
-            .map(|i| event::body(i, None))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let conn = raw_conn(&path)?;
-        let mut stmt = conn.prepare_cached(RAW_INSERT)?;
-        let started = Instant::now();
-        for (id, body) in &bodies {
-            let now = now_ms() as i64;
-            stmt.execute(params![id, "medium", event::NAME, body, now, now])?;
-        }
-        Ok(started.elapsed())
-    })
-    .await?;
-    let stored = depth(&raw_db).await?;
-    ensure!(stored == n, "raw loop stored {stored} of {n}");
-    Ok((rate(n, fw_time), rate(n, raw_time)))
-}
-
-/// One `queue_many` call of `n` against the raw loop inserting the same
-/// bodies in one transaction: (framework, raw) events/s.
-async fn enqueue_bulk(plan: &Plan, dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let n = plan.n;
-    let fw_db = Db::fresh(dir, "bulk-fw");
-    let client = Client::connect(&fw_db.url()).await?;
-    let fw_time = fw::enqueue_bulk(&client, n).await?;
-    drop(client);
-    let stored = depth(&fw_db).await?;
-    ensure!(stored == n, "queue_many stored {stored} of {n}");
-
-    let raw_db = Db::fresh(dir, "bulk-raw");
-    raw_db.create().await?;
-    let path = raw_db.path.clone();
-    let raw_time = blocking(move || {
-        let bodies = (0..n)
-            .map(|i| event::body(i, None))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut conn = raw_conn(&path)?;
-        let started = Instant::now();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(RAW_INSERT)?;
-            let now = now_ms() as i64;
-            for (id, body) in &bodies {
-                stmt.execute(params![id, "medium", event::NAME, body, now, now])?;
-            }
-        }
-        tx.commit()?;
-        Ok(started.elapsed())
-    })
-    .await?;
-    let stored = depth(&raw_db).await?;
-    ensure!(stored == n, "raw loop stored {stored} of {n}");
-    Ok((rate(n, fw_time), rate(n, raw_time)))
-}
-
-/// The raw loop draining a fresh backlog of `n`: events/s.
-async fn raw_drain_rate(dir: &Path, n: u64) -> anyhow::Result<f64> {
-    let db = filled(dir, "raw-drain", n).await?;
-    let path = db.path.clone();
-    let (done, elapsed) = blocking(move || {
-        let mut conn = raw_conn(&path)?;
-        let started = Instant::now();
-        let done = raw_drain(&mut conn, None, |_| {})?;
-        Ok((done, started.elapsed()))
-    })
-    .await?;
-    ensure!(done == n, "raw loop drained {done} of {n}");
-    Ok(rate(n, elapsed))
-}
-
-async fn drain(plan: &Plan, dir: &Path, concurrency: usize) -> anyhow::Result<f64> {
-    let n = plan.n;
-    let db = filled(dir, "drain-fw", n).await?;
-    let broker = action_event::broker::connect(&db.url()).await?;
-    let run = fw::run_poller(broker, concurrency, Until::Empty(n), plan.limit).await?;
-    ensure!(
-        run.summary.completed == n && run.probe.done() == n,
-        "the poller completed {} of {n}",
-        run.summary.completed
-    );
-    let left = depth(&db).await?;
-    ensure!(left == 0, "{left} events left after the drain");
-    Ok(rate(n, run.to_nth.context("no events ran")?))
 }
 
 type Lat = (u64, u64, u64);

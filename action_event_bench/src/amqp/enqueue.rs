@@ -9,7 +9,8 @@ use action_event::Client;
 use anyhow::ensure;
 
 use super::{B, Rabbit, cleanup_prefix, declare, raw_publish_flagged};
-use crate::report::{Report, Row, Target, fmt_rate, rate, thousands};
+use crate::cpu::{Meter, Run};
+use crate::report::{Report, Row, Target, fmt_rate, thousands};
 use crate::{event, fw};
 
 /// Pushes the enqueue rows of `r`'s plan to `report`.
@@ -22,30 +23,35 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         thousands(n),
         plan.enqueue_tasks
     );
-    let mut raw: anyhow::Result<f64> = Ok(0.0);
-    let mut raw_window: anyhow::Result<f64> = Ok(0.0);
-    let mut fw: anyhow::Result<f64> = Ok(0.0);
+    let mut raw: anyhow::Result<Run> = Ok(Run::default());
+    let mut raw_window: anyhow::Result<Run> = Ok(Run::default());
+    let mut fw: anyhow::Result<Run> = Ok(Run::default());
     let tasks = usize::try_from(plan.enqueue_tasks).unwrap_or(usize::MAX);
     for _ in 0..plan.reps {
         if let Ok(best) = &raw {
-            raw = raw_enqueue_rate(r, usize::MAX).await.map(|x| x.max(*best));
+            raw = raw_enqueue_rate(r, usize::MAX).await.map(|x| x.best(best));
         }
         if let Ok(best) = &raw_window {
-            raw_window = raw_enqueue_rate(r, tasks).await.map(|x| x.max(*best));
+            raw_window = raw_enqueue_rate(r, tasks).await.map(|x| x.best(best));
         }
         if r.fw_skip.is_none()
             && let Ok(best) = &fw
         {
-            fw = fw_enqueue_rate(r).await.map(|x| x.max(*best));
+            fw = fw_enqueue_rate(r).await.map(|x| x.best(best));
         }
     }
-    let row = rate_row(r, &what, &fw, &raw, Some(Target::AtLeast(0.9)), |b| {
-        format!(
-            "lapin publish, all {} confirms in flight, same bytes: {}",
-            thousands(n),
-            fmt_rate(b)
-        )
-    });
+    let all_in_flight = format!(
+        "lapin publish, all {} confirms in flight, same bytes",
+        thousands(n)
+    );
+    let row = rate_row(
+        r,
+        &what,
+        &fw,
+        &raw,
+        Some(Target::AtLeast(0.9)),
+        &all_in_flight,
+    );
     report.push_result(B, &what, row);
 
     // What 64 callers can reach at all: the same bytes with as many
@@ -56,40 +62,39 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         thousands(n),
         plan.enqueue_tasks
     );
-    let row = rate_row(r, &what_window, &fw, &raw_window, None, |b| {
-        format!(
-            "lapin publish, {} confirms in flight, same bytes: {}",
-            plan.enqueue_tasks,
-            fmt_rate(b)
-        )
-    });
+    let label = format!(
+        "lapin publish, {} confirms in flight, same bytes",
+        plan.enqueue_tasks
+    );
+    let row = rate_row(r, &what_window, &fw, &raw_window, None, &label);
     report.push_result(B, &what_window, row);
 
     let what = format!(
         "Enqueue {}: one `queue_many` call (bulk: every confirm in flight, returns when all are confirmed)",
         thousands(n)
     );
-    let mut bulk: anyhow::Result<f64> = Ok(0.0);
-    let mut raw_mandatory: anyhow::Result<f64> = Ok(0.0);
+    let mut bulk: anyhow::Result<Run> = Ok(Run::default());
+    let mut raw_mandatory: anyhow::Result<Run> = Ok(Run::default());
     for _ in 0..plan.reps {
         if r.fw_skip.is_none()
             && let Ok(best) = &bulk
         {
-            bulk = fw_bulk_rate(r).await.map(|x| x.max(*best));
+            bulk = fw_bulk_rate(r).await.map(|x| x.best(best));
         }
         if let Ok(best) = &raw_mandatory {
             raw_mandatory = raw_enqueue_rate_flagged(r, usize::MAX, true)
                 .await
-                .map(|x| x.max(*best));
+                .map(|x| x.best(best));
         }
     }
-    let row = rate_row(r, &what, &bulk, &raw, Some(Target::AtLeast(1.0)), |b| {
-        format!(
-            "lapin publish, all {} confirms in flight, same bytes: {}",
-            thousands(n),
-            fmt_rate(b)
-        )
-    });
+    let row = rate_row(
+        r,
+        &what,
+        &bulk,
+        &raw,
+        Some(Target::AtLeast(1.0)),
+        &all_in_flight,
+    );
     report.push_result(B, &what, row);
 
     // The same call beside raw publishing with `mandatory` set, as the
@@ -100,46 +105,44 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         "Enqueue {}: one `queue_many` call vs raw publishing `mandatory` like the library",
         thousands(n)
     );
-    let row = rate_row(r, &what_mandatory, &bulk, &raw_mandatory, None, |b| {
-        format!(
-            "lapin publish, `mandatory`, all {} confirms in flight, same bytes: {}",
-            thousands(n),
-            fmt_rate(b)
-        )
-    });
+    let label = format!(
+        "lapin publish, `mandatory`, all {} confirms in flight, same bytes",
+        thousands(n)
+    );
+    let row = rate_row(r, &what_mandatory, &bulk, &raw_mandatory, None, &label);
     report.push_result(B, &what_mandatory, row);
 }
 
-/// A row of action_event's rate `fw` against the baseline's `raw`
-/// (described by `baseline`), judged by `target` when given; an error of
-/// either side is the row's.
+/// A row of action_event's run `fw` against the baseline's `raw` (named
+/// `label`), judged by `target` when given; an error of either side is the
+/// row's.
 fn rate_row(
     r: &Rabbit<'_>,
     what: &str,
-    fw: &anyhow::Result<f64>,
-    raw: &anyhow::Result<f64>,
+    fw: &anyhow::Result<Run>,
+    raw: &anyhow::Result<Run>,
     target: Option<Target>,
-    baseline: impl FnOnce(f64) -> String,
+    label: &str,
 ) -> anyhow::Result<Row> {
-    let b = *raw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let baseline = baseline(b);
+    let b = raw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let baseline = format!("{label}: {}", fmt_rate(b.rate));
     if let Some(row) = r.skipped(what, baseline.clone()) {
         return Ok(row);
     }
-    let f = *fw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let f = fw.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let row = Row::new(B, what)
-        .framework(fmt_rate(f))
+        .framework(fmt_rate(f.rate))
         .baseline(baseline)
-        .ratio(f / b);
+        .ratio(f.rate / b.rate)
+        .cpu(Some(&f.cpu), &b.cpu, label);
     Ok(match target {
         Some(t) => row.target(t),
         None => row,
     })
 }
 
-/// Raw lapin publishing `n` bodies with up to `window` confirms in flight:
-/// events/s.
-async fn raw_enqueue_rate(r: &Rabbit<'_>, window: usize) -> anyhow::Result<f64> {
+/// Raw lapin publishing `n` bodies with up to `window` confirms in flight.
+async fn raw_enqueue_rate(r: &Rabbit<'_>, window: usize) -> anyhow::Result<Run> {
     raw_enqueue_rate_flagged(r, window, false).await
 }
 
@@ -148,31 +151,35 @@ async fn raw_enqueue_rate_flagged(
     r: &Rabbit<'_>,
     window: usize,
     mandatory: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Run> {
     let n = r.plan.n;
     let q = r.raw_queue("enqueue").await?;
     let bodies = (0..n)
         .map(|i| event::body(i, None).map(|(_, b)| b.into_bytes()))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let meter = Meter::start(&r.server);
     let started = Instant::now();
     raw_publish_flagged(&r.pch, &q, &bodies, window, mandatory).await?;
-    let raw = rate(n, started.elapsed());
+    let elapsed = started.elapsed();
+    let raw = Run::new(n, elapsed, meter.stop(n));
     let stored = declare(&r.pch, &q).await?;
     r.drop_queue(&q).await;
     ensure!(u64::from(stored) == n, "raw publish stored {stored} of {n}");
     Ok(raw)
 }
 
-/// `n` `queue!` calls from concurrent tasks: events/s.
-async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+/// `n` `queue!` calls from concurrent tasks.
+async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<Run> {
     let n = r.plan.n;
     let (url, prefix) = r.fw_url("enqueue");
     let client = Client::connect(&url).await?;
     let result = async {
+        let meter = Meter::start(&r.server);
         let elapsed = fw::enqueue(&client, n, r.plan.enqueue_tasks).await?;
+        let cpu = meter.stop(n);
         let waiting = client.broker().depth("medium").await?.waiting;
         ensure!(waiting == n, "queue! stored {waiting} of {n}");
-        Ok(rate(n, elapsed))
+        Ok(Run::new(n, elapsed, cpu))
     }
     .await;
     drop(client);
@@ -180,16 +187,18 @@ async fn fw_enqueue_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
     result
 }
 
-/// One `queue_many` call of `n` events: events/s.
-async fn fw_bulk_rate(r: &Rabbit<'_>) -> anyhow::Result<f64> {
+/// One `queue_many` call of `n` events.
+async fn fw_bulk_rate(r: &Rabbit<'_>) -> anyhow::Result<Run> {
     let n = r.plan.n;
     let (url, prefix) = r.fw_url("bulk");
     let client = Client::connect(&url).await?;
     let result = async {
+        let meter = Meter::start(&r.server);
         let elapsed = fw::enqueue_bulk(&client, n).await?;
+        let cpu = meter.stop(n);
         let waiting = client.broker().depth("medium").await?.waiting;
         ensure!(waiting == n, "queue_many stored {waiting} of {n}");
-        Ok(rate(n, elapsed))
+        Ok(Run::new(n, elapsed, cpu))
     }
     .await;
     drop(client);

@@ -3,7 +3,7 @@
 //! its runtime from `--threads`, its default INFO log written to a file);
 //! the baselines are the raw lapin consumer on a current-thread runtime
 //! and on a multi-thread one. Each cell shows the CPU (user + system) of
-//! its process per event too, the broker's not counted.
+//! its process per event too; the broker's is in the CPU table.
 
 use std::time::Duration;
 
@@ -11,24 +11,32 @@ use anyhow::{Context as _, ensure};
 
 use super::{B, PREFETCH, Rabbit, fw_broker_filled, with_prefix};
 use crate::child::{self, ChildResult, ChildSpec};
+use crate::cpu::Cpu;
 use crate::report::{Report, Row, Target, fmt_rate, fmt_us, rate, thousands};
 
-/// A drain's rate and CPU per event.
-#[derive(Clone, Copy, Default)]
+/// A drain's rate and CPU per event (the child's; `each`: its and the
+/// broker's, for the CPU table).
+#[derive(Clone, Default)]
 struct Drain {
     rate: f64,
     cpu: Duration,
+    each: Cpu,
 }
 
 impl Drain {
-    fn of(r: &ChildResult, n: u64) -> Drain {
+    fn of(r: &ChildResult, n: u64, each: Cpu) -> Drain {
         Drain {
             rate: rate(n, r.elapsed),
             cpu: r.cpu / n.max(1) as u32,
+            each,
         }
     }
-    fn best(self, other: Drain) -> Drain {
-        if other.rate > self.rate { other } else { self }
+    fn best(self, other: &Drain) -> Drain {
+        if other.rate > self.rate {
+            other.clone()
+        } else {
+            self
+        }
     }
     fn cell(&self) -> String {
         format!("{} (CPU {})", fmt_rate(self.rate), fmt_us(self.cpu))
@@ -40,17 +48,19 @@ async fn raw(r: &Rabbit<'_>, threads: usize) -> anyhow::Result<Drain> {
     let q = r.raw_queue("proc-drain").await?;
     let result = async {
         r.raw_fill(&q, n).await?;
-        child::run_one(
+        child::run_metered(
             r.plan,
             ChildSpec::raw_amqp(&r.plan.amqp_url, &q, "drain", n, "0").threads(threads),
+            &r.server,
+            n,
         )
         .await
     }
     .await;
     r.drop_queue(&q).await;
-    let res = result?;
+    let (res, each) = result?;
     ensure!(res.done == n, "the raw consumer took {} of {n}", res.done);
-    Ok(Drain::of(&res, n))
+    Ok(Drain::of(&res, n, each))
 }
 
 async fn poller(r: &Rabbit<'_>, concurrency: usize, threads: usize) -> anyhow::Result<Drain> {
@@ -60,13 +70,15 @@ async fn poller(r: &Rabbit<'_>, concurrency: usize, threads: usize) -> anyhow::R
     let url = with_prefix(&r.plan.amqp_url, &prefix);
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("poller.log");
-    let result = child::run_one(
+    let result = child::run_metered(
         r.plan,
         ChildSpec::poller(&url, n, concurrency, &log).threads(threads),
+        &r.server,
+        n,
     )
     .await;
     super::cleanup_prefix(&r.pch, &prefix).await;
-    let res = result?;
+    let (res, each) = result?;
     ensure!(res.done == n, "the poller ran {} of {n}", res.done);
     // The INFO log really was written: a `Finished processing` line per event.
     let text = std::fs::read_to_string(&log).context("reading the poller's log")?;
@@ -75,7 +87,7 @@ async fn poller(r: &Rabbit<'_>, concurrency: usize, threads: usize) -> anyhow::R
         finished >= n,
         "the log has {finished} `Finished processing` lines, not {n}"
     );
-    Ok(Drain::of(&res, n))
+    Ok(Drain::of(&res, n, each))
 }
 
 pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
@@ -89,17 +101,17 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         variants.iter().map(|_| Ok(Drain::default())).collect();
     for _ in 0..plan.reps {
         if let Ok(best) = &ct {
-            ct = raw(r, 1).await.map(|d| d.best(*best));
+            ct = raw(r, 1).await.map(|d| d.best(best));
         }
         if let Ok(best) = &mt {
-            mt = raw(r, 0).await.map(|d| d.best(*best));
+            mt = raw(r, 0).await.map(|d| d.best(best));
         }
         if r.fw_skip.is_some() {
             continue;
         }
         for (i, &(c, t)) in variants.iter().enumerate() {
             if let Ok(best) = &fw[i] {
-                fw[i] = poller(r, c, t).await.map(|d| d.best(*best));
+                fw[i] = poller(r, c, t).await.map(|d| d.best(best));
             }
         }
     }
@@ -117,10 +129,10 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
         let row = match base {
             Err(e) => Err(anyhow::anyhow!("baseline: {e:#}")),
             Ok(b) => {
-                let baseline = format!(
-                    "lapin consumer process, {base_name}, prefetch {PREFETCH}, ack spawned: {}",
-                    b.cell()
+                let label = format!(
+                    "lapin consumer process, {base_name}, prefetch {PREFETCH}, ack spawned"
                 );
+                let baseline = format!("{label}: {}", b.cell());
                 match r.skipped(&what, baseline.clone()) {
                     Some(row) => Ok(row),
                     None => match &fw[i] {
@@ -129,7 +141,8 @@ pub(super) async fn rows(r: &Rabbit<'_>, report: &mut Report) {
                             .framework(f.cell())
                             .baseline(baseline)
                             .ratio(f.rate / b.rate)
-                            .target(Target::AtLeast(target))),
+                            .target(Target::AtLeast(target))
+                            .cpu(Some(&f.each), &b.each, label)),
                     },
                 }
             }
