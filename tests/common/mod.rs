@@ -171,7 +171,11 @@ impl World {
             .current_dir(self.dir.path())
             .env("ACTION_EVENT_URL", &self.url)
             .env("E2E_RECORD", &self.record)
-            .env("RUST_LOG", "info")
+            // `E2E_RUST_LOG=action_event=debug` while chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null());
         c
     }

@@ -78,9 +78,11 @@ fn a_poller_stopped_while_the_broker_is_down_exits_once_its_handlers_finish() {
     stopped_after_a_reset(|node| node.stop_app(), "stop_app");
 }
 
-/// Three events that run 3 s each; `reset` runs while they run and the
+/// Three events that run 8 s each; `reset` runs while they run and the
 /// poller is told to stop (SIGTERM) right after: it must exit within 1 s
-/// after its last handler finished.
+/// after its last handler finished. (8 s: `rabbitmqctl stop_app` alone
+/// took more than 3 s on a loaded machine, and the handlers had finished
+/// before the broker went down.)
 fn stopped_after_a_reset(reset: impl FnOnce(&RabbitNode), what: &str) {
     let Some(node) = private_node() else { return };
     let w = World::amqp_at(&node.url());
@@ -93,7 +95,7 @@ fn stopped_after_a_reset(reset: impl FnOnce(&RabbitNode), what: &str) {
     w.wait_records(Duration::from_secs(60), "the warm-up events", |_| {
         ends(&w, "warm-") == 2
     });
-    rt.block_on(w.queue_records(3, "medium", "slow", 3000));
+    rt.block_on(w.queue_records(3, "medium", "slow", 8000));
     w.wait_records(Duration::from_secs(30), "the slow events to start", |r| {
         r.iter()
             .filter(|r| r.what == "start" && r.tag.starts_with("slow-"))
@@ -101,6 +103,7 @@ fn stopped_after_a_reset(reset: impl FnOnce(&RabbitNode), what: &str) {
             == 3
     });
     reset(&node);
+    let reset_done = now_ms();
     let p = &mut pollers.0[0];
     send_signal(p, SIGTERM);
     let status = wait_child(p, Duration::from_secs(60), "the poller");
@@ -118,6 +121,11 @@ fn stopped_after_a_reset(reset: impl FnOnce(&RabbitNode), what: &str) {
     assert!(
         ends(&w, "slow-") >= 3,
         "every handler in hand finishes:\n{log}"
+    );
+    assert!(
+        last_end > reset_done,
+        "{what} ended at {reset_done}, after the handlers ({last_end}): the broker did not go \
+         away while they ran, so this run shows nothing\n{log}"
     );
     let after = exited.saturating_sub(last_end);
     eprintln!("{what}: the poller exited {after} ms after its last handler finished");
