@@ -474,14 +474,57 @@ async fn fw_broker_filled(
 
 type Lat = (u64, u64, u64);
 
+/// The latency row: each side runs `reps` times, taking turns, and the run
+/// with the lowest p99 of each side counts (as the best run counts in the
+/// throughput rows: a p99 of 10,000 samples is the 100th worst, and one
+/// stall of this shared machine moves it by tens of ms).
 async fn latency(r: &Rabbit<'_>, what: &str) -> anyhow::Result<Row> {
+    let mut raw: Option<Lat> = None;
+    let mut fw: Option<Lat> = None;
+    for _ in 0..r.plan.reps.max(1) {
+        let b = raw_latency(r).await?;
+        if raw.is_none_or(|x| b.1 < x.1) {
+            raw = Some(b);
+        }
+        if r.fw_skip.is_none() {
+            let f = fw_latency(r).await?;
+            if fw.is_none_or(|x| f.1 < x.1) {
+                fw = Some(f);
+            }
+        }
+    }
+    let raw = raw.context("no latency run")?;
+    let baseline = format!(
+        "lapin publisher + consumer (prefetch {PREFETCH}): {} / {} / {}",
+        fmt_ms(raw.0),
+        fmt_ms(raw.1),
+        fmt_ms(raw.2)
+    );
+    if let Some(row) = r.skipped(what, baseline.clone()) {
+        return Ok(row);
+    }
+    let f = fw.context("no latency run")?;
+    Ok(Row::new(B, what)
+        .framework(format!(
+            "{} / {} / {}",
+            fmt_ms(f.0),
+            fmt_ms(f.1),
+            fmt_ms(f.2)
+        ))
+        .baseline(baseline)
+        .ratio(f.1 as f64 / raw.1.max(1) as f64)
+        .target(Target::AtMost(1.5)))
+}
+
+/// One run of the raw publisher and consumer at the latency row's rate.
+async fn raw_latency(r: &Rabbit<'_>) -> anyhow::Result<Lat> {
     let plan = r.plan;
     let total = ((plan.latency_rate as f64) * plan.latency_secs)
         .round()
         .max(1.0) as u64;
     let q = r.raw_queue("latency").await?;
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let raw: Lat = {
+    let raw = async {
         let consumer = {
             let (url, q, lat) = (plan.amqp_url.clone(), q.clone(), lat.clone());
             tokio::spawn(async move {
@@ -516,18 +559,16 @@ async fn latency(r: &Rabbit<'_>, what: &str) -> anyhow::Result<Row> {
             .await
             .context("raw consumer timed out")???;
         let v = lat.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        percentiles(v).context("no latencies")?
-    };
-    r.drop_queue(&q).await;
-    let baseline = format!(
-        "lapin publisher + consumer (prefetch {PREFETCH}): {} / {} / {}",
-        fmt_ms(raw.0),
-        fmt_ms(raw.1),
-        fmt_ms(raw.2)
-    );
-    if let Some(row) = r.skipped(what, baseline.clone()) {
-        return Ok(row);
+        percentiles(v).context("no latencies")
     }
+    .await;
+    r.drop_queue(&q).await;
+    raw
+}
+
+/// One run of `queue!` and a poller at the latency row's rate.
+async fn fw_latency(r: &Rabbit<'_>) -> anyhow::Result<Lat> {
+    let plan = r.plan;
     let (url, prefix) = r.fw_url("latency");
     let result = async {
         let poller_broker = action_event::broker::connect(&url).await?;
@@ -544,17 +585,7 @@ async fn latency(r: &Rabbit<'_>, what: &str) -> anyhow::Result<Row> {
     }
     .await;
     cleanup_prefix(&r.pch, &prefix).await;
-    let f = result?;
-    Ok(Row::new(B, what)
-        .framework(format!(
-            "{} / {} / {}",
-            fmt_ms(f.0),
-            fmt_ms(f.1),
-            fmt_ms(f.2)
-        ))
-        .baseline(baseline)
-        .ratio(f.1 as f64 / raw.1.max(1) as f64)
-        .target(Target::AtMost(1.5)))
+    result
 }
 
 async fn scale(r: &Rabbit<'_>, report: &mut Report) {

@@ -450,7 +450,8 @@ fn notes(plan: &Plan) -> Vec<String> {
          and action_event taking turns; each side's best run is shown (the box is shared, and a \
          slow run is mostly other load; RabbitMQ drains also swing between a fast and a slow \
          mode, about 2x apart, on both sides). RabbitMQ backlogs get a 2 s pause between \
-         filling and draining, on both sides.",
+         filling and draining, on both sides. The RabbitMQ latency row runs as often, each \
+         side's run with the lowest p99 shown.",
             plan.reps
         ),
         "Throughput rows: the ratio is action_event ÷ baseline events/s (higher is better); \
