@@ -131,6 +131,7 @@ struct Inner {
     holds: Holds,
     ticks: tick::Ticks,
     stall: stall::Watch,
+    pauses: pause::Pauses,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +169,7 @@ impl AmqpBroker {
             holds: Holds::new(),
             ticks: tick::Ticks::new(),
             stall: Default::default(),
+            pauses: Default::default(),
         });
         inner.open_publisher().await?;
         tokio::spawn(consume::reaper(Arc::downgrade(&inner)));
