@@ -185,23 +185,38 @@ impl RabbitNode {
     /// println!("{}", node.management_url());
     /// ```
     pub fn start_with_management(conf: &str) -> RabbitNode {
+        let node = RabbitNode::boot_management(conf, None);
+        node.wait_management();
+        node
+    }
+
+    /// Boots a node with the management plugin on a free port of its own
+    /// (not waiting for the API: [`RabbitNode::wait_management`]).
+    pub(crate) fn boot_management(conf: &str, cookie: Option<&str>) -> RabbitNode {
         let port = free_port();
         let conf = format!("management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n{conf}");
-        let node = RabbitNode::boot_full(&conf, false, None, Some(port));
+        RabbitNode::boot_full(&conf, false, cookie, Some(port))
+    }
+
+    /// Waits (at most 60 s) until the management API's port accepts
+    /// connections (a node without the plugin returns at once).
+    pub(crate) fn wait_management(&self) {
+        let Some(port) = self.management else { return };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the management API of {} did not open port {port} in 60 s",
-                node.name
+                self.name
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        node
     }
 
     /// `http://127.0.0.1:<port>` of the management API
-    /// ([`RabbitNode::start_with_management`] only; panics otherwise).
+    /// ([`RabbitNode::start_with_management`], or a node of
+    /// [`RabbitCluster::start_with_management`](crate::rabbit_cluster::RabbitCluster::start_with_management),
+    /// only; panics otherwise).
     pub fn management_url(&self) -> String {
         let port = self
             .management
