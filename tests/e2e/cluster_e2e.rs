@@ -23,7 +23,9 @@
 //!    and nothing otherwise (`cluster_stall`);
 //! 8. with a 4 s `consumer_timeout` on every node, a 10 s event while the
 //!    leader of its work queue dies, then while its poller's node dies:
-//!    renewals go on, nothing lost (`cluster_timeout_e2e`).
+//!    renewals go on, nothing lost (`cluster_timeout_e2e`);
+//! 9. bursts of delayed events from 16 connections into delay levels that
+//!    do not exist yet: all come back on time (`cluster_ttl_e2e`).
 //!
 //! Each phase prints what it measured and how long it took;
 //! `ACTION_EVENT_CLUSTER_PHASES=6,7` runs only those (while working on
@@ -71,7 +73,7 @@ fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
     // `ACTION_EVENT_CLUSTER_PHASES=6,7,8` runs only those phases (while
     // working on one); CI runs them all.
     let only = std::env::var("ACTION_EVENT_CLUSTER_PHASES").unwrap_or_default();
-    let phases: [Phase; 8] = [
+    let phases: [Phase; 9] = [
         ("priority", |c| priority(c, "on quorum queues")),
         ("20,000 + kill -9", failover_under_load),
         ("priority after failover", |c| {
@@ -90,6 +92,10 @@ fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
         (
             "consumer_timeout renewals through failovers",
             crate::cluster_timeout_e2e::renewals_through_a_failover,
+        ),
+        (
+            "bursts into new delay levels",
+            crate::cluster_ttl_e2e::bursts_into_new_delay_levels,
         ),
     ];
     for (i, (what, run)) in phases.iter().enumerate() {

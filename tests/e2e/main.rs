@@ -27,6 +27,7 @@ mod cluster_dlx_e2e;
 mod cluster_e2e;
 mod cluster_stall;
 mod cluster_timeout_e2e;
+mod cluster_ttl_e2e;
 mod consumer_timeout_e2e;
 mod demo_events;
 mod failures_e2e;

@@ -38,4 +38,5 @@ mod postgres_broker;
 mod amqp_broker;
 mod amqp_consumer_timeout;
 mod amqp_private_node;
+mod amqp_quorum_ttl;
 mod amqp_tls;

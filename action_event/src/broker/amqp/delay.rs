@@ -13,7 +13,10 @@
 //! `run_at` (header `x-action-event-run-at`) is not handed out but sent
 //! through the ladder again, as a *fresh* publish: the `x-death` headers
 //! that make RabbitMQ 3.x silently drop a message that passes twice
-//! through one queue are never carried over.
+//! through one queue are never carried over. Every message published to a
+//! level also carries `expiration` = `L` (see
+//! [`expiring_properties`](super::wire::expiring_properties): a new quorum
+//! level's own TTL may come too late for the first messages).
 
 use std::time::Duration;
 

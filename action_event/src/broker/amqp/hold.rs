@@ -22,7 +22,8 @@
 //!    `x-dead-letter-exchange` = `""`, `x-dead-letter-routing-key` =
 //!    `<prefix><queue>` and `x-expires` = 2 x `consumer_timeout` + 60 s;
 //! 2. publish a copy of the message there (confirmed, on the publish
-//!    connection, `x-death` headers stripped);
+//!    connection, `x-death` headers stripped, `expiration` = 10 s as well:
+//!    see `wire::expiring_properties`);
 //! 3. `basic.get` it (unacked) on the event's channel: the copy is now the
 //!    event's delivery, with a fresh broker clock;
 //! 4. ack the previous delivery (the consumer's, or the previous copy).
@@ -70,7 +71,7 @@ use tokio::time::Instant;
 
 use super::connection::{OP_TIMEOUT, TopoErr, op};
 use super::tag::Tag;
-use super::wire::{copy_properties, i64_of, long_str, ms};
+use super::wire::{copy_properties, expiring_properties, i64_of, long_str, ms};
 use super::{Inner, lock};
 /// `x-message-ttl` of a hold queue: how long a renewal copy may wait to be
 /// fetched, and at most how long it stays there after its poller died.
@@ -363,7 +364,7 @@ impl Inner {
                         immediate: false,
                     },
                     body,
-                    props,
+                    expiring_properties(props, ms(HOLD_TTL)),
                 )
                 .await?
                 .await

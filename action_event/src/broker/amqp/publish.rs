@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::connection::{OP_TIMEOUT, TopoErr};
 use super::delay::pick_level;
 use super::recover::Role;
-use super::wire::envelope_properties;
+use super::wire::{envelope_properties, expiring_properties};
 use super::{Inner, lock};
 use crate::Error;
 use crate::envelope::{Envelope, now_ms};
@@ -228,6 +228,10 @@ impl Inner {
     ) -> Result<(), Error> {
         let exchange = level.map(|l| self.delay_name(l)).unwrap_or_default();
         let exchange = exchange.as_str();
+        let props = match level {
+            Some(l) => expiring_properties(props, l),
+            None => props,
+        };
         let mut pause = Duration::from_millis(20);
         loop {
             let p = self.pub_conn(deadline).await?;

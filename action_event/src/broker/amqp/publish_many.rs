@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::Inner;
 use super::connection::TopoErr;
 use super::delay::pick_level;
-use super::wire::envelope_properties;
+use super::wire::{envelope_properties, expiring_properties};
 use crate::Error;
 use crate::envelope::{Envelope, now_ms};
 
@@ -63,7 +63,10 @@ impl Inner {
                 level,
                 exchange: level.map(|l| self.delay_name(l)).unwrap_or_default(),
                 body: env.to_bytes(),
-                props: envelope_properties(env.run_at_ms),
+                props: match level {
+                    Some(l) => expiring_properties(envelope_properties(env.run_at_ms), l),
+                    None => envelope_properties(env.run_at_ms),
+                },
             }
         };
         let mut prepared: Vec<Prepared> = Vec::with_capacity(envelopes.len());

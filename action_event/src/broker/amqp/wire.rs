@@ -138,7 +138,56 @@ pub(super) fn copy_properties(props: &BasicProperties) -> BasicProperties {
             headers.insert(k.clone(), v.clone());
         }
     }
-    props.clone().with_headers(headers).with_delivery_mode(2)
+    without_expiration(props)
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
+/// `props` with a per-message TTL of `ttl_ms`, for a message published to
+/// a queue whose `x-message-ttl` is that same `ttl_ms` (a delay level, a
+/// hold queue). The queue's own TTL should be enough, but RabbitMQ 3.10.8
+/// applies a new *quorum* queue's `x-message-ttl` through a separate Raft
+/// command (`update_config`): messages that reach the queue before it was
+/// applied (many channels declaring a level and publishing into it at the
+/// same moment, as a burst of failing events does) never expire, and since
+/// a quorum queue expires only from its head, neither does anything behind
+/// them (measured: 2-3 of 10 fresh queues kept all their messages, none
+/// with `expiration` set). RabbitMQ removes `expiration` when it
+/// dead-letters a message, so the event reaches its work queue without it.
+pub(super) fn expiring_properties(props: BasicProperties, ttl_ms: u64) -> BasicProperties {
+    props.with_expiration(ShortString::from(ttl_ms.to_string()))
+}
+
+/// A copy of `props` without `expiration` (a copy must never expire in a
+/// queue that has no dead-letter exchange: it would be dropped).
+fn without_expiration(props: &BasicProperties) -> BasicProperties {
+    if props.expiration().is_none() {
+        return props.clone();
+    }
+    let mut out = BasicProperties::default();
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(v) = props.$get() {
+                out = out.$set(v.clone());
+            })*
+        };
+    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    out
 }
 
 pub(super) fn ms(d: Duration) -> u64 {
@@ -149,6 +198,33 @@ pub(super) fn ms(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::envelope::Envelope;
+
+    #[test]
+    fn a_copy_keeps_every_property_but_expiration_and_dead_lettering() {
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), long_str("cycle"));
+        h.insert("x-action-event-run-at".into(), i64_of(7));
+        let props = expiring_properties(
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_priority(3)
+                .with_message_id("m".into())
+                .with_app_id("a".into())
+                .with_headers(h),
+            500,
+        );
+        assert_eq!(props.expiration().as_ref().map(|e| e.as_str()), Some("500"));
+        let copy = copy_properties(&props);
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.delivery_mode(), &Some(2));
+        assert_eq!(copy.priority(), &Some(3));
+        assert_eq!(copy.message_id().as_ref().map(|m| m.as_str()), Some("m"));
+        assert_eq!(copy.app_id().as_ref().map(|m| m.as_str()), Some("a"));
+        assert_eq!(copy.content_type(), props.content_type());
+        let h = copy.headers().clone().unwrap_or_default();
+        assert!(!h.inner().contains_key("x-death"));
+        assert_eq!(run_at_of(&copy, b"{}"), Some(7));
+    }
 
     #[test]
     fn event_messages_carry_no_header_but_run_at() {
