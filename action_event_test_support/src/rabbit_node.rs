@@ -185,23 +185,59 @@ impl RabbitNode {
     /// println!("{}", node.management_url());
     /// ```
     pub fn start_with_management(conf: &str) -> RabbitNode {
+        let node = RabbitNode::boot_management(conf, None, true);
+        node.wait_management();
+        node
+    }
+
+    /// Boots a node configured for the management plugin on a free port
+    /// of its own, the plugin enabled at boot if `enabled`, else later by
+    /// [`RabbitNode::enable_management`] (a cluster enables it once its
+    /// nodes joined: `join_cluster` restarts the app, and the plugin with
+    /// it). Does not wait for the API ([`RabbitNode::wait_management`]).
+    pub(crate) fn boot_management(conf: &str, cookie: Option<&str>, enabled: bool) -> RabbitNode {
         let port = free_port();
         let conf = format!("management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n{conf}");
-        let node = RabbitNode::boot_full(&conf, false, None, Some(port));
+        RabbitNode::boot_full(&conf, false, cookie, Some(port), enabled)
+    }
+
+    /// Enables (and starts) the management plugin on the running node,
+    /// which keeps it across restarts. Panics with the tool's output when
+    /// that fails.
+    pub(crate) fn enable_management(&self) {
+        let out = self
+            .command("rabbitmq-plugins")
+            .args(["-n", &self.name, "-q", "enable", "rabbitmq_management"])
+            .output()
+            .expect("run rabbitmq-plugins");
+        assert!(
+            out.status.success(),
+            "rabbitmq-plugins enable rabbitmq_management on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits (at most 60 s) until the management API's port accepts
+    /// connections (a node without the plugin returns at once).
+    pub(crate) fn wait_management(&self) {
+        let Some(port) = self.management else { return };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the management API of {} did not open port {port} in 60 s",
-                node.name
+                self.name
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        node
     }
 
     /// `http://127.0.0.1:<port>` of the management API
-    /// ([`RabbitNode::start_with_management`] only; panics otherwise).
+    /// ([`RabbitNode::start_with_management`], or a node of
+    /// [`RabbitCluster::start_with_management`](crate::rabbit_cluster::RabbitCluster::start_with_management),
+    /// only; panics otherwise).
     pub fn management_url(&self) -> String {
         let port = self
             .management
@@ -216,16 +252,18 @@ impl RabbitNode {
     /// Boots a node; with `cookie`, its Erlang cookie is that (the nodes of
     /// a cluster share one) instead of a fresh random one.
     pub(crate) fn boot_with(conf: &str, tls: bool, cookie: Option<&str>) -> RabbitNode {
-        RabbitNode::boot_full(conf, tls, cookie, None)
+        RabbitNode::boot_full(conf, tls, cookie, None, false)
     }
 
-    /// [`RabbitNode::boot_with`]; with `management`, the management plugin
-    /// is enabled (its port is already in `conf`).
+    /// [`RabbitNode::boot_with`]; `management` is the management API's
+    /// port (already in `conf`), and the plugin is enabled at boot if
+    /// `plugin`.
     fn boot_full(
         conf: &str,
         tls: bool,
         cookie: Option<&str>,
         management: Option<u16>,
+        plugin: bool,
     ) -> RabbitNode {
         assert!(
             available(),
@@ -266,9 +304,10 @@ impl RabbitNode {
             format!("listeners.tcp.default = {port}\nloopback_users = none\n{tls_conf}{conf}\n"),
         )
         .expect("write rabbitmq.conf");
-        let plugins = match management {
-            Some(_) => "[rabbitmq_management].\n",
-            None => "[].\n",
+        let plugins = if plugin {
+            "[rabbitmq_management].\n"
+        } else {
+            "[].\n"
         };
         std::fs::write(p.join("enabled_plugins"), plugins).expect("write enabled_plugins");
         std::fs::write(p.join("advanced.config"), "[].\n").expect("write advanced.config");

@@ -12,7 +12,10 @@
 //!   and the dead queue killed while half of the latter are being buried.
 //!
 //! Every event ran (or is in the dead letters); duplicates are counted and
-//! printed. The killed node is restarted before the phase ends.
+//! printed. The killed node is restarted before the phase ends. The poller
+//! runs the stall check (`management=`), asserted by `cluster_stall`: it
+//! reports RabbitMQ 3.10.8's stalled dead-letter worker when that happens,
+//! and nothing when it does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cluster_e2e::{Pollers, prefix_of, spawn_on, wait_leader, world};
+use crate::cluster_stall::{StallCheck, management};
 use crate::common::*;
 use action_event::envelope::now_ms;
 use action_event::{Client, EventId, QueueRequest};
@@ -101,7 +105,7 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
     // The producer lists node 0 first: its first sends declare the work
     // queue and the ladder level there (RabbitMQ 3.10 puts a quorum
     // queue's leader on the declaring client's node).
-    let w = world(cluster, 0, "&prefetch=64");
+    let w = world(cluster, 0, &format!("&prefetch=64{}", management(cluster)));
     let prefix = prefix_of(&w);
     let (queue, level) = (
         format!("{prefix}medium"),
@@ -142,6 +146,7 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
     sleep_until_ms(kill_at);
     cluster.node_mut(ladder_leader).kill_vm();
     let killed = now_ms();
+    let check = StallCheck::new(&rt, &w, "p.log", Instant::now());
     let ran_before = ends_by_tag(&w.records()).len();
     eprintln!(
         "dead-lettering: {N} delayed events produced in {produced:?} ({failed} queue! errors), \
@@ -152,6 +157,7 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
     );
     let limit = Instant::now() + Duration::from_secs(240);
     let mut stall: Option<(usize, u64)> = None;
+    let mut reported: Option<(Vec<String>, Instant)> = None;
     let (ends, starts) = loop {
         let records = w.records();
         let ends = ends_by_tag(&records);
@@ -167,12 +173,17 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
             // starts a new worker. See the README (*What a cluster gives*).
             eprintln!(
                 "dead-lettering: STALLED: 15 s after the kill {} events have not run; queues:\n{}\n\
-                 dead-letter lines of the nodes' logs:\n{}\nmoving the leadership of the ladder:\n{}",
+                 dead-letter lines of the nodes' logs:\n{}",
                 missing.len(),
                 cluster.queue_table(&prefix),
                 dlx_log(cluster),
+            );
+            let stuck = check.before_move(cluster);
+            eprintln!(
+                "dead-lettering: moving the leadership of the ladder:\n{}",
                 restart_dlx_workers(cluster, &prefix)
             );
+            reported = stuck.map(|q| (q, Instant::now()));
             stall = Some((missing.len(), now_ms()));
         }
         assert!(
@@ -219,14 +230,38 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
          ({early}), the latest {late} ms after its time{stalled}"
     );
     assert_eq!(early, 0, "{early} delayed events ran before their time");
+    check_and_restart(cluster, &check, reported, ladder_leader);
     assert!(
         alive(&mut pollers.0[0]),
         "the poller exited:\n{}",
         w.log("p.log")
     );
     stop(&mut pollers.0[0], "poller");
-    cluster.node_mut(ladder_leader).restart_vm();
-    cluster.wait_running(3);
+}
+
+/// The end of phases 6 and 7, the poller still running: after a stall
+/// ([`StallCheck::before_move`] named `reported`, then moved at the
+/// instant given), its report clears; without one, nothing is reported
+/// 35 s after the kill (the node `killed` restarts meanwhile). Then that
+/// node is up again.
+fn check_and_restart(
+    cluster: &mut RabbitCluster,
+    check: &StallCheck,
+    reported: Option<(Vec<String>, Instant)>,
+    killed: usize,
+) {
+    match reported {
+        Some((queues, moved)) => {
+            check.after_move(cluster, &queues, moved);
+            cluster.node_mut(killed).restart_vm();
+            cluster.wait_running(3);
+        }
+        None => {
+            cluster.node_mut(killed).restart_vm();
+            cluster.wait_running(3);
+            check.quiet();
+        }
+    }
 }
 
 /// 1,000 events that fail once (their retry waits in the ladder) and 1,000
@@ -235,7 +270,7 @@ pub(crate) fn delays_due_at_a_kill(cluster: &mut RabbitCluster) {
 /// every event ran or is dead. See the module docs.
 pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
     const N: usize = 1_000;
-    let w = world(cluster, 1, "&prefetch=64");
+    let w = world(cluster, 1, &format!("&prefetch=64{}", management(cluster)));
     let prefix = prefix_of(&w);
     let (queue, dead) = (format!("{prefix}medium"), format!("{prefix}dead"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -298,6 +333,7 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
         std::thread::sleep(Duration::from_millis(20));
     }
     cluster.node_mut(k).kill_vm();
+    let check = StallCheck::new(&rt, &w, "p.log", Instant::now());
     let records = w.records();
     let (retried, buried) = (
         records
@@ -321,6 +357,7 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
     let limit = Instant::now() + Duration::from_secs(180);
     let kill = Instant::now();
     let mut stall: Option<Instant> = None;
+    let mut reported: Option<(Vec<String>, Instant)> = None;
     let (ends, dead_events) = loop {
         let ends = ends_by_tag(&w.records());
         let ran_all = flaky.iter().all(|t| ends.contains_key(*t));
@@ -339,8 +376,7 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
         if stall.is_none() && kill.elapsed() > Duration::from_secs(20) {
             eprintln!(
                 "final moves: STALLED: 20 s after the kill {} retried events have not run, {} \
-                 failing events are not dead ({}); queues:\n{}\nmoving the leadership of the \
-                 ladder:\n{}",
+                 failing events are not dead ({}); queues:\n{}",
                 flaky.iter().filter(|t| !ends.contains_key(**t)).count(),
                 if ran_all {
                     missing_dead.to_string()
@@ -349,8 +385,13 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
                 },
                 census(&w.records()),
                 cluster.queue_table(&prefix),
+            );
+            let stuck = check.before_move(cluster);
+            eprintln!(
+                "final moves: moving the leadership of the ladder:\n{}",
                 restart_dlx_workers(cluster, &prefix)
             );
+            reported = stuck.map(|q| (q, Instant::now()));
             stall = Some(Instant::now());
         }
         assert!(
@@ -402,14 +443,13 @@ pub(crate) fn final_moves_at_a_kill(cluster: &mut RabbitCluster) {
                 .is_some_and(|e| e.message.contains("panicked: boom in"))),
         "every dead letter is the failing event after its 2 attempts, naming its panic"
     );
+    check_and_restart(cluster, &check, reported, k);
     assert!(
         alive(&mut pollers.0[0]),
         "the poller exited:\n{}",
         w.log("p.log")
     );
     stop(&mut pollers.0[0], "poller");
-    cluster.node_mut(k).restart_vm();
-    cluster.wait_running(3);
 }
 
 /// The lines about dead-lettering in the live nodes' logs.

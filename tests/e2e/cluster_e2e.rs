@@ -18,6 +18,9 @@
 //! 7. retries expiring and failing events being buried in the dead letters
 //!    while the node leading the work and dead queues is killed: every event
 //!    ran or is dead (`cluster_dlx_e2e`);
+//!    in 6 and 7, the stall check (every node runs the management API)
+//!    reports RabbitMQ 3.10.8's stalled dead-lettering when it happens
+//!    and nothing otherwise (`cluster_stall`);
 //! 8. with a 4 s `consumer_timeout` on every node, a 10 s event while the
 //!    leader of its work queue dies, then while its poller's node dies:
 //!    renewals go on, nothing lost (`cluster_timeout_e2e`);
@@ -63,7 +66,9 @@ fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
         return;
     }
     let t0 = Instant::now();
-    let mut cluster = RabbitCluster::start(3, "");
+    // The management API on every node: phases 6 and 7 assert the stall
+    // check (`cluster_stall`).
+    let mut cluster = RabbitCluster::start_with_management(3, "");
     eprintln!("cluster of 3 up in {:?}", t0.elapsed());
     // `ACTION_EVENT_CLUSTER_PHASES=6,7,8` runs only those phases (while
     // working on one); CI runs them all.
@@ -103,6 +108,9 @@ fn a_three_node_cluster_with_quorum_queues_loses_nothing() {
         eprintln!("phase {n} ({what}) {:?}", phase.elapsed());
     }
     eprintln!("cluster test total {:?}", t0.elapsed());
+    let t = Instant::now();
+    drop(cluster);
+    eprintln!("cluster stopped in {:?}", t.elapsed());
 }
 
 /// A world on the cluster, quorum queues, every live node in the URL.

@@ -25,6 +25,7 @@ mod amqp_recovery_e2e;
 mod cli_e2e;
 mod cluster_dlx_e2e;
 mod cluster_e2e;
+mod cluster_stall;
 mod cluster_timeout_e2e;
 mod cluster_ttl_e2e;
 mod consumer_timeout_e2e;
