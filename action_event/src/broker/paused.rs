@@ -194,8 +194,13 @@ pub(crate) async fn paused_now<B: Pausable + ?Sized>(
     if let Some(p) = cache.fresh(queues) {
         return p;
     }
-    let Ok(_g) = cache.refreshing.try_lock() else {
-        return cache.current();
+    let _g = match cache.refreshing.try_lock() {
+        Ok(g) => g,
+        // Before the first read nothing is known: wait for it rather than
+        // take from a queue that may be paused (a poller's slots all start
+        // at once; only one reads).
+        Err(_) if !cache.loaded() => cache.refreshing.lock().await,
+        Err(_) => return cache.current(),
     };
     if let Some(p) = cache.fresh(queues) {
         return p;

@@ -104,7 +104,11 @@ impl Inner {
     pub(super) async fn paused_among(&self, queues: &[String]) -> Result<Vec<String>, Error> {
         let deadline = Instant::now() + self.opts.publish_timeout;
         let p = self.pub_conn(deadline).await?;
-        let ch = self.pauses.channel(&p).await.map_err(|e| self.topo_err(e))?;
+        let ch = self
+            .pauses
+            .channel(&p)
+            .await
+            .map_err(|e| self.topo_err(e))?;
         let res = async {
             let mut out = Vec::new();
             for q in queues {
