@@ -72,17 +72,25 @@ impl Pauses {
             return Ok(ch.clone());
         }
         let ch = op("open channel", p.conn.create_channel()).await?;
-        let old = lock(&self.kept).replace((p.conn.clone(), ch.clone()));
-        if let Some((_, old)) = old
-            && old.id() != ch.id()
-            && old.status().connected()
-        {
-            // Another read replaced it meanwhile, or the connection is new.
+        let (keep, surplus) = {
+            let mut kept = lock(&self.kept);
+            match kept.as_ref() {
+                // Another read opened one meanwhile: that one is kept.
+                Some((conn, k)) if Arc::ptr_eq(conn, &p.conn) && k.status().connected() => {
+                    (k.clone(), Some(ch))
+                }
+                _ => {
+                    let old = kept.replace((p.conn.clone(), ch.clone()));
+                    (ch, old.map(|(_, o)| o).filter(|o| o.status().connected()))
+                }
+            }
+        };
+        if let Some(surplus) = surplus {
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(OP_TIMEOUT, old.close(200, "OK".into())).await;
+                let _ = tokio::time::timeout(OP_TIMEOUT, surplus.close(200, "OK".into())).await;
             });
         }
-        Ok(ch)
+        Ok(keep)
     }
 
     /// Drops `ch` if it is the kept one.

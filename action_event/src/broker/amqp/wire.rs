@@ -151,9 +151,11 @@ pub(super) fn copy_properties(props: &BasicProperties) -> BasicProperties {
 /// applied (many channels declaring a level and publishing into it at the
 /// same moment, as a burst of failing events does) never expire, and since
 /// a quorum queue expires only from its head, neither does anything behind
-/// them (measured: 2-3 of 10 fresh queues kept all their messages, none
-/// with `expiration` set). RabbitMQ removes `expiration` when it
-/// dead-letters a message, so the event reaches its work queue without it.
+/// them (measured on a 3-node cluster, `tests/e2e/cluster_ttl_e2e.rs`:
+/// without `expiration`, 2-3 of 5 new levels kept all their events in 3 runs
+/// of 3; with it, none in 22 rounds). RabbitMQ removes `expiration` when it
+/// dead-letters a message, so the event reaches its work queue without it
+/// (`tests/broker/amqp_quorum_ttl.rs`).
 pub(super) fn expiring_properties(props: BasicProperties, ttl_ms: u64) -> BasicProperties {
     props.with_expiration(ShortString::from(ttl_ms.to_string()))
 }
